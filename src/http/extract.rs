@@ -1,0 +1,86 @@
+//! A JSON body extractor whose every failure comes back in the service's error shape:
+//! over the body limit 413, not JSON 400, JSON of the wrong shape 422. It reads the body
+//! whatever the `Content-Type` says, as `curl -d` users expect.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::TooLarge("The request body is larger than this server accepts.".to_owned())
+            } else {
+                Error::MalformedJson(format!("Could not read the request body: {rejection}"))
+            }
+        })?;
+        parse(&bytes).map(JsonBody)
+    }
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        classify(e.into_inner(), &path)
+    })?;
+    de.end().map_err(|e| classify(e, "."))?;
+    Ok(value)
+}
+
+fn classify(e: serde_json::Error, path: &str) -> Error {
+    match e.classify() {
+        serde_json::error::Category::Data => {
+            let message = if path == "." {
+                e.to_string()
+            } else {
+                format!("{path}: {e}")
+            };
+            Error::Invalid {
+                message,
+                param: None,
+            }
+        }
+        _ => Error::MalformedJson(format!("The body is not valid JSON: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Body {
+        n: u32,
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed_and_type_errors_invalid() {
+        assert!(matches!(
+            parse::<Body>(b"{\"n\": "),
+            Err(Error::MalformedJson(_))
+        ));
+        assert!(matches!(
+            parse::<Body>(b"{\"n\": 1} x"),
+            Err(Error::MalformedJson(_))
+        ));
+        let Err(Error::Invalid { message, .. }) = parse::<Body>(b"{\"n\": \"x\"}") else {
+            panic!("expected 422")
+        };
+        assert!(message.starts_with("n: invalid type"), "{message}");
+        assert!(matches!(parse::<Body>(b"{}"), Err(Error::Invalid { .. })));
+    }
+}

@@ -1,0 +1,109 @@
+//! Delivery: routes, the layers every request passes through, and the middleware that turns
+//! each response into metrics and a log line.
+
+mod embed;
+mod extract;
+mod health;
+mod models;
+mod openai;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::AppState;
+use crate::error::{Error, ErrorCause};
+pub use embed::ModelLabel;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Every route with every layer, ready for `axum::serve` or `lambda_http::run`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.settings.server.max_body_bytes;
+    Router::new()
+        .route("/v1/embed", post(embed::embed))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(models::list))
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(CatchPanicLayer::custom(|_| {
+                    Error::internal("handler panicked").into_response()
+                }))
+                .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .with_state(state)
+}
+
+fn request_span(req: &Request) -> tracing::Span {
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = id)
+}
+
+/// Records each request in the metrics and logs it; a 5xx logs its cause, which the client
+/// never sees.
+async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = response.status();
+    let model = response
+        .extensions()
+        .get::<ModelLabel>()
+        .map_or("", |m| m.0.as_str());
+    state
+        .metrics
+        .requests
+        .with_label_values(&[&route, status.as_str(), model])
+        .inc();
+    state
+        .metrics
+        .request_seconds
+        .with_label_values(&[&route])
+        .observe(seconds);
+    let ms = seconds * 1e3;
+    match response.extensions().get::<ErrorCause>() {
+        Some(ErrorCause(cause)) => {
+            tracing::error!(status = status.as_u16(), model, ms, cause, "request failed")
+        }
+        None => tracing::info!(status = status.as_u16(), model, ms, "request"),
+    }
+    response
+}
+
+async fn not_found(method: Method, uri: Uri) -> Error {
+    Error::RouteNotFound(format!("{method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method) -> Error {
+    Error::MethodNotAllowed(method.to_string())
+}

@@ -1,0 +1,77 @@
+//! The `embedserve` command: serve, or check a configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use embedserve::Settings;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(version, about = "Multi-tenant text embeddings over ONNX Runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API.
+    Serve {
+        #[arg(long, env = "EMBEDSERVE_CONFIG", default_value = "config/default.toml")]
+        config: PathBuf,
+        /// Overrides `server.bind`.
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+    },
+    /// Validate a configuration file and list every problem.
+    CheckConfig {
+        #[arg(long, env = "EMBEDSERVE_CONFIG", default_value = "config/default.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Serve { config, bind } => Settings::load(&config).and_then(|settings| {
+            tokio::runtime::Runtime::new()?.block_on(embedserve::server::serve(settings, bind))
+        }),
+        Command::CheckConfig { config } => Settings::load(&config).map(|s| {
+            println!(
+                "{}: ok ({} models, default {})",
+                config.display(),
+                s.models.len(),
+                s.default_model
+            );
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// JSON lines when `EMBEDSERVE_LOG_FORMAT=json` (production), readable text otherwise;
+/// `RUST_LOG` filters (default `info`).
+fn init_logging() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("EMBEDSERVE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,118 @@
+//! Every Prometheus metric the service exports, registered once in a registry of its own
+//! (so several apps in one test process do not collide). All names start `embedserve_`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, status and model.
+    pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
+    /// One ONNX Runtime run, by model.
+    pub inference_seconds: HistogramVec,
+    /// Inputs per ONNX Runtime run, by model.
+    pub batch_size: HistogramVec,
+    /// Tokens processed (after truncation), by model.
+    pub tokens: IntCounterVec,
+    /// Inputs embedded, by model.
+    pub embeddings: IntCounterVec,
+    /// Inputs cut to the model's token limit, by model.
+    pub truncated_inputs: IntCounterVec,
+    /// Model loads by model and outcome (`ok` | `error`).
+    pub model_loads: IntCounterVec,
+    pub model_load_seconds: HistogramVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric registered once");
+            h
+        };
+        Self {
+            requests: counter(
+                "embedserve_requests_total",
+                "HTTP requests by route, status and model.",
+                &["route", "status", "model"],
+            ),
+            request_seconds: histogram(
+                "embedserve_request_duration_seconds",
+                "HTTP request latency by route.",
+                &["route"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            inference_seconds: histogram(
+                "embedserve_inference_duration_seconds",
+                "Duration of one ONNX Runtime run by model.",
+                &["model"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            batch_size: histogram(
+                "embedserve_batch_size",
+                "Inputs per ONNX Runtime run by model.",
+                &["model"],
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+            ),
+            tokens: counter(
+                "embedserve_tokens_total",
+                "Tokens processed, after truncation, by model.",
+                &["model"],
+            ),
+            embeddings: counter(
+                "embedserve_embeddings_total",
+                "Inputs embedded by model.",
+                &["model"],
+            ),
+            truncated_inputs: counter(
+                "embedserve_truncated_inputs_total",
+                "Inputs truncated to the model's token limit.",
+                &["model"],
+            ),
+            model_loads: counter(
+                "embedserve_model_loads_total",
+                "Model loads by model and outcome.",
+                &["model", "outcome"],
+            ),
+            model_load_seconds: histogram(
+                "embedserve_model_load_seconds",
+                "Time to load a model (tokenizer and ONNX Runtime session).",
+                &["model"],
+                vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

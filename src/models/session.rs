@@ -1,0 +1,150 @@
+//! The ONNX Runtime side: the process-wide environment, one session per model, and one
+//! synchronous `run` from padded token ids to pooled vectors. Nothing here is async: callers
+//! run it on a dedicated thread (see `worker`).
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use ndarray::{Array2, Ix2, Ix3};
+use ort::environment::Environment;
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorRef;
+
+use super::pooling;
+use super::spec::{InputRole, ModelSpec, Pooling};
+use super::tokenize::Encoded;
+
+/// Loads ONNX Runtime from `path` and creates the environment every session shares.
+/// Fails with a one-line message that says how to fix it.
+pub fn init_runtime(path: Option<&Path>) -> anyhow::Result<Environment> {
+    const HOW: &str = "run `make assets` (scripts/fetch_assets.py) to fetch it, or point \
+                       ORT_DYLIB_PATH or runtime.onnxruntime in the config at libonnxruntime.so.1.31.1";
+    let Some(path) = path else {
+        bail!("no ONNX Runtime library configured: {HOW}");
+    };
+    if !path.is_file() {
+        bail!("ONNX Runtime library {} not found: {HOW}", path.display());
+    }
+    let path = path
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let builder = ort::init_from(&path)
+        .map_err(|e| anyhow::anyhow!("cannot load ONNX Runtime: {e}; {HOW}"))?;
+    builder
+        .with_name("embedserve")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start ONNX Runtime from {}: {e}", path.display()))
+}
+
+/// One model's session and what it needs to turn token ids into vectors.
+pub struct Engine {
+    session: Session,
+    feeds: Vec<(String, InputRole)>,
+    output: String,
+    pooling: Pooling,
+    dimensions: usize,
+}
+
+impl Engine {
+    /// Creates the session and checks the graph against the spec, so a wrong config fails
+    /// at load with a message rather than at the first request.
+    pub fn load(env: &Environment, spec: &ModelSpec, intra_threads: usize) -> anyhow::Result<Self> {
+        let session = build_session(env, &spec.onnx, intra_threads)
+            .map_err(|e| anyhow::anyhow!("cannot load ONNX model {}: {e}", spec.onnx.display()))?;
+        let feeds = spec.feeds();
+        let graph_inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        for (name, _) in &feeds {
+            if !graph_inputs.contains(&name.as_str()) {
+                bail!(
+                    "{}: the graph has no input {name:?} (it has {graph_inputs:?})",
+                    spec.onnx.display()
+                );
+            }
+        }
+        if let Some(missing) = graph_inputs
+            .iter()
+            .find(|g| !feeds.iter().any(|(n, _)| n == *g))
+        {
+            bail!(
+                "{}: the graph needs input {missing:?}, which `inputs` does not list",
+                spec.onnx.display()
+            );
+        }
+        if !session.outputs().iter().any(|o| o.name() == spec.output) {
+            let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+            bail!(
+                "{}: the graph has no output {:?} (it has {names:?})",
+                spec.onnx.display(),
+                spec.output
+            );
+        }
+        Ok(Self {
+            session,
+            feeds,
+            output: spec.output.clone(),
+            pooling: spec.pooling,
+            dimensions: spec.dimensions,
+        })
+    }
+
+    /// Runs one batch: pads to the longest input, runs the graph, pools. Vectors come back in
+    /// input order, full width and not normalised.
+    pub fn run(&mut self, batch: &[&Encoded]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let lengths: Vec<usize> = batch.iter().map(|e| e.len()).collect();
+        let width = lengths.iter().copied().max().unwrap_or(0).max(1);
+        let mut ids = Array2::<i64>::zeros((batch.len(), width));
+        let mut mask = Array2::<i64>::zeros((batch.len(), width));
+        let mut types = Array2::<i64>::zeros((batch.len(), width));
+        for (row, enc) in batch.iter().enumerate() {
+            for (col, (&id, &ty)) in enc.ids.iter().zip(&enc.type_ids).enumerate() {
+                ids[[row, col]] = id;
+                mask[[row, col]] = 1;
+                types[[row, col]] = ty;
+            }
+        }
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(self.feeds.len());
+        for (name, role) in &self.feeds {
+            let array = match role {
+                InputRole::InputIds => &ids,
+                InputRole::AttentionMask => &mask,
+                InputRole::TokenTypeIds => &types,
+            };
+            inputs.push((
+                Cow::Borrowed(name.as_str()),
+                TensorRef::from_array_view(array)?.into(),
+            ));
+        }
+        let outputs = self.session.run(inputs)?;
+        let output = outputs[self.output.as_str()].try_extract_array::<f32>()?;
+        let vectors = match self.pooling {
+            Pooling::None => pooling::rows(output.into_dimensionality::<Ix2>()?),
+            pooling => {
+                pooling::pool_tokens(output.into_dimensionality::<Ix3>()?, &lengths, pooling)
+            }
+        };
+        if let Some(v) = vectors.iter().find(|v| v.len() != self.dimensions) {
+            bail!(
+                "model output has {} dimensions, config says {}",
+                v.len(),
+                self.dimensions
+            );
+        }
+        Ok(vectors)
+    }
+}
+
+// Builder errors carry the (non-Send) builder; `?` in an `ort::Result` function drops it.
+fn build_session(env: &Environment, path: &Path, intra_threads: usize) -> ort::Result<Session> {
+    if !path.is_file() {
+        return Err(ort::Error::new(format!(
+            "file {} not found",
+            path.display()
+        )));
+    }
+    Ok(Session::builder(env)?
+        .with_intra_threads(intra_threads)?
+        .commit_from_file(path)?)
+}
