@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::{Context, bail};
 use ndarray::{Array2, Ix2, Ix3};
@@ -15,9 +16,17 @@ use super::pooling;
 use super::spec::{InputRole, ModelSpec, Pooling};
 use super::tokenize::Encoded;
 
-/// Loads ONNX Runtime from `path` and creates the environment every session shares.
+/// Loads ONNX Runtime from `path` and creates the environment every session shares. ONNX
+/// Runtime allows one environment per process, so later calls return the first one.
 /// Fails with a one-line message that says how to fix it.
 pub fn init_runtime(path: Option<&Path>) -> anyhow::Result<Environment> {
+    static RUNTIME: Mutex<Option<Environment>> = Mutex::new(None);
+    let mut runtime = RUNTIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(env) = runtime.as_ref() {
+        return Ok(env.clone());
+    }
     const HOW: &str = "run `make assets` (scripts/fetch_assets.py) to fetch it, or point \
                        ORT_DYLIB_PATH or runtime.onnxruntime in the config at libonnxruntime.so.1.31.1";
     let Some(path) = path else {
@@ -31,11 +40,13 @@ pub fn init_runtime(path: Option<&Path>) -> anyhow::Result<Environment> {
         .with_context(|| format!("cannot resolve {}", path.display()))?;
     let builder = ort::init_from(&path)
         .map_err(|e| anyhow::anyhow!("cannot load ONNX Runtime: {e}; {HOW}"))?;
-    builder
+    let env = builder
         .with_name("embedserve")
         .with_telemetry(false)
         .build()
-        .map_err(|e| anyhow::anyhow!("cannot start ONNX Runtime from {}: {e}", path.display()))
+        .map_err(|e| anyhow::anyhow!("cannot start ONNX Runtime from {}: {e}", path.display()))?;
+    *runtime = Some(env.clone());
+    Ok(env)
 }
 
 /// One model's session and what it needs to turn token ids into vectors.
@@ -144,7 +155,7 @@ fn build_session(env: &Environment, path: &Path, intra_threads: usize) -> ort::R
             path.display()
         )));
     }
-    Ok(Session::builder(env)?
+    Session::builder(env)?
         .with_intra_threads(intra_threads)?
-        .commit_from_file(path)?)
+        .commit_from_file(path)
 }

@@ -1,0 +1,206 @@
+//! Bad input gets the documented status and the one JSON error shape, on every route, and the
+//! service keeps serving.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const ROUTES: [&str; 2] = ["/v1/embed", "/v1/embeddings"];
+
+async fn assert_status(
+    server: &TestServer,
+    route: &str,
+    body: Value,
+    status: u16,
+    param: Option<&str>,
+) {
+    let (got, response) = server.post(route, body.clone()).await;
+    assert_eq!(got, status, "{route} {body} -> {response}");
+    assert_error_shape(&response);
+    if let Some(param) = param {
+        assert_eq!(
+            response["error"]["param"], param,
+            "{route} {body} -> {response}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn invalid_requests_get_422_with_the_field_named() {
+    let server = TestServer::shared();
+    for route in ROUTES {
+        for body in [
+            json!({}),
+            json!({ "input": null }),
+            json!({ "input": [] }),
+            json!({ "input": "" }),
+            json!({ "input": ["ok", ""] }),
+            json!({ "input": ["ok", 42] }),
+            json!({ "input": [[1, 2, 3]] }),
+            json!({ "input": { "text": "x" } }),
+        ] {
+            assert_status(server, route, body, 422, Some("input")).await;
+        }
+        for dims in [0, 385, 100_000] {
+            assert_status(
+                server,
+                route,
+                json!({ "input": "x", "dimensions": dims }),
+                422,
+                Some("dimensions"),
+            )
+            .await;
+        }
+        assert_status(
+            server,
+            route,
+            json!({ "input": "x", "dimensions": -1 }),
+            422,
+            None,
+        )
+        .await;
+        assert_status(
+            server,
+            route,
+            json!({ "input": "x", "encoding_format": "int8" }),
+            422,
+            None,
+        )
+        .await;
+    }
+    assert_status(
+        server,
+        "/v1/embed",
+        json!({ "input": "x", "normalise": true }),
+        422,
+        None,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_json_gets_400() {
+    let server = TestServer::shared();
+    for route in ROUTES {
+        for raw in [
+            "{\"input\": ",
+            "not json",
+            "",
+            "{\"input\": \"x\"} trailing",
+        ] {
+            let (status, body) = server.post_raw(route, raw).await;
+            assert_eq!(status, 400, "{route} {raw:?} -> {body}");
+            assert_error_shape(&body);
+        }
+    }
+}
+
+#[tokio::test]
+async fn too_many_inputs_and_oversized_bodies_get_413() {
+    let server = TestServer::shared();
+    let inputs: Vec<String> = (0..257).map(|i| format!("t{i}")).collect();
+    let oversized = json!({ "input": "word ".repeat(500_000) }).to_string();
+    for route in ROUTES {
+        assert_status(
+            server,
+            route,
+            json!({ "input": inputs }),
+            413,
+            Some("input"),
+        )
+        .await;
+        let (status, body) = server.post_raw(route, oversized.clone()).await;
+        assert_eq!(status, 413, "{body}");
+        assert_error_shape(&body);
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_model_gets_404() {
+    let server = TestServer::shared();
+    for route in ROUTES {
+        assert_status(
+            server,
+            route,
+            json!({ "input": "x", "model": "gpt-4" }),
+            404,
+            Some("model"),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_the_error_shape() {
+    let server = TestServer::shared();
+    let r = server.get("/v2/nothing").await;
+    assert_eq!(r.status(), 404);
+    assert_error_shape(&r.json().await.unwrap());
+    let r = server.get("/v1/embed").await;
+    assert_eq!(r.status(), 405);
+    assert_error_shape(&r.json().await.unwrap());
+}
+
+#[tokio::test]
+async fn an_inference_failure_is_a_generic_500_and_the_service_keeps_serving() {
+    // A model whose config promises the wrong width fails every run, for real.
+    let mut settings = default_settings();
+    let mut broken = settings.models["minilm-l6-int8"].clone();
+    broken.dimensions = 512;
+    settings.models.insert("wrong-width".into(), broken);
+    let server = TestServer::start(settings);
+
+    let (status, body) = server
+        .post("/v1/embed", json!({ "input": "x", "model": "wrong-width" }))
+        .await;
+    assert_eq!(status, 500, "{body}");
+    let message = assert_error_shape(&body);
+    assert!(
+        !message.contains("512") && !message.contains("dimensions"),
+        "cause leaked: {message}"
+    );
+
+    let (status, _) = server
+        .post("/v1/embed", json!({ "input": "still here" }))
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_request_over_the_timeout_gets_504() {
+    let mut settings = default_settings();
+    settings.server.request_timeout_ms = 1;
+    let server = TestServer::start(settings);
+    let long = reference()["texts"]["over_limit"].clone();
+    let (status, body) = server
+        .post("/v1/embed", json!({ "input": vec![long; 64] }))
+        .await;
+    assert_eq!(status, 504, "{body}");
+    assert_error_shape(&body);
+}
+
+#[tokio::test]
+async fn a_missing_onnx_runtime_library_is_a_one_line_startup_error() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_embedserve"))
+        .args([
+            "serve",
+            "--config",
+            "config/default.toml",
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .current_dir(repo())
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error_lines.len(), 1, "{stderr}");
+    assert!(
+        error_lines[0].contains("/nonexistent/libonnxruntime.so")
+            && error_lines[0].contains("make assets"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -1,0 +1,177 @@
+//! Starting real servers and talking to them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use embedserve::Settings;
+use serde_json::Value;
+
+/// Tolerances against the independent reference, stated once.
+pub const REFERENCE_MIN_COSINE: f64 = 0.9999;
+pub const REFERENCE_MAX_ABS_DIFF: f64 = 1e-4;
+/// The same text alone or inside any batch.
+pub const BATCH_MIN_COSINE: f64 = 0.99999;
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn default_settings() -> Settings {
+    Settings::load(&repo().join("config/default.toml")).expect("config/default.toml loads")
+}
+
+/// A server on 127.0.0.1:0 running on a runtime of its own, so it outlives any one test.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+}
+
+impl TestServer {
+    /// Starts a server for `settings` and returns once its default model serves (`/ready`).
+    pub fn start(settings: Settings) -> TestServer {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let app = embedserve::build_app(settings).expect("app builds");
+                let state = std::sync::Arc::clone(&app.state);
+                let server = tokio::spawn(embedserve::server::run(listener, app));
+                while !state.is_ready() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tx.send(addr).unwrap();
+                server.await.unwrap().unwrap();
+            });
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server became ready within 60 s");
+        // Tests run on runtimes of their own: pooled connections must not outlive one.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        TestServer { addr, client }
+    }
+
+    /// The server most tests share: the default configuration.
+    pub fn shared() -> &'static TestServer {
+        static SHARED: OnceLock<TestServer> = OnceLock::new();
+        SHARED.get_or_init(|| TestServer::start(default_settings()))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs JSON and returns status and parsed body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON body"))
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON body"))
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// Embeds `input` with the native API and returns the float vectors.
+    pub async fn embed(&self, model: &str, input: Value) -> Vec<Vec<f64>> {
+        let (status, body) = self
+            .post(
+                "/v1/embed",
+                serde_json::json!({ "model": model, "input": input }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        vectors(&body["embeddings"])
+    }
+}
+
+pub fn vectors(v: &Value) -> Vec<Vec<f64>> {
+    v.as_array()
+        .expect("array of vectors")
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+pub fn norm(a: &[f64]) -> f64 {
+    a.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// Asserts the service's one error shape and returns the message.
+pub fn assert_error_shape(body: &Value) -> String {
+    let e = &body["error"];
+    assert!(e["message"].is_string(), "no error.message in {body}");
+    assert!(e["type"].is_string(), "no error.type in {body}");
+    assert!(e.get("param").is_some(), "no error.param in {body}");
+    assert!(e["code"].is_string(), "no error.code in {body}");
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        1,
+        "extra top-level fields in {body}"
+    );
+    e["message"].as_str().unwrap().to_owned()
+}
+
+/// The committed reference vectors (scripts/make_reference.py).
+pub fn reference() -> Value {
+    let text = std::fs::read_to_string(repo().join("tests/data/reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("EMBEDSERVE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} not found: run the tests with `make test`, which creates it",
+        p.display()
+    );
+    p
+}

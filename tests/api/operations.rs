@@ -1,0 +1,99 @@
+//! What operators rely on: health, readiness, metrics, request ids, the model list, and an
+//! async runtime that stays free while inference runs.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_ready_and_models_answer() {
+    let server = TestServer::shared();
+    let health: serde_json::Value = server.get("/health").await.json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    let ready = server.get("/ready").await;
+    assert_eq!(ready.status(), 200);
+
+    let models: serde_json::Value = server.get("/v1/models").await.json().await.unwrap();
+    assert_eq!(models["object"], "list");
+    let data = models["data"].as_array().unwrap();
+    let ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["minilm-l6-int8", "paraphrase-l3"]);
+    assert!(
+        data.iter()
+            .all(|m| m["object"] == "model" && m["dimensions"] == 384)
+    );
+    assert_eq!(data[0]["max_tokens"], 256);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_tokens_and_latency() {
+    let server = TestServer::shared();
+    server
+        .embed("minilm-l6-int8", json!(["count me", "and me"]))
+        .await;
+    let text = server.get("/metrics").await.text().await.unwrap();
+    for needle in [
+        "embedserve_requests_total{model=\"minilm-l6-int8\",route=\"/v1/embed\",status=\"200\"}",
+        "embedserve_request_duration_seconds_bucket{route=\"/v1/embed\"",
+        "embedserve_inference_duration_seconds_bucket{model=\"minilm-l6-int8\"",
+        "embedserve_tokens_total{model=\"minilm-l6-int8\"}",
+        "embedserve_model_load_seconds_count{model=\"minilm-l6-int8\"} 1",
+        "embedserve_batch_size_bucket{model=\"minilm-l6-int8\"",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn the_request_id_is_echoed_or_generated() {
+    let server = TestServer::shared();
+    let r = server
+        .client
+        .get(server.url("/health"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    let r = server.get("/health").await;
+    assert_eq!(r.headers()["x-request-id"].len(), 36, "a UUID is generated");
+}
+
+#[tokio::test]
+async fn a_bearer_key_is_accepted_and_ignored_for_now() {
+    let server = TestServer::shared();
+    let r = server
+        .client
+        .post(server.url("/v1/embed"))
+        .bearer_auth("any-key")
+        .json(&json!({ "input": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn health_answers_while_a_large_batch_runs() {
+    let server = TestServer::shared();
+    let long = reference()["texts"]["over_limit"].clone();
+    let batch = server.post("/v1/embed", json!({ "input": vec![long; 256] }));
+    tokio::pin!(batch);
+    // Let the batch reach the model's thread, then ask for /health while it runs.
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut batch).await;
+    assert!(
+        early.is_err(),
+        "the batch finished too fast to test anything"
+    );
+    let health = server.get("/health").await;
+    assert_eq!(health.status(), 200);
+    assert!(
+        futures::poll!(&mut batch).is_pending(),
+        "/health waited for the batch"
+    );
+    let (status, body) = batch.await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["embeddings"].as_array().unwrap().len(), 256);
+}
