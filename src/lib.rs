@@ -46,7 +46,12 @@ pub struct App {
 /// Loads ONNX Runtime and builds the router. Models load later: on first use, or in
 /// [`App::warm_up`].
 pub fn build_app(settings: Settings) -> anyhow::Result<App> {
+    let started = std::time::Instant::now();
     let env = models::session::init_runtime(settings.onnxruntime_path().as_deref())?;
+    tracing::debug!(
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "ONNX Runtime loaded"
+    );
     let metrics = Arc::new(Metrics::new());
     let options = CacheOptions {
         intra_threads: settings.intra_threads(),

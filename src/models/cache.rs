@@ -89,8 +89,15 @@ impl ModelCache {
             id.to_owned(),
         );
         let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<LoadedModel> {
-            let encoder = TextEncoder::from_file(&spec.tokenizer, spec.max_tokens)?;
-            let engine = Engine::load(&env, &spec, options.intra_threads)?;
+            // The tokenizer parses while ONNX Runtime builds the session: cold start pays
+            // for the slower of the two, not both.
+            let (encoder, engine) = std::thread::scope(|scope| {
+                let tokenizer =
+                    scope.spawn(|| TextEncoder::from_file(&spec.tokenizer, spec.max_tokens));
+                let engine = Engine::load(&env, &spec, options.intra_threads);
+                (tokenizer.join().expect("tokenizer thread panicked"), engine)
+            });
+            let (encoder, engine) = (encoder?, engine?);
             let queue = worker::spawn(
                 model.clone(),
                 engine,
