@@ -36,10 +36,7 @@ fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = repo.join("config/default.toml");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    println!(
-        "embedserve benchmark, model {MODEL}, {} CPUs",
-        std::thread::available_parallelism().unwrap()
-    );
+    println!("embedserve benchmark, model {MODEL}, {} CPUs", std::thread::available_parallelism().unwrap());
     println!();
 
     let mut colds: Vec<f64> = (0..5)
@@ -59,10 +56,7 @@ fn main() {
     let (_, mut server, port) = rt.block_on(cold_start(&config));
     let base = format!("http://127.0.0.1:{port}");
     let lat = rt.block_on(latency(&base, 500));
-    println!(
-        "one short sentence over HTTP, 500 sequential: p50 {:.2} ms, p99 {:.2} ms",
-        lat.0, lat.1
-    );
+    println!("one short sentence over HTTP, 500 sequential: p50 {:.2} ms, p99 {:.2} ms", lat.0, lat.1);
 
     println!();
     println!("throughput, one sentence per request, {THROUGHPUT_SECONDS} s each:");
@@ -81,21 +75,14 @@ fn main() {
     println!("  in-process session, batch  1: {b1:>7.1} embeddings/s");
     println!("  in-process session, batch 32: {b32:>7.1} embeddings/s (the ceiling)");
     for (clients, rate) in server_rates {
-        println!(
-            "  ratio server/ceiling at {clients:>2} clients: {:.0}%",
-            100.0 * rate / b32
-        );
+        println!("  ratio server/ceiling at {clients:>2} clients: {:.0}%", 100.0 * rate / b32);
     }
     println!();
     println!("server peak resident memory (VmHWM): {rss:.0} MiB");
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Spawns the release binary and polls `/v1/embed` until it answers 200.
@@ -113,20 +100,12 @@ async fn cold_start(config: &Path) -> (f64, Child, u16) {
         .spawn()
         .expect("embedserve starts");
     loop {
-        if let Ok(r) = client
-            .post(&url)
-            .json(&json!({ "input": SENTENCES[0] }))
-            .send()
-            .await
-        {
+        if let Ok(r) = client.post(&url).json(&json!({ "input": SENTENCES[0] })).send().await {
             if r.status() == 200 {
                 return (started.elapsed().as_secs_f64() * 1e3, child, port);
             }
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "server did not answer within 60 s"
-        );
+        assert!(started.elapsed() < Duration::from_secs(60), "server did not answer within 60 s");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -137,12 +116,8 @@ async fn latency(base: &str, n: usize) -> (f64, f64) {
     let mut ms = Vec::with_capacity(n);
     for i in 0..n + 20 {
         let t = Instant::now();
-        let r = client
-            .post(&url)
-            .json(&json!({ "input": SENTENCES[i % SENTENCES.len()] }))
-            .send()
-            .await
-            .unwrap();
+        let r =
+            client.post(&url).json(&json!({ "input": SENTENCES[i % SENTENCES.len()] })).send().await.unwrap();
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
         if i >= 20 {
@@ -169,12 +144,7 @@ async fn throughput(base: &str, clients: usize) -> f64 {
                 let mut done = 0u64;
                 while Instant::now() < deadline {
                     let text = SENTENCES[(c + done as usize) % SENTENCES.len()];
-                    let r = client
-                        .post(&url)
-                        .json(&json!({ "input": text }))
-                        .send()
-                        .await
-                        .unwrap();
+                    let r = client.post(&url).json(&json!({ "input": text })).send().await.unwrap();
                     assert_eq!(r.status(), 200);
                     r.bytes().await.unwrap();
                     done += 1;

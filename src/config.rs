@@ -22,15 +22,21 @@ pub struct Settings {
     #[serde(default)]
     pub server: ServerSettings,
     pub runtime: RuntimeSettings,
-    /// The model used when a request names none.
+    /// The catalogue model used when a request names none and its tenant sets no default.
     pub default_model: String,
+    /// The shared catalogue: models any tenant may be allowed to use.
     pub models: BTreeMap<String, ModelSpec>,
+    #[serde(default)]
+    pub cache: CacheSettings,
+    /// Tenants by id.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
     /// The file these settings came from (for messages and relative paths).
     #[serde(skip)]
     pub source: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     pub bind: SocketAddr,
@@ -44,6 +50,8 @@ pub struct ServerSettings {
     pub max_batch_size: usize,
     /// Most padded tokens (longest × count) in one run.
     pub max_batch_tokens: usize,
+    /// How often the config file is checked for changes (0: only on SIGHUP).
+    pub reload_poll_ms: u64,
 }
 
 impl Default for ServerSettings {
@@ -55,6 +63,7 @@ impl Default for ServerSettings {
             request_timeout_ms: 30_000,
             max_batch_size: 32,
             max_batch_tokens: 16_384,
+            reload_poll_ms: 2_000,
         }
     }
 }
@@ -65,7 +74,7 @@ impl ServerSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSettings {
     /// Path to `libonnxruntime.so`; `ORT_DYLIB_PATH` overrides it.
@@ -73,8 +82,64 @@ pub struct RuntimeSettings {
     /// ONNX Runtime intra-op threads per session; 0 means the CPUs available to the process.
     #[serde(default)]
     pub intra_threads: usize,
+    /// ONNX Runtime's CPU memory arena keeps the peak of every run's memory for the life of the
+    /// session (hundreds of MiB after one large batch); off, each model's footprint stays near
+    /// its load size, which is what the cache budget counts.
+    #[serde(default)]
+    pub cpu_arena: bool,
 }
 
+/// The session cache: memory budget, models loaded at start, models never evicted.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Budget for loaded models' resident bytes; 0 means unlimited.
+    pub max_bytes: u64,
+    /// Model ids loaded at start (`/ready` waits for them); empty means `[default_model]`.
+    pub preload: Vec<String>,
+    /// Model ids never evicted (they are also preloaded).
+    pub pinned: Vec<String>,
+}
+
+/// One tenant, from a `[tenants.<id>]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// SHA-256 hashes (hex) of the tenant's API keys; `embedserve hash-key` prints one.
+    pub keys: Vec<String>,
+    /// Catalogue models the tenant may use.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Models only this tenant sees, with files of their own.
+    #[serde(default)]
+    pub private_models: BTreeMap<String, ModelSpec>,
+    /// The model used when a request names none; defaults to the top-level `default_model`.
+    pub default_model: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub requests_per_second: u32,
+    /// Requests allowed at once above the steady rate.
+    pub burst: u32,
+    pub tokens_per_minute: u32,
+    /// Most inputs in one request (never above `server.max_inputs`).
+    pub max_inputs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { requests_per_second: 50, burst: 100, tokens_per_minute: 1_000_000, max_inputs: 256 }
+    }
+}
+
+/// The cache id of a tenant's private model: `tenant/name`. Catalogue ids have no `/`.
+pub fn private_model_id(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
+}
 impl Settings {
     /// Reads `path`, applies environment overrides, resolves relative paths against the
     /// file's folder and validates the result.
@@ -91,11 +156,9 @@ impl Settings {
         settings.resolve_paths();
         let problems = settings.problems();
         if !problems.is_empty() {
-            bail!(
-                "invalid config {}:\n  {}",
-                path.display(),
-                problems.join("\n  ")
-            );
+            let file = path.display();
+            let lines: Vec<String> = problems.iter().map(|p| format!("{file}: {p}")).collect();
+            bail!("invalid config {file}: {} problem(s)\n  {}", lines.len(), lines.join("\n  "));
         }
         Ok(settings)
     }
@@ -125,27 +188,52 @@ impl Settings {
         if let Some(p) = self.runtime.onnxruntime.as_mut() {
             resolve(p);
         }
-        for spec in self.models.values_mut() {
+        let private = self.tenants.values_mut().flat_map(|t| t.private_models.values_mut());
+        for spec in self.models.values_mut().chain(private) {
             resolve(&mut spec.onnx);
             resolve(&mut spec.tokenizer);
         }
+    }
+
+    /// Every model the cache may load, by id: the catalogue and each tenant's private models.
+    pub fn all_models(&self) -> BTreeMap<String, ModelSpec> {
+        let private = self.tenants.iter().flat_map(|(tenant, t)| {
+            t.private_models.iter().map(move |(name, spec)| (private_model_id(tenant, name), spec.clone()))
+        });
+        self.models.iter().map(|(id, spec)| (id.clone(), spec.clone())).chain(private).collect()
+    }
+
+    /// Models loaded at start: `cache.preload` and `cache.pinned`, or the default model.
+    pub fn preload(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.cache.preload.iter().chain(&self.cache.pinned).cloned().collect();
+        if ids.is_empty() {
+            ids.push(self.default_model.clone());
+        }
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// Every problem, each as `field: message`, so `check-config` can list them all at once.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if !self.models.contains_key(&self.default_model) {
-            out.push(format!(
-                "default_model: \"{}\" is not a model in [models]",
-                self.default_model
-            ));
+            out.push(format!("default_model: \"{}\" is not a model in [models]", self.default_model));
         }
         for (id, spec) in &self.models {
-            out.extend(
-                spec.problems()
-                    .into_iter()
-                    .map(|p| format!("models.{id}.{p}")),
-            );
+            out.extend(spec.problems().into_iter().map(|p| format!("models.{id}.{p}")));
+        }
+        out.extend(self.tenant_problems());
+        let all = self.all_models();
+        for (field, ids) in [("cache.preload", &self.cache.preload), ("cache.pinned", &self.cache.pinned)] {
+            for id in ids.iter().filter(|id| !all.contains_key(*id)) {
+                out.push(format!(
+                    "{field}: \"{id}\" is not a model id (catalogue id or tenant/private-name)"
+                ));
+            }
+        }
+        for id in self.models.keys().filter(|id| !valid_id(id)) {
+            out.push(format!("models.{id}: ids use only a-z, 0-9, '-', '_' and '.'"));
         }
         let s = &self.server;
         for (field, value) in [
@@ -161,4 +249,81 @@ impl Settings {
         }
         out
     }
+}
+
+impl Settings {
+    fn tenant_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut seen_keys: BTreeMap<String, &str> = BTreeMap::new();
+        for (id, t) in &self.tenants {
+            let at = format!("tenants.{id}");
+            if !valid_id(id) {
+                out.push(format!("{at}: tenant ids use only a-z, 0-9, '-', '_' and '.'"));
+            }
+            if t.keys.is_empty() {
+                out.push(format!("{at}.keys: a tenant needs at least one key hash"));
+            }
+            for (i, key) in t.keys.iter().enumerate() {
+                match parse_key_hash(key) {
+                    None => out.push(format!(
+                        "{at}.keys[{i}]: not a SHA-256 hash (64 hex digits); `embedserve hash-key` prints one"
+                    )),
+                    Some(hash) => {
+                        if let Some(other) = seen_keys.insert(hex::encode(hash), id) {
+                            out.push(format!("{at}.keys[{i}]: the same key is also a key of tenant {other}"));
+                        }
+                    }
+                }
+            }
+            for (i, model) in t.models.iter().enumerate() {
+                if !self.models.contains_key(model) {
+                    out.push(format!("{at}.models[{i}]: \"{model}\" is not in the [models] catalogue"));
+                }
+            }
+            for (name, spec) in &t.private_models {
+                if !valid_id(name) {
+                    out.push(format!(
+                        "{at}.private_models.{name}: names use only a-z, 0-9, '-', '_' and '.'"
+                    ));
+                }
+                if t.models.contains(name) {
+                    out.push(format!(
+                        "{at}.private_models.{name}: also listed in models; the name would be ambiguous"
+                    ));
+                }
+                out.extend(spec.problems().into_iter().map(|p| format!("{at}.private_models.{name}.{p}")));
+            }
+            let default = t.default_model.as_deref().unwrap_or(&self.default_model);
+            if !t.models.iter().any(|m| m == default) && !t.private_models.contains_key(default) {
+                let field = if t.default_model.is_some() { "default_model" } else { "models" };
+                out.push(format!(
+                    "{at}.{field}: the default model \"{default}\" is not one of the tenant's models"
+                ));
+            }
+            let l = &t.limits;
+            for (field, value) in [
+                ("requests_per_second", l.requests_per_second as usize),
+                ("burst", l.burst as usize),
+                ("tokens_per_minute", l.tokens_per_minute as usize),
+                ("max_inputs", l.max_inputs),
+            ] {
+                if value == 0 {
+                    out.push(format!("{at}.limits.{field}: must be at least 1"));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A key hash as config holds it: 64 hex digits, optionally prefixed `sha256:`.
+pub fn parse_key_hash(text: &str) -> Option<[u8; 32]> {
+    let hex_digits = text.strip_prefix("sha256:").unwrap_or(text);
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_digits, &mut out).ok()?;
+    Some(out)
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }

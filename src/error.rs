@@ -13,12 +13,13 @@ pub enum Error {
     MalformedJson(String),
     /// Well-formed JSON whose content is wrong.
     #[error("{message}")]
-    Invalid {
-        message: String,
-        param: Option<&'static str>,
-    },
+    Invalid { message: String, param: Option<&'static str> },
     #[error("{0}")]
     TooLarge(String),
+    #[error("Missing or invalid API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.")]
+    Unauthorized,
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
     #[error("No route for {0}.")]
@@ -26,8 +27,8 @@ pub enum Error {
     #[error("Method {0} is not allowed here.")]
     MethodNotAllowed(String),
     /// The model could not be loaded; the cause goes to the log, not the client.
-    #[error("The model `{model}` is unavailable right now; retry later.")]
-    ModelUnavailable { model: String, cause: String },
+    #[error("The model `{model}` could not be loaded; retry in {retry_after} s.")]
+    ModelUnavailable { model: String, cause: String, retry_after: u64 },
     #[error("The server is overloaded; retry later.")]
     Overloaded,
     #[error("The request took longer than {0} ms and was abandoned.")]
@@ -45,14 +46,23 @@ pub struct ErrorCause(pub String);
 
 impl Error {
     pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
-        Error::Invalid {
-            message: message.into(),
-            param: Some(param),
-        }
+        Error::Invalid { message: message.into(), param: Some(param) }
     }
 
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         Error::Internal(cause.to_string())
+    }
+
+    /// The same error, naming the model as the client knows it rather than by its cache id
+    /// (`tenant/name` for private models).
+    pub fn for_model(self, name: &str) -> Self {
+        match self {
+            Error::ModelUnavailable { cause, retry_after, .. } => {
+                Error::ModelUnavailable { model: name.to_owned(), cause, retry_after }
+            }
+            Error::ModelNotFound(_) => Error::ModelNotFound(name.to_owned()),
+            other => other,
+        }
     }
 
     /// The status table.
@@ -61,6 +71,8 @@ impl Error {
             Error::MalformedJson(_) => StatusCode::BAD_REQUEST,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ModelNotFound(_) | Error::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::ModelUnavailable { .. } | Error::Overloaded | Error::NotReady => {
@@ -76,6 +88,8 @@ impl Error {
             Error::MalformedJson(_) => ("invalid_request_error", "malformed_json"),
             Error::Invalid { .. } => ("invalid_request_error", "invalid_value"),
             Error::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            Error::Unauthorized => ("authentication_error", "invalid_api_key"),
+            Error::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             Error::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
             Error::RouteNotFound(_) => ("invalid_request_error", "unknown_url"),
             Error::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
@@ -111,13 +125,15 @@ impl IntoResponse for Error {
             "error": { "message": self.to_string(), "type": kind, "param": self.param(), "code": code }
         });
         let mut response = (self.status(), Json(body)).into_response();
-        if matches!(
-            self,
-            Error::Overloaded | Error::ModelUnavailable { .. } | Error::NotReady
-        ) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let retry_after = match &self {
+            Error::RateLimited { retry_after, .. } | Error::ModelUnavailable { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            Error::Overloaded | Error::NotReady => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         if let Some(cause) = self.cause() {
             response.extensions_mut().insert(ErrorCause(cause));

@@ -25,11 +25,13 @@ enum Command {
         #[arg(long)]
         bind: Option<SocketAddr>,
     },
-    /// Validate a configuration file and list every problem.
+    /// Validate a configuration file and list every problem, with its file and field.
     CheckConfig {
         #[arg(long, env = "EMBEDSERVE_CONFIG", default_value = "config/default.toml")]
         config: PathBuf,
     },
+    /// Read an API key on stdin and print the SHA-256 hash to put in a tenant's `keys`.
+    HashKey,
 }
 
 fn main() -> ExitCode {
@@ -40,13 +42,14 @@ fn main() -> ExitCode {
             tokio::runtime::Runtime::new()?.block_on(embedserve::server::serve(settings, bind))
         }),
         Command::CheckConfig { config } => Settings::load(&config).map(|s| {
+            let private: usize = s.tenants.values().map(|t| t.private_models.len()).sum();
+            let (models, tenants) = (s.models.len(), s.tenants.len());
             println!(
-                "{}: ok ({} models, default {})",
-                config.display(),
-                s.models.len(),
-                s.default_model
+                "{}: ok ({models} catalogue models, {tenants} tenants, {private} private models)",
+                config.display()
             );
         }),
+        Command::HashKey => hash_key_from_stdin(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,20 +60,23 @@ fn main() -> ExitCode {
     }
 }
 
+fn hash_key_from_stdin() -> anyhow::Result<()> {
+    let mut key = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut key)?;
+    // A trailing newline from `echo` or a terminal is not part of the key.
+    let key = key.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(!key.is_empty(), "no key on stdin");
+    println!("{}", embedserve::tenants::hash_key(key));
+    Ok(())
+}
+
 /// JSON lines when `EMBEDSERVE_LOG_FORMAT=json` (production), readable text otherwise;
 /// `RUST_LOG` filters (default `info`).
 fn init_logging() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("EMBEDSERVE_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init();
+        builder.json().flatten_event(true).with_current_span(true).init();
     } else {
         builder.init();
     }

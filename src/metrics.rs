@@ -2,56 +2,71 @@
 //! (so several apps in one test process do not collide). All names start `embedserve_`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
     registry: Registry,
-    /// Requests by route, status and model.
+    /// Requests by route, status, tenant and model.
     pub requests: IntCounterVec,
     pub request_seconds: HistogramVec,
     /// One ONNX Runtime run, by model.
     pub inference_seconds: HistogramVec,
     /// Inputs per ONNX Runtime run, by model.
     pub batch_size: HistogramVec,
-    /// Tokens processed (after truncation), by model.
+    /// Tokens processed (after truncation), by tenant and model: the billing figure.
     pub tokens: IntCounterVec,
-    /// Inputs embedded, by model.
+    /// Inputs embedded, by tenant and model.
     pub embeddings: IntCounterVec,
     /// Inputs cut to the model's token limit, by model.
     pub truncated_inputs: IntCounterVec,
+    /// Requests refused by a tenant's limits, by tenant and limit.
+    pub rate_limited: IntCounterVec,
+    /// Cache lookups by model and result (`hit` | `miss`).
+    pub cache_lookups: IntCounterVec,
+    pub model_evictions: IntCounterVec,
+    pub model_resident_bytes: IntGaugeVec,
+    pub cache_resident_bytes: IntGauge,
+    pub cache_budget_bytes: IntGauge,
+    /// Configuration reloads by outcome (`ok` | `rejected`).
+    pub config_reloads: IntCounterVec,
     /// Model loads by model and outcome (`ok` | `error`).
     pub model_loads: IntCounterVec,
     pub model_load_seconds: HistogramVec,
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("metric registered once");
+            registry.register(Box::new(c.clone())).expect("metric registered once");
             c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("metric registered once");
+            g
+        };
+        let scalar = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("metric registered once");
+            g
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
                 .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("metric registered once");
+            registry.register(Box::new(h.clone())).expect("metric registered once");
             h
         };
         Self {
             requests: counter(
                 "embedserve_requests_total",
-                "HTTP requests by route, status and model.",
-                &["route", "status", "model"],
+                "HTTP requests by route, status, tenant and model.",
+                &["route", "status", "tenant", "model"],
             ),
             request_seconds: histogram(
                 "embedserve_request_duration_seconds",
@@ -73,13 +88,13 @@ impl Metrics {
             ),
             tokens: counter(
                 "embedserve_tokens_total",
-                "Tokens processed, after truncation, by model.",
-                &["model"],
+                "Tokens processed, after truncation, by tenant and model.",
+                &["tenant", "model"],
             ),
             embeddings: counter(
                 "embedserve_embeddings_total",
-                "Inputs embedded by model.",
-                &["model"],
+                "Inputs embedded by tenant and model.",
+                &["tenant", "model"],
             ),
             truncated_inputs: counter(
                 "embedserve_truncated_inputs_total",
@@ -97,6 +112,39 @@ impl Metrics {
                 &["model"],
                 vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
             ),
+            rate_limited: counter(
+                "embedserve_rate_limited_total",
+                "Requests refused by a tenant's limits, by tenant and limit.",
+                &["tenant", "limit"],
+            ),
+            cache_lookups: counter(
+                "embedserve_cache_lookups_total",
+                "Session cache lookups by model and result (hit or miss).",
+                &["model", "result"],
+            ),
+            model_evictions: counter(
+                "embedserve_model_evictions_total",
+                "Models evicted from the session cache.",
+                &["model"],
+            ),
+            model_resident_bytes: gauge(
+                "embedserve_model_resident_bytes",
+                "Measured resident size of each loaded model (0 when not loaded).",
+                &["model"],
+            ),
+            cache_resident_bytes: scalar(
+                "embedserve_cache_resident_bytes",
+                "Resident bytes of all loaded models.",
+            ),
+            cache_budget_bytes: scalar(
+                "embedserve_cache_budget_bytes",
+                "The session cache's memory budget (0: unlimited).",
+            ),
+            config_reloads: counter(
+                "embedserve_config_reloads_total",
+                "Configuration reloads by outcome (ok or rejected).",
+                &["outcome"],
+            ),
             registry,
         }
     }
@@ -104,9 +152,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
         String::from_utf8(out).expect("prometheus text is UTF-8")
     }
 }

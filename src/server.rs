@@ -11,9 +11,7 @@ use crate::{App, Settings, build_app};
 /// Serves `settings` on `bind` (or the configured address) until a shutdown signal.
 pub async fn serve(settings: Settings, bind: Option<SocketAddr>) -> anyhow::Result<()> {
     let addr = bind.unwrap_or(settings.server.bind);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot bind {addr}"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot bind {addr}"))?;
     let app = build_app(settings)?;
     tracing::info!(addr = %listener.local_addr()?, "embedserve listening");
     run(listener, app).await
@@ -22,22 +20,14 @@ pub async fn serve(settings: Settings, bind: Option<SocketAddr>) -> anyhow::Resu
 /// Serves an already bound listener; tests use this with port 0.
 pub async fn run(listener: TcpListener, app: App) -> anyhow::Result<()> {
     let App { router, state } = app;
-    let warm = App {
-        router: router.clone(),
-        state,
-    };
+    crate::reload::spawn_watchers(std::sync::Arc::clone(&state));
+    let warm = App { router: router.clone(), state };
     tokio::spawn(async move {
         if let Err(e) = warm.warm_up().await {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "default model failed to warm up; /ready stays 503"
-            );
+            tracing::error!(error = format!("{e:#}"), "preloading failed; /ready stays 503");
         }
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server error")
+    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await.context("server error")
 }
 
 async fn shutdown_signal() {

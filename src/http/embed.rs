@@ -1,22 +1,38 @@
 //! `POST /v1/embed`, the native API, and the request core both embedding routes share:
 //! validate, resolve the model, embed, shape vectors, count usage.
 
+use std::sync::Arc;
+
+use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::auth::Authed;
 use super::extract::JsonBody;
 use crate::AppState;
 use crate::error::Error;
 use crate::models::pooling::shape_vector;
+use crate::tenants::Tenant;
 
-/// The model that served a request, for the metrics middleware's `model` label.
-#[derive(Debug, Clone)]
-pub struct ModelLabel(pub String);
+/// Who a request was for, for the metrics middleware's `tenant` and `model` labels.
+#[derive(Debug, Clone, Default)]
+pub struct Labels {
+    pub tenant: String,
+    pub model: String,
+}
+
+impl Labels {
+    /// Attaches the labels to a response, success or error.
+    pub fn attach(self, result: Result<Response, Error>) -> Response {
+        let mut response = result.unwrap_or_else(IntoResponse::into_response);
+        response.extensions_mut().insert(self);
+        response
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -71,18 +87,23 @@ pub struct Usage {
 
 impl Usage {
     pub fn new(tokens: usize) -> Self {
-        Self {
-            prompt_tokens: tokens,
-            total_tokens: tokens,
-        }
+        Self { prompt_tokens: tokens, total_tokens: tokens }
     }
 }
 
-/// Validates, embeds and shapes; every failure is an [`Error`] with its status.
-pub async fn embed_core(state: &AppState, params: EmbedParams<'_>) -> Result<EmbedOutput, Error> {
-    let texts = parse_input(params.input, state.settings.server.max_inputs)?;
-    let model_id = params.model.unwrap_or(&state.settings.default_model);
-    let model = state.models.get(model_id).await?;
+/// Checks the tenant's limits, validates, embeds and shapes; every failure is an [`Error`]
+/// with its status. `labels.model` is set as soon as the model is known.
+pub async fn embed_core(
+    state: &AppState,
+    tenant: &Tenant,
+    params: EmbedParams<'_>,
+    labels: &mut Labels,
+) -> Result<EmbedOutput, Error> {
+    tenant.check_request().inspect_err(|_| count_refusal(state, tenant, "requests"))?;
+    let texts = parse_input(params.input, tenant.max_inputs())?;
+    let (name, model_id) = tenant.resolve(params.model)?;
+    labels.model = model_id.to_owned();
+    let model = state.models.get(model_id).await.map_err(|e| e.for_model(name))?;
     let spec = &model.spec;
     let dimensions = match params.dimensions {
         None => spec.dimensions,
@@ -90,42 +111,38 @@ pub async fn embed_core(state: &AppState, params: EmbedParams<'_>) -> Result<Emb
         Some(d) => {
             return Err(Error::invalid(
                 "dimensions",
-                format!(
-                    "dimensions must be between 1 and {} for model `{model_id}`, got {d}",
-                    spec.dimensions
-                ),
+                format!("dimensions must be between 1 and {} for model `{name}`, got {d}", spec.dimensions),
             ));
         }
     };
     let normalize = params.normalize.unwrap_or(spec.normalize);
 
-    let timeout = state.settings.server.request_timeout();
-    let embedded = tokio::time::timeout(timeout, model.embed(texts))
+    let work = async {
+        let inputs = model.tokenize(texts).await?;
+        let tokens: usize = inputs.iter().map(|e| e.len()).sum();
+        let truncated = inputs.iter().filter(|e| e.truncated).count();
+        tenant.check_tokens(tokens).inspect_err(|_| count_refusal(state, tenant, "tokens"))?;
+        let vectors = model.infer(inputs).await?;
+        Ok::<_, Error>((vectors, tokens, truncated))
+    };
+    let (vectors, tokens, truncated) = tokio::time::timeout(state.server.request_timeout(), work)
         .await
-        .map_err(|_| Error::Timeout(state.settings.server.request_timeout_ms))??;
+        .map_err(|_| Error::Timeout(state.server.request_timeout_ms))??;
 
     let m = &state.metrics;
-    m.tokens
-        .with_label_values(&[model_id])
-        .inc_by(embedded.tokens as u64);
-    m.embeddings
-        .with_label_values(&[model_id])
-        .inc_by(embedded.vectors.len() as u64);
-    m.truncated_inputs
-        .with_label_values(&[model_id])
-        .inc_by(embedded.truncated as u64);
+    m.tokens.with_label_values(&[&tenant.id, model_id]).inc_by(tokens as u64);
+    m.embeddings.with_label_values(&[&tenant.id, model_id]).inc_by(vectors.len() as u64);
+    m.truncated_inputs.with_label_values(&[model_id]).inc_by(truncated as u64);
 
-    let vectors = embedded
-        .vectors
+    let vectors = vectors
         .into_iter()
         .map(|v| Vector::encode(shape_vector(v, dimensions, normalize), params.format))
         .collect();
-    Ok(EmbedOutput {
-        model: model_id.to_owned(),
-        dimensions,
-        vectors,
-        tokens: embedded.tokens,
-    })
+    Ok(EmbedOutput { model: name.to_owned(), dimensions, vectors, tokens })
+}
+
+fn count_refusal(state: &AppState, tenant: &Tenant, limit: &str) {
+    state.metrics.rate_limited.with_label_values(&[&tenant.id, limit]).inc();
 }
 
 /// `input` is a non-empty string or a non-empty array of non-empty strings.
@@ -158,19 +175,12 @@ fn parse_input(input: Option<&Value>, max_inputs: usize) -> Result<Vec<String>, 
         Some(other) => {
             return Err(Error::invalid(
                 "input",
-                format!(
-                    "input must be a string or an array of strings, got {}",
-                    json_kind(other)
-                ),
+                format!("input must be a string or an array of strings, got {}", json_kind(other)),
             ));
         }
     };
     if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-        let at = if texts.len() == 1 {
-            "input".to_owned()
-        } else {
-            format!("input[{i}]")
-        };
+        let at = if texts.len() == 1 { "input".to_owned() } else { format!("input[{i}]") };
         return Err(Error::invalid("input", format!("{at} is empty")));
     }
     Ok(texts)
@@ -207,28 +217,24 @@ pub struct EmbedResponse {
 }
 
 pub async fn embed(
-    State(state): State<std::sync::Arc<AppState>>,
+    State(state): State<Arc<AppState>>,
+    Authed(tenant): Authed,
     JsonBody(req): JsonBody<EmbedRequest>,
-) -> Result<Response, Error> {
-    let out = embed_core(
-        &state,
-        EmbedParams {
-            input: req.input.as_ref(),
-            model: req.model.as_deref(),
-            normalize: req.normalize,
-            dimensions: req.dimensions,
-            format: req.encoding_format,
-        },
-    )
-    .await?;
-    let label = ModelLabel(out.model.clone());
-    let body = EmbedResponse {
-        model: out.model,
-        dimensions: out.dimensions,
-        embeddings: out.vectors,
-        usage: Usage::new(out.tokens),
+) -> Response {
+    let mut labels = Labels { tenant: tenant.id.clone(), ..Labels::default() };
+    let params = EmbedParams {
+        input: req.input.as_ref(),
+        model: req.model.as_deref(),
+        normalize: req.normalize,
+        dimensions: req.dimensions,
+        format: req.encoding_format,
     };
-    Ok((Extension(label), Json(body)).into_response())
+    let result = embed_core(&state, &tenant, params, &mut labels).await.map(|out| {
+        let usage = Usage::new(out.tokens);
+        Json(EmbedResponse { model: out.model, dimensions: out.dimensions, embeddings: out.vectors, usage })
+            .into_response()
+    });
+    labels.attach(result)
 }
 
 #[cfg(test)]
@@ -243,10 +249,7 @@ mod tests {
     #[test]
     fn input_validation_has_the_documented_statuses() {
         assert_eq!(parse_input(Some(&json!("hi")), 2).unwrap(), vec!["hi"]);
-        assert_eq!(
-            parse_input(Some(&json!(["a", "b"])), 2).unwrap(),
-            vec!["a", "b"]
-        );
+        assert_eq!(parse_input(Some(&json!(["a", "b"])), 2).unwrap(), vec!["a", "b"]);
         assert_eq!(status(json!([])), 422);
         assert_eq!(status(json!("")), 422);
         assert_eq!(status(json!(["a", "  "])), 422);
@@ -258,13 +261,8 @@ mod tests {
 
     #[test]
     fn base64_is_little_endian_f32() {
-        let Vector::Base64(s) = Vector::encode(vec![1.0, -2.5], EncodingFormat::Base64) else {
-            panic!()
-        };
+        let Vector::Base64(s) = Vector::encode(vec![1.0, -2.5], EncodingFormat::Base64) else { panic!() };
         let bytes = STANDARD.decode(s).unwrap();
-        assert_eq!(
-            bytes,
-            [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat()
-        );
+        assert_eq!(bytes, [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat());
     }
 }

@@ -43,15 +43,8 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 fn classify(e: serde_json::Error, path: &str) -> Error {
     match e.classify() {
         serde_json::error::Category::Data => {
-            let message = if path == "." {
-                e.to_string()
-            } else {
-                format!("{path}: {e}")
-            };
-            Error::Invalid {
-                message,
-                param: None,
-            }
+            let message = if path == "." { e.to_string() } else { format!("{path}: {e}") };
+            Error::Invalid { message, param: None }
         }
         _ => Error::MalformedJson(format!("The body is not valid JSON: {e}")),
     }
@@ -69,14 +62,8 @@ mod tests {
 
     #[test]
     fn syntax_errors_are_malformed_and_type_errors_invalid() {
-        assert!(matches!(
-            parse::<Body>(b"{\"n\": "),
-            Err(Error::MalformedJson(_))
-        ));
-        assert!(matches!(
-            parse::<Body>(b"{\"n\": 1} x"),
-            Err(Error::MalformedJson(_))
-        ));
+        assert!(matches!(parse::<Body>(b"{\"n\": "), Err(Error::MalformedJson(_))));
+        assert!(matches!(parse::<Body>(b"{\"n\": 1} x"), Err(Error::MalformedJson(_))));
         let Err(Error::Invalid { message, .. }) = parse::<Body>(b"{\"n\": \"x\"}") else {
             panic!("expected 422")
         };

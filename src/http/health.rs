@@ -18,17 +18,12 @@ pub async fn health() -> Json<Value> {
 
 pub async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Error> {
     if state.is_ready() {
-        Ok(Json(
-            json!({ "status": "ready", "default_model": state.settings.default_model }),
-        ))
+        Ok(Json(json!({ "status": "ready", "loaded_models": state.models.loaded() })))
     } else {
         Err(Error::NotReady)
     }
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }

@@ -1,6 +1,7 @@
 //! Delivery: routes, the layers every request passes through, and the middleware that turns
 //! each response into metrics and a log line.
 
+mod auth;
 mod embed;
 mod extract;
 mod health;
@@ -18,20 +19,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
 use crate::error::{Error, ErrorCause};
-pub use embed::ModelLabel;
+pub use embed::Labels;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Every route with every layer, ready for `axum::serve` or `lambda_http::run`.
 pub fn router(state: Arc<AppState>) -> Router {
-    let body_limit = state.settings.server.max_body_bytes;
+    let body_limit = state.server.max_body_bytes;
     Router::new()
         .route("/v1/embed", post(embed::embed))
         .route("/v1/embeddings", post(openai::embeddings))
@@ -46,9 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(CatchPanicLayer::custom(|_| {
-                    Error::internal("handler panicked").into_response()
-                }))
+                .layer(CatchPanicLayer::custom(|_| Error::internal("handler panicked").into_response()))
                 .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
                 .layer(DefaultBodyLimit::max(body_limit)),
         )
@@ -56,46 +53,28 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 fn request_span(req: &Request) -> tracing::Span {
-    let id = req
-        .extensions()
-        .get::<RequestId>()
-        .and_then(|id| id.header_value().to_str().ok())
-        .unwrap_or("");
-    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = id)
+    let id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("");
+    let (method, path) = (req.method(), req.uri().path());
+    tracing::info_span!("request", %method, path, request_id = id, tenant = tracing::field::Empty)
 }
 
 /// Records each request in the metrics and logs it; a 5xx logs its cause, which the client
 /// never sees.
 async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let started = Instant::now();
     let response = next.run(req).await;
     let seconds = started.elapsed().as_secs_f64();
     let status = response.status();
-    let model = response
-        .extensions()
-        .get::<ModelLabel>()
-        .map_or("", |m| m.0.as_str());
-    state
-        .metrics
-        .requests
-        .with_label_values(&[&route, status.as_str(), model])
-        .inc();
-    state
-        .metrics
-        .request_seconds
-        .with_label_values(&[&route])
-        .observe(seconds);
-    let ms = seconds * 1e3;
+    let labels = response.extensions().get::<Labels>();
+    let (tenant, model) = labels.map_or(("", ""), |l| (l.tenant.as_str(), l.model.as_str()));
+    let m = &state.metrics;
+    m.requests.with_label_values(&[&route, status.as_str(), tenant, model]).inc();
+    m.request_seconds.with_label_values(&[&route]).observe(seconds);
+    let (status, ms) = (status.as_u16(), seconds * 1e3);
     match response.extensions().get::<ErrorCause>() {
-        Some(ErrorCause(cause)) => {
-            tracing::error!(status = status.as_u16(), model, ms, cause, "request failed")
-        }
-        None => tracing::info!(status = status.as_u16(), model, ms, "request"),
+        Some(ErrorCause(cause)) => tracing::error!(status, tenant, model, ms, cause, "request failed"),
+        None => tracing::info!(status, tenant, model, ms, "request"),
     }
     response
 }

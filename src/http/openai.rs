@@ -3,16 +3,16 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::embed::{EmbedParams, EncodingFormat, ModelLabel, Usage, Vector, embed_core};
+use super::auth::Authed;
+use super::embed::{EmbedParams, EncodingFormat, Labels, Usage, Vector, embed_core};
 use super::extract::JsonBody;
 use crate::AppState;
-use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
 pub struct EmbeddingsRequest {
@@ -43,35 +43,26 @@ struct EmbeddingObject {
 
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
+    Authed(tenant): Authed,
     JsonBody(req): JsonBody<EmbeddingsRequest>,
-) -> Result<Response, Error> {
-    let out = embed_core(
-        &state,
-        EmbedParams {
-            input: req.input.as_ref(),
-            model: req.model.as_deref(),
-            normalize: None,
-            dimensions: req.dimensions,
-            format: req.encoding_format,
-        },
-    )
-    .await?;
-    let data = out
-        .vectors
-        .into_iter()
-        .enumerate()
-        .map(|(index, embedding)| EmbeddingObject {
-            object: "embedding",
-            index,
-            embedding,
-        })
-        .collect();
-    let label = ModelLabel(out.model.clone());
-    let body = EmbeddingsResponse {
-        object: "list",
-        data,
-        model: out.model,
-        usage: Usage::new(out.tokens),
+) -> Response {
+    let mut labels = Labels { tenant: tenant.id.clone(), ..Labels::default() };
+    let params = EmbedParams {
+        input: req.input.as_ref(),
+        model: req.model.as_deref(),
+        normalize: None,
+        dimensions: req.dimensions,
+        format: req.encoding_format,
     };
-    Ok((Extension(label), Json(body)).into_response())
+    let result = embed_core(&state, &tenant, params, &mut labels).await.map(|out| {
+        let data = out
+            .vectors
+            .into_iter()
+            .enumerate()
+            .map(|(index, embedding)| EmbeddingObject { object: "embedding", index, embedding })
+            .collect();
+        Json(EmbeddingsResponse { object: "list", data, model: out.model, usage: Usage::new(out.tokens) })
+            .into_response()
+    });
+    labels.attach(result)
 }

@@ -1,10 +1,22 @@
-//! The session cache: model id → loaded model, in a `dashmap`. A model loads on first use,
-//! exactly once however many requests ask for it at the same moment (single-flight through a
-//! `OnceCell` per model); a failed load leaves the slot empty so a later request tries again.
+//! The session cache: model id → loaded model, in a `dashmap`, shared by every tenant allowed
+//! to use the model.
+//!
+//! - Lazy and single-flight: a model loads on first use, exactly once however many requests
+//!   ask at the same moment (a `OnceCell` per model); the others wait for that load.
+//! - Budgeted: loads are serialised, and each one's resident size is measured as the growth
+//!   of the process's RSS across the load and a one-input warm-up run (at least the ONNX file's
+//!   size). Before a load, least recently used idle models are evicted until the model is
+//!   expected to fit (its last measured size, or twice its file size if never loaded); after,
+//!   again if the measurement came out larger.
+//! - Idle means no request holds the model. An evicted model's thread finishes the jobs already
+//!   queued, then frees the session: in-flight requests complete. Pinned models never leave.
+//! - A failed load fails only that model's requests, with 503 and `Retry-After`; the next
+//!   attempt waits out a backoff that doubles from 1 s up to 60 s.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use dashmap::DashMap;
@@ -12,29 +24,54 @@ use ort::environment::Environment;
 use tokio::sync::OnceCell;
 
 use super::LoadedModel;
-use super::session::Engine;
+use super::session::{Engine, SessionOptions};
 use super::spec::ModelSpec;
 use super::tokenize::TextEncoder;
 use super::worker::{self, BatchLimits};
 use crate::error::Error;
 use crate::metrics::Metrics;
 
-/// How sessions are built and fed; the same for every model.
-#[derive(Debug, Clone, Copy)]
+/// How sessions are built, fed and budgeted; the same for every model.
+#[derive(Debug, Clone)]
 pub struct CacheOptions {
-    pub intra_threads: usize,
+    pub session: SessionOptions,
     pub limits: BatchLimits,
     /// Jobs a model's queue holds before requests are refused with 503.
     pub queue_capacity: usize,
+    /// Resident bytes for all loaded models together; 0 means unlimited.
+    pub max_bytes: u64,
+    pub pinned: BTreeSet<String>,
 }
 
 pub struct ModelCache {
     env: Environment,
-    specs: BTreeMap<String, Arc<ModelSpec>>,
-    slots: DashMap<String, Arc<OnceCell<Arc<LoadedModel>>>>,
+    specs: RwLock<BTreeMap<String, Arc<ModelSpec>>>,
+    slots: DashMap<String, Arc<Slot>>,
+    /// Last measured resident size per model, kept across evictions for the next estimate.
+    sizes: DashMap<String, u64>,
     options: CacheOptions,
     metrics: Arc<Metrics>,
+    /// One load at a time: RSS growth is then one model's, and budget decisions do not race.
+    load_lock: tokio::sync::Mutex<()>,
+    epoch: Instant,
 }
+
+#[derive(Default)]
+struct Slot {
+    model: OnceCell<Arc<LoadedModel>>,
+    resident: AtomicU64,
+    last_used_ms: AtomicU64,
+    failure: Mutex<Option<Failure>>,
+}
+
+struct Failure {
+    retry_at: Instant,
+    attempts: u32,
+    cause: String,
+}
+
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 impl ModelCache {
     pub fn new(
@@ -43,99 +80,240 @@ impl ModelCache {
         options: CacheOptions,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let specs = specs
-            .into_iter()
-            .map(|(id, spec)| (id, Arc::new(spec)))
-            .collect();
+        metrics.cache_budget_bytes.set(options.max_bytes as i64);
         Self {
             env,
-            specs,
+            specs: RwLock::new(specs.into_iter().map(|(id, spec)| (id, Arc::new(spec))).collect()),
             slots: DashMap::new(),
+            sizes: DashMap::new(),
             options,
             metrics,
+            load_lock: tokio::sync::Mutex::new(()),
+            epoch: Instant::now(),
         }
     }
 
-    /// Every configured model, loaded or not.
-    pub fn specs(&self) -> &BTreeMap<String, Arc<ModelSpec>> {
-        &self.specs
+    /// The spec of model `id`, loaded or not.
+    pub fn spec(&self, id: &str) -> Option<Arc<ModelSpec>> {
+        self.specs.read().expect("specs lock").get(id).cloned()
     }
 
     /// The loaded model `id`, loading it first if needed.
     pub async fn get(&self, id: &str) -> Result<Arc<LoadedModel>, Error> {
-        let Some(spec) = self.specs.get(id) else {
+        let Some(spec) = self.spec(id) else {
             return Err(Error::ModelNotFound(id.to_owned()));
         };
-        // Clone the cell out so no dashmap guard is held across the await.
+        // Clone the slot out so no dashmap guard is held across an await.
         let slot = Arc::clone(self.slots.entry(id.to_owned()).or_default().value());
-        if let Some(model) = slot.get() {
+        slot.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+        if let Some(model) = slot.model.get() {
+            self.metrics.cache_lookups.with_label_values(&[id, "hit"]).inc();
             return Ok(Arc::clone(model));
         }
-        slot.get_or_try_init(|| self.load(id, Arc::clone(spec)))
-            .await
-            .map(Arc::clone)
-            .map_err(|cause| Error::ModelUnavailable {
-                model: id.to_owned(),
-                cause: format!("{cause:#}"),
-            })
+        self.metrics.cache_lookups.with_label_values(&[id, "miss"]).inc();
+        self.check_backoff(id, &slot)?;
+        // Waiters behind a failed load re-check the backoff instead of loading again.
+        slot.model.get_or_try_init(|| self.load(id, spec, &slot)).await.map(Arc::clone)
     }
 
-    async fn load(&self, id: &str, spec: Arc<ModelSpec>) -> anyhow::Result<Arc<LoadedModel>> {
-        let timer = Instant::now();
-        let (env, options, metrics, model) = (
-            self.env.clone(),
-            self.options,
-            Arc::clone(&self.metrics),
-            id.to_owned(),
-        );
-        let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<LoadedModel> {
-            // The tokenizer parses while ONNX Runtime builds the session: cold start pays
-            // for the slower of the two, not both.
-            let (encoder, engine) = std::thread::scope(|scope| {
-                let tokenizer =
-                    scope.spawn(|| TextEncoder::from_file(&spec.tokenizer, spec.max_tokens));
-                let engine = Engine::load(&env, &spec, options.intra_threads);
-                (tokenizer.join().expect("tokenizer thread panicked"), engine)
-            });
-            let (encoder, engine) = (encoder?, engine?);
-            let queue = worker::spawn(
-                model.clone(),
-                engine,
-                options.limits,
-                options.queue_capacity,
-                metrics,
-            )
-            .context("cannot start the inference thread")?;
-            Ok(LoadedModel {
-                id: model,
-                spec,
-                encoder: Arc::new(encoder),
-                queue,
-            })
-        })
-        .await
-        .context("model load task failed")?;
-        let seconds = timer.elapsed().as_secs_f64();
-        match &loaded {
-            Ok(_) => {
-                self.metrics
-                    .model_loads
-                    .with_label_values(&[id, "ok"])
-                    .inc();
-                self.metrics
-                    .model_load_seconds
-                    .with_label_values(&[id])
-                    .observe(seconds);
-                tracing::info!(model = id, seconds, "model loaded");
-            }
-            Err(e) => {
-                self.metrics
-                    .model_loads
-                    .with_label_values(&[id, "error"])
-                    .inc();
-                tracing::error!(model = id, error = format!("{e:#}"), "model failed to load");
+    /// Resident bytes of the loaded models.
+    pub fn resident_bytes(&self) -> u64 {
+        self.slots.iter().filter(|s| s.model.initialized()).map(|s| s.resident.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Ids of the models loaded now.
+    pub fn loaded(&self) -> Vec<String> {
+        let mut ids: Vec<String> =
+            self.slots.iter().filter(|s| s.model.initialized()).map(|s| s.key().clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Installs a new set of specs (configuration reload). Models whose spec changed or was
+    /// removed leave the cache; requests already holding them finish first.
+    pub fn replace_specs(&self, specs: BTreeMap<String, ModelSpec>) {
+        let mut current = self.specs.write().expect("specs lock");
+        let changed: Vec<String> = current
+            .iter()
+            .filter(|(id, old)| specs.get(*id).is_none_or(|new| new != old.as_ref()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        *current = specs.into_iter().map(|(id, spec)| (id, Arc::new(spec))).collect();
+        drop(current);
+        for id in changed {
+            self.sizes.remove(&id);
+            if self.remove(&id).is_some() {
+                tracing::info!(model = id, "model unloaded: its configuration changed or was removed");
             }
         }
-        loaded.map(Arc::new)
     }
+
+    fn check_backoff(&self, id: &str, slot: &Slot) -> Result<(), Error> {
+        let failure = slot.failure.lock().expect("failure lock");
+        match failure.as_ref() {
+            Some(f) if f.retry_at > Instant::now() => Err(Error::ModelUnavailable {
+                model: id.to_owned(),
+                cause: f.cause.clone(),
+                retry_after: f.retry_at.saturating_duration_since(Instant::now()).as_secs().max(1),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn load(&self, id: &str, spec: Arc<ModelSpec>, slot: &Slot) -> Result<Arc<LoadedModel>, Error> {
+        let _one_at_a_time = self.load_lock.lock().await;
+        self.check_backoff(id, slot)?;
+        let estimate = self.sizes.get(id).map_or_else(|| 2 * file_size(&spec.onnx), |s| *s);
+        free(self.make_room(estimate, id)).await;
+
+        let started = Instant::now();
+        let rss_before = resident_set_bytes();
+        let loaded = self.build(id, Arc::clone(&spec)).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let m = &self.metrics;
+        match loaded {
+            Ok(model) => {
+                // Memory freed by earlier evictions can be reused without RSS growing, so a
+                // model's size is the largest of its measurements.
+                let measured = resident_set_bytes().saturating_sub(rss_before).max(file_size(&spec.onnx));
+                let resident = self.sizes.get(id).map_or(measured, |s| measured.max(*s));
+                slot.resident.store(resident, Ordering::Relaxed);
+                *slot.failure.lock().expect("failure lock") = None;
+                self.sizes.insert(id.to_owned(), resident);
+                m.model_loads.with_label_values(&[id, "ok"]).inc();
+                m.model_load_seconds.with_label_values(&[id]).observe(seconds);
+                m.model_resident_bytes.with_label_values(&[id]).set(resident as i64);
+                tracing::info!(model = id, seconds, resident_mib = resident >> 20, "model loaded");
+                free(self.make_room(resident, id)).await;
+                m.cache_resident_bytes.set((self.resident_bytes() + resident) as i64);
+                Ok(Arc::new(model))
+            }
+            Err(e) => {
+                let cause = format!("{e:#}");
+                let mut failure = slot.failure.lock().expect("failure lock");
+                let attempts = failure.as_ref().map_or(1, |f| f.attempts + 1);
+                let backoff = (BACKOFF_START * 2u32.saturating_pow(attempts - 1)).min(BACKOFF_MAX);
+                *failure =
+                    Some(Failure { retry_at: Instant::now() + backoff, attempts, cause: cause.clone() });
+                m.model_loads.with_label_values(&[id, "error"]).inc();
+                tracing::error!(
+                    model = id,
+                    error = cause,
+                    attempts,
+                    backoff_s = backoff.as_secs(),
+                    "model failed to load"
+                );
+                Err(Error::ModelUnavailable { model: id.to_owned(), cause, retry_after: backoff.as_secs() })
+            }
+        }
+    }
+
+    /// Tokenizer, session, one warm-up run and the inference thread, on the blocking pool.
+    async fn build(&self, id: &str, spec: Arc<ModelSpec>) -> anyhow::Result<LoadedModel> {
+        let (env, options, metrics, id) =
+            (self.env.clone(), self.options.clone(), Arc::clone(&self.metrics), id.to_owned());
+        tokio::task::spawn_blocking(move || {
+            // The tokenizer parses while ONNX Runtime builds the session: a load pays for the
+            // slower of the two, not both.
+            let (encoder, engine) = std::thread::scope(|scope| {
+                let tokenizer = scope.spawn(|| TextEncoder::from_file(&spec.tokenizer, spec.max_tokens));
+                let engine = Engine::load(&env, &spec, &options.session);
+                (tokenizer.join().expect("tokenizer thread panicked"), engine)
+            });
+            let (encoder, mut engine) = (encoder?, engine?);
+            // The first run allocates what every later one reuses; pay it here, not on a request.
+            let warm = encoder.encode(&["warm up".to_owned()])?;
+            engine.run(&warm.iter().collect::<Vec<_>>()).context("warm-up run failed")?;
+            let (queue, worker) =
+                worker::spawn(id.clone(), engine, options.limits, options.queue_capacity, metrics)
+                    .context("cannot start the inference thread")?;
+            Ok(LoadedModel { id, spec, encoder: Arc::new(encoder), queue, worker })
+        })
+        .await
+        .context("model load task failed")?
+    }
+
+    /// Evicts least recently used idle models until `needed` more bytes fit in the budget, and
+    /// returns them for [`free`].
+    fn make_room(&self, needed: u64, loading: &str) -> Vec<Arc<LoadedModel>> {
+        let mut evicted = Vec::new();
+        let budget = self.options.max_bytes;
+        if budget == 0 {
+            return evicted;
+        }
+        while self.resident_bytes() + needed > budget {
+            let victim = self
+                .slots
+                .iter()
+                .filter(|s| s.key() != loading && !self.options.pinned.contains(s.key()))
+                .filter(|s| s.model.get().is_some_and(|m| Arc::strong_count(m) == 1))
+                .min_by_key(|s| s.last_used_ms.load(Ordering::Relaxed))
+                .map(|s| s.key().clone());
+            let Some(victim) = victim else {
+                tracing::warn!(
+                    model = loading,
+                    resident_mib = self.resident_bytes() >> 20,
+                    budget_mib = budget >> 20,
+                    "over the cache budget and no idle model to evict"
+                );
+                return evicted;
+            };
+            evicted.extend(self.remove(&victim));
+            self.metrics.model_evictions.with_label_values(&[&victim]).inc();
+            tracing::info!(model = victim, "model evicted (least recently used, idle)");
+        }
+        evicted
+    }
+
+    /// Takes a model out of the cache. Its memory is freed once no request holds it.
+    fn remove(&self, id: &str) -> Option<Arc<LoadedModel>> {
+        let model = self.slots.remove(id).and_then(|(_, slot)| slot.model.get().cloned());
+        self.metrics.model_resident_bytes.with_label_values(&[id]).set(0);
+        self.metrics.cache_resident_bytes.set(self.resident_bytes() as i64);
+        model
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// Shuts down evicted models nobody else holds, waits for their sessions to drop and hands the
+/// memory back to the OS, so the next load's RSS growth is its own. Models still in use are
+/// freed by their last request instead.
+async fn free(models: Vec<Arc<LoadedModel>>) {
+    if models.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for model in models {
+            if let Ok(model) = Arc::try_unwrap(model) {
+                model.shut_down();
+            }
+        }
+        release_free_memory();
+    })
+    .await;
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the OS; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
+
+fn file_size(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// The process's resident set size, from `/proc/self/statm` (0 where that does not exist).
+pub fn resident_set_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
 }

@@ -7,11 +7,7 @@ use super::spec::Pooling;
 
 /// Pools `[batch, seq, dim]` token states into one vector per input. `lengths[i]` is the
 /// number of real (unpadded) tokens of input `i`; padding is on the right.
-pub fn pool_tokens(
-    states: ArrayView3<'_, f32>,
-    lengths: &[usize],
-    pooling: Pooling,
-) -> Vec<Vec<f32>> {
+pub fn pool_tokens(states: ArrayView3<'_, f32>, lengths: &[usize], pooling: Pooling) -> Vec<Vec<f32>> {
     states
         .outer_iter()
         .zip(lengths)
@@ -53,11 +49,7 @@ mod tests {
 
     fn states() -> Array3<f32> {
         // two inputs, three token slots, two dims; the second input has one padded slot
-        Array3::from_shape_vec(
-            (2, 3, 2),
-            vec![1., 2., 3., 4., 5., 6., 10., 20., 30., 40., 99., 99.],
-        )
-        .unwrap()
+        Array3::from_shape_vec((2, 3, 2), vec![1., 2., 3., 4., 5., 6., 10., 20., 30., 40., 99., 99.]).unwrap()
     }
 
     #[test]
@@ -68,14 +60,8 @@ mod tests {
 
     #[test]
     fn cls_pooling_takes_the_first_token_and_last_token_the_last_real_one() {
-        assert_eq!(
-            pool_tokens(states().view(), &[3, 2], Pooling::Cls)[1],
-            vec![10., 20.]
-        );
-        assert_eq!(
-            pool_tokens(states().view(), &[3, 2], Pooling::LastToken)[1],
-            vec![30., 40.]
-        );
+        assert_eq!(pool_tokens(states().view(), &[3, 2], Pooling::Cls)[1], vec![10., 20.]);
+        assert_eq!(pool_tokens(states().view(), &[3, 2], Pooling::LastToken)[1], vec![30., 40.]);
     }
 
     #[test]

@@ -21,9 +21,7 @@ use super::tokenize::Encoded;
 /// Fails with a one-line message that says how to fix it.
 pub fn init_runtime(path: Option<&Path>) -> anyhow::Result<Environment> {
     static RUNTIME: Mutex<Option<Environment>> = Mutex::new(None);
-    let mut runtime = RUNTIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut runtime = RUNTIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(env) = runtime.as_ref() {
         return Ok(env.clone());
     }
@@ -35,11 +33,9 @@ pub fn init_runtime(path: Option<&Path>) -> anyhow::Result<Environment> {
     if !path.is_file() {
         bail!("ONNX Runtime library {} not found: {HOW}", path.display());
     }
-    let path = path
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", path.display()))?;
-    let builder = ort::init_from(&path)
-        .map_err(|e| anyhow::anyhow!("cannot load ONNX Runtime: {e}; {HOW}"))?;
+    let path = path.canonicalize().with_context(|| format!("cannot resolve {}", path.display()))?;
+    let builder =
+        ort::init_from(&path).map_err(|e| anyhow::anyhow!("cannot load ONNX Runtime: {e}; {HOW}"))?;
     let env = builder
         .with_name("embedserve")
         .with_telemetry(false)
@@ -47,6 +43,14 @@ pub fn init_runtime(path: Option<&Path>) -> anyhow::Result<Environment> {
         .map_err(|e| anyhow::anyhow!("cannot start ONNX Runtime from {}: {e}", path.display()))?;
     *runtime = Some(env.clone());
     Ok(env)
+}
+
+/// How every session is built.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    pub intra_threads: usize,
+    /// ONNX Runtime's CPU memory arena (see `runtime.cpu_arena`).
+    pub cpu_arena: bool,
 }
 
 /// One model's session and what it needs to turn token ids into vectors.
@@ -61,35 +65,22 @@ pub struct Engine {
 impl Engine {
     /// Creates the session and checks the graph against the spec, so a wrong config fails
     /// at load with a message rather than at the first request.
-    pub fn load(env: &Environment, spec: &ModelSpec, intra_threads: usize) -> anyhow::Result<Self> {
-        let session = build_session(env, &spec.onnx, intra_threads)
+    pub fn load(env: &Environment, spec: &ModelSpec, options: &SessionOptions) -> anyhow::Result<Self> {
+        let session = build_session(env, &spec.onnx, options)
             .map_err(|e| anyhow::anyhow!("cannot load ONNX model {}: {e}", spec.onnx.display()))?;
         let feeds = spec.feeds();
         let graph_inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for (name, _) in &feeds {
             if !graph_inputs.contains(&name.as_str()) {
-                bail!(
-                    "{}: the graph has no input {name:?} (it has {graph_inputs:?})",
-                    spec.onnx.display()
-                );
+                bail!("{}: the graph has no input {name:?} (it has {graph_inputs:?})", spec.onnx.display());
             }
         }
-        if let Some(missing) = graph_inputs
-            .iter()
-            .find(|g| !feeds.iter().any(|(n, _)| n == *g))
-        {
-            bail!(
-                "{}: the graph needs input {missing:?}, which `inputs` does not list",
-                spec.onnx.display()
-            );
+        if let Some(missing) = graph_inputs.iter().find(|g| !feeds.iter().any(|(n, _)| n == *g)) {
+            bail!("{}: the graph needs input {missing:?}, which `inputs` does not list", spec.onnx.display());
         }
         if !session.outputs().iter().any(|o| o.name() == spec.output) {
             let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-            bail!(
-                "{}: the graph has no output {:?} (it has {names:?})",
-                spec.onnx.display(),
-                spec.output
-            );
+            bail!("{}: the graph has no output {:?} (it has {names:?})", spec.onnx.display(), spec.output);
         }
         Ok(Self {
             session,
@@ -115,47 +106,35 @@ impl Engine {
                 types[[row, col]] = ty;
             }
         }
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(self.feeds.len());
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(self.feeds.len());
         for (name, role) in &self.feeds {
             let array = match role {
                 InputRole::InputIds => &ids,
                 InputRole::AttentionMask => &mask,
                 InputRole::TokenTypeIds => &types,
             };
-            inputs.push((
-                Cow::Borrowed(name.as_str()),
-                TensorRef::from_array_view(array)?.into(),
-            ));
+            inputs.push((Cow::Borrowed(name.as_str()), TensorRef::from_array_view(array)?.into()));
         }
         let outputs = self.session.run(inputs)?;
         let output = outputs[self.output.as_str()].try_extract_array::<f32>()?;
         let vectors = match self.pooling {
             Pooling::None => pooling::rows(output.into_dimensionality::<Ix2>()?),
-            pooling => {
-                pooling::pool_tokens(output.into_dimensionality::<Ix3>()?, &lengths, pooling)
-            }
+            pooling => pooling::pool_tokens(output.into_dimensionality::<Ix3>()?, &lengths, pooling),
         };
         if let Some(v) = vectors.iter().find(|v| v.len() != self.dimensions) {
-            bail!(
-                "model output has {} dimensions, config says {}",
-                v.len(),
-                self.dimensions
-            );
+            bail!("model output has {} dimensions, config says {}", v.len(), self.dimensions);
         }
         Ok(vectors)
     }
 }
 
 // Builder errors carry the (non-Send) builder; `?` in an `ort::Result` function drops it.
-fn build_session(env: &Environment, path: &Path, intra_threads: usize) -> ort::Result<Session> {
+fn build_session(env: &Environment, path: &Path, options: &SessionOptions) -> ort::Result<Session> {
     if !path.is_file() {
-        return Err(ort::Error::new(format!(
-            "file {} not found",
-            path.display()
-        )));
+        return Err(ort::Error::new(format!("file {} not found", path.display())));
     }
     Session::builder(env)?
-        .with_intra_threads(intra_threads)?
+        .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(options.cpu_arena).build()])?
+        .with_intra_threads(options.intra_threads)?
         .commit_from_file(path)
 }

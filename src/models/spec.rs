@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// One embedding model, from a `[models.<id>]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// The ONNX graph. Relative paths resolve against the config file's folder.
@@ -73,10 +73,7 @@ impl ModelSpec {
             .iter()
             .map(|role| {
                 let name = self.input_names.get(role).cloned();
-                (
-                    name.unwrap_or_else(|| role.default_name().to_owned()),
-                    *role,
-                )
+                (name.unwrap_or_else(|| role.default_name().to_owned()), *role)
             })
             .collect()
     }
@@ -109,11 +106,7 @@ impl ModelSpec {
 }
 
 fn default_inputs() -> Vec<InputRole> {
-    vec![
-        InputRole::InputIds,
-        InputRole::AttentionMask,
-        InputRole::TokenTypeIds,
-    ]
+    vec![InputRole::InputIds, InputRole::AttentionMask, InputRole::TokenTypeIds]
 }
 
 fn yes() -> bool {

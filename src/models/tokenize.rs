@@ -37,10 +37,7 @@ impl TextEncoder {
         // is the model's.
         tokenizer.with_padding(None::<PaddingParams>);
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: max_tokens,
-                ..Default::default()
-            }))
+            .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
             .map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
         Ok(Self { tokenizer })
     }

@@ -7,6 +7,7 @@
 //! ONNX Runtime runs, and a large request never pads its short inputs to its longest one.
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -30,19 +31,20 @@ pub struct BatchLimits {
     pub max_batch_tokens: usize,
 }
 
-/// Starts the model's thread. It stops when every sender is dropped, releasing the session.
+/// Starts the model's thread. It finishes the queued jobs and stops when every sender is
+/// dropped, releasing the session; join the handle to know the memory is free.
 pub fn spawn(
     model: String,
     engine: Engine,
     limits: BatchLimits,
     queue_capacity: usize,
     metrics: Arc<Metrics>,
-) -> std::io::Result<mpsc::Sender<Job>> {
+) -> std::io::Result<(mpsc::Sender<Job>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(queue_capacity);
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name(format!("infer-{model}"))
         .spawn(move || serve(model, engine, limits, rx, &metrics))?;
-    Ok(tx)
+    Ok((tx, handle))
 }
 
 fn serve(
@@ -85,18 +87,12 @@ fn run_round(
     model: &str,
     metrics: &Metrics,
 ) -> Vec<JobResult> {
-    let mut order: Vec<(usize, usize)> = jobs
-        .iter()
-        .enumerate()
-        .flat_map(|(j, job)| (0..job.inputs.len()).map(move |i| (j, i)))
-        .collect();
+    let mut order: Vec<(usize, usize)> =
+        jobs.iter().enumerate().flat_map(|(j, job)| (0..job.inputs.len()).map(move |i| (j, i))).collect();
     let input = |&(j, i): &(usize, usize)| &jobs[j].inputs[i];
     order.sort_by_key(|key| std::cmp::Reverse(input(key).len()));
 
-    let mut out: Vec<Vec<Vec<f32>>> = jobs
-        .iter()
-        .map(|job| vec![Vec::new(); job.inputs.len()])
-        .collect();
+    let mut out: Vec<Vec<Vec<f32>>> = jobs.iter().map(|job| vec![Vec::new(); job.inputs.len()]).collect();
     let mut failed: Vec<Option<String>> = vec![None; jobs.len()];
     let mut start = 0;
     while start < order.len() {
@@ -109,14 +105,8 @@ fn run_round(
         let batch: Vec<&Encoded> = chunk.iter().map(input).collect();
         let timer = Instant::now();
         let result = engine.run(&batch);
-        metrics
-            .inference_seconds
-            .with_label_values(&[model])
-            .observe(timer.elapsed().as_secs_f64());
-        metrics
-            .batch_size
-            .with_label_values(&[model])
-            .observe(batch.len() as f64);
+        metrics.inference_seconds.with_label_values(&[model]).observe(timer.elapsed().as_secs_f64());
+        metrics.batch_size.with_label_values(&[model]).observe(batch.len() as f64);
         match result {
             Ok(vectors) => {
                 for (&(j, i), v) in chunk.iter().zip(vectors) {

@@ -14,27 +14,15 @@ async fn embeddings_equal_the_independent_reference_for_both_models() {
     for model in MODELS {
         for (name, text) in reference["texts"].as_object().unwrap() {
             let expected = &reference["models"][model][name];
-            let (status, body) = server
-                .post("/v1/embed", json!({ "model": model, "input": text }))
-                .await;
+            let (status, body) = server.post("/v1/embed", json!({ "model": model, "input": text })).await;
             assert_eq!(status, 200, "{body}");
             let got = &vectors(&body["embeddings"])[0];
-            let want: Vec<f64> = expected["embedding"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect();
+            let want: Vec<f64> =
+                expected["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
             let (cos, diff) = (cosine(got, &want), max_abs_diff(got, &want));
             assert!(cos >= REFERENCE_MIN_COSINE, "{model}/{name}: cosine {cos}");
-            assert!(
-                diff <= REFERENCE_MAX_ABS_DIFF,
-                "{model}/{name}: max abs diff {diff}"
-            );
-            assert_eq!(
-                body["usage"]["prompt_tokens"], expected["tokens"],
-                "{model}/{name}: token count"
-            );
+            assert!(diff <= REFERENCE_MAX_ABS_DIFF, "{model}/{name}: max abs diff {diff}");
+            assert_eq!(body["usage"]["prompt_tokens"], expected["tokens"], "{model}/{name}: token count");
             assert_eq!(body["usage"]["total_tokens"], expected["tokens"]);
         }
     }
@@ -44,45 +32,29 @@ async fn embeddings_equal_the_independent_reference_for_both_models() {
 async fn an_input_over_the_token_limit_is_truncated_and_counted() {
     let server = TestServer::shared();
     let long = reference()["texts"]["over_limit"].clone();
-    let before = truncated_count(server, "paraphrase-l3").await;
-    let (status, body) = server
-        .post(
-            "/v1/embed",
-            json!({ "model": "paraphrase-l3", "input": [long, "short"] }),
-        )
-        .await;
+    let before = truncated_count(server, "acme/paraphrase-l3").await;
+    let (status, body) =
+        server.post("/v1/embed", json!({ "model": "paraphrase-l3", "input": [long, "short"] })).await;
     assert_eq!(status, 200, "{body}");
     // 128 for the truncated input, 3 for "[CLS] short [SEP]"
     assert_eq!(body["usage"]["prompt_tokens"], 131);
-    assert!(truncated_count(server, "paraphrase-l3").await >= before + 1.0);
+    assert!(truncated_count(server, "acme/paraphrase-l3").await >= before + 1.0);
 }
 
 async fn truncated_count(server: &TestServer, model: &str) -> f64 {
-    let text = server.get("/metrics").await.text().await.unwrap();
-    let prefix = format!("embedserve_truncated_inputs_total{{model=\"{model}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0.0, |v| v.parse().unwrap())
+    server.metric(&format!("embedserve_truncated_inputs_total{{model=\"{model}\"}}")).await
 }
 
 #[tokio::test]
 async fn a_text_alone_and_inside_a_batch_of_mixed_lengths_gives_the_same_vector() {
     let server = TestServer::shared();
-    let texts: Vec<Value> = reference()["texts"]
-        .as_object()
-        .unwrap()
-        .values()
-        .cloned()
-        .collect();
+    let texts: Vec<Value> = reference()["texts"].as_object().unwrap().values().cloned().collect();
     for model in MODELS {
         let batch = server.embed(model, Value::Array(texts.clone())).await;
         for (text, in_batch) in texts.iter().zip(&batch) {
             let alone = &server.embed(model, text.clone()).await[0];
             let cos = cosine(alone, in_batch);
-            assert!(
-                cos >= BATCH_MIN_COSINE,
-                "{model}: {text} alone vs in batch: cosine {cos}"
-            );
+            assert!(cos >= BATCH_MIN_COSINE, "{model}: {text} alone vs in batch: cosine {cos}");
         }
     }
 }
@@ -90,9 +62,8 @@ async fn a_text_alone_and_inside_a_batch_of_mixed_lengths_gives_the_same_vector(
 #[tokio::test]
 async fn concurrent_requests_that_share_a_run_get_their_own_vectors_in_order() {
     let server = TestServer::shared();
-    let texts: Vec<String> = (0..24)
-        .map(|i| format!("request number {i} says {}", "word ".repeat(i * 3)))
-        .collect();
+    let texts: Vec<String> =
+        (0..24).map(|i| format!("request number {i} says {}", "word ".repeat(i * 3))).collect();
     let alone: Vec<Vec<f64>> = {
         let mut out = Vec::new();
         for t in &texts {
@@ -100,33 +71,19 @@ async fn concurrent_requests_that_share_a_run_get_their_own_vectors_in_order() {
         }
         out
     };
-    let together = futures::future::join_all(
-        texts
-            .iter()
-            .map(|t| server.embed("minilm-l6-int8", json!([t, "tail"]))),
-    )
-    .await;
+    let together =
+        futures::future::join_all(texts.iter().map(|t| server.embed("minilm-l6-int8", json!([t, "tail"]))))
+            .await;
     for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
-        assert!(
-            cosine(a, &b[0]) >= BATCH_MIN_COSINE,
-            "request {i} got another request's vector"
-        );
+        assert!(cosine(a, &b[0]) >= BATCH_MIN_COSINE, "request {i} got another request's vector");
     }
 }
 
 #[tokio::test]
 async fn dimensions_keeps_the_first_values_then_normalises() {
     let server = TestServer::shared();
-    let full = server
-        .embed("minilm-l6-int8", json!("shape me"))
-        .await
-        .remove(0);
-    let (status, body) = server
-        .post(
-            "/v1/embed",
-            json!({ "input": "shape me", "dimensions": 64 }),
-        )
-        .await;
+    let full = server.embed("minilm-l6-int8", json!("shape me")).await.remove(0);
+    let (status, body) = server.post("/v1/embed", json!({ "input": "shape me", "dimensions": 64 })).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["dimensions"], 64);
     let short = &vectors(&body["embeddings"])[0];
@@ -141,18 +98,12 @@ async fn dimensions_keeps_the_first_values_then_normalises() {
 async fn normalize_false_returns_the_raw_pooled_vector() {
     let server = TestServer::shared();
     let (status, body) = server
-        .post(
-            "/v1/embed",
-            json!({ "input": "raw vector", "model": "paraphrase-l3", "normalize": false }),
-        )
+        .post("/v1/embed", json!({ "input": "raw vector", "model": "paraphrase-l3", "normalize": false }))
         .await;
     assert_eq!(status, 200, "{body}");
     let raw = &vectors(&body["embeddings"])[0];
     let unit = &server.embed("paraphrase-l3", json!("raw vector")).await[0];
-    assert!(
-        (norm(raw) - 1.0).abs() > 0.1,
-        "paraphrase-l3's pooled output is not unit length"
-    );
+    assert!((norm(raw) - 1.0).abs() > 0.1, "paraphrase-l3's pooled output is not unit length");
     assert!(cosine(raw, unit) >= BATCH_MIN_COSINE);
 }
 
@@ -160,21 +111,13 @@ async fn normalize_false_returns_the_raw_pooled_vector() {
 async fn base64_encoding_carries_the_same_little_endian_floats() {
     let server = TestServer::shared();
     let floats = server.embed("minilm-l6-int8", json!(["one", "two"])).await;
-    let (status, body) = server
-        .post(
-            "/v1/embed",
-            json!({ "input": ["one", "two"], "encoding_format": "base64" }),
-        )
-        .await;
+    let (status, body) =
+        server.post("/v1/embed", json!({ "input": ["one", "two"], "encoding_format": "base64" })).await;
     assert_eq!(status, 200, "{body}");
     for (encoded, want) in body["embeddings"].as_array().unwrap().iter().zip(&floats) {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(encoded.as_str().unwrap())
-            .unwrap();
-        let got: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(encoded.as_str().unwrap()).unwrap();
+        let got: Vec<f32> =
+            bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         // JSON carries the shortest decimal that reads back as the same f32.
         let want: Vec<f32> = want.iter().map(|&x| x as f32).collect();
         assert_eq!(got, want);
@@ -195,18 +138,11 @@ async fn the_openai_route_returns_the_list_shape_in_input_order() {
     assert_eq!(body["model"], "minilm-l6-int8");
     let data = body["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);
-    let native = server
-        .embed("minilm-l6-int8", json!(["first", "second"]))
-        .await;
+    let native = server.embed("minilm-l6-int8", json!(["first", "second"])).await;
     for (i, item) in data.iter().enumerate() {
         assert_eq!(item["object"], "embedding");
         assert_eq!(item["index"], i);
-        let v: Vec<f64> = item["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let v: Vec<f64> = item["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
         assert_eq!(v, native[i]);
     }
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);

@@ -8,6 +8,20 @@ use std::time::Duration;
 use embedserve::Settings;
 use serde_json::Value;
 
+/// The demo tenants' keys from config/default.toml.
+pub const ACME_KEY: &str = "acme-dev-key";
+pub const GLOBEX_KEY: &str = "globex-dev-key";
+
+/// An HTTP client sending `key` as a bearer token on every request (or no key).
+pub fn client_with_key(key: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = key {
+        headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+    }
+    // Tests run on runtimes of their own: pooled connections must not outlive one.
+    reqwest::Client::builder().default_headers(headers).pool_max_idle_per_host(0).build().unwrap()
+}
+
 /// Tolerances against the independent reference, stated once.
 pub const REFERENCE_MIN_COSINE: f64 = 0.9999;
 pub const REFERENCE_MAX_ABS_DIFF: f64 = 1e-4;
@@ -47,15 +61,8 @@ impl TestServer {
                 server.await.unwrap().unwrap();
             });
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("server became ready within 60 s");
-        // Tests run on runtimes of their own: pooled connections must not outlive one.
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap();
-        TestServer { addr, client }
+        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("server became ready within 60 s");
+        TestServer { addr, client: client_with_key(Some(ACME_KEY)) }
     }
 
     /// The server most tests share: the default configuration.
@@ -70,25 +77,13 @@ impl TestServer {
 
     /// POSTs JSON and returns status and parsed body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .client
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = self.client.post(self.url(path)).json(&body).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.expect("JSON body"))
     }
 
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let r = self
-            .client
-            .post(self.url(path))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = self.client.post(self.url(path)).body(body).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.expect("JSON body"))
     }
@@ -97,14 +92,20 @@ impl TestServer {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
+    /// POSTs JSON as the tenant owning `key` (or with no key).
+    pub async fn post_as(&self, key: Option<&str>, path: &str, body: Value) -> reqwest::Response {
+        client_with_key(key).post(self.url(path)).json(&body).send().await.unwrap()
+    }
+
+    /// The value of one Prometheus sample (0 if absent), e.g. `embedserve_model_loads_total{...}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.get("/metrics").await.text().await.unwrap(), sample)
+    }
+
     /// Embeds `input` with the native API and returns the float vectors.
     pub async fn embed(&self, model: &str, input: Value) -> Vec<Vec<f64>> {
-        let (status, body) = self
-            .post(
-                "/v1/embed",
-                serde_json::json!({ "model": model, "input": input }),
-            )
-            .await;
+        let (status, body) =
+            self.post("/v1/embed", serde_json::json!({ "model": model, "input": input })).await;
         assert_eq!(status, 200, "{body}");
         vectors(&body["embeddings"])
     }
@@ -114,13 +115,7 @@ pub fn vectors(v: &Value) -> Vec<Vec<f64>> {
     v.as_array()
         .expect("array of vectors")
         .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect()
-        })
+        .map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
         .collect()
 }
 
@@ -133,10 +128,7 @@ pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
 }
 
 pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
 pub fn norm(a: &[f64]) -> f64 {
@@ -150,11 +142,7 @@ pub fn assert_error_shape(body: &Value) -> String {
     assert!(e["type"].is_string(), "no error.type in {body}");
     assert!(e.get("param").is_some(), "no error.param in {body}");
     assert!(e["code"].is_string(), "no error.code in {body}");
-    assert_eq!(
-        body.as_object().unwrap().len(),
-        1,
-        "extra top-level fields in {body}"
-    );
+    assert_eq!(body.as_object().unwrap().len(), 1, "extra top-level fields in {body}");
     e["message"].as_str().unwrap().to_owned()
 }
 
@@ -168,10 +156,23 @@ pub fn python() -> PathBuf {
     let p = std::env::var_os("EMBEDSERVE_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".venv/bin/python"));
-    assert!(
-        p.exists(),
-        "{} not found: run the tests with `make test`, which creates it",
-        p.display()
-    );
+    assert!(p.exists(), "{} not found: run the tests with `make test`, which creates it", p.display());
     p
+}
+
+/// The value of the sample named exactly `sample` (metric name and labels) in Prometheus text.
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// The reference vector of `text_name` for `model`.
+pub fn reference_vector(model: &str, text_name: &str) -> Vec<f64> {
+    reference()["models"][model][text_name]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }

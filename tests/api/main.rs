@@ -1,8 +1,12 @@
 //! Integration tests: the real router, real ONNX models and a real server on port 0.
 
 mod helpers;
+mod spawned;
 
+mod cache;
 mod embeddings;
 mod errors;
 mod openai_sdk;
 mod operations;
+mod reload;
+mod tenancy;

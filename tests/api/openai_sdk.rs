@@ -12,9 +12,6 @@ fn the_openai_python_sdk_gets_float_base64_and_shortened_embeddings() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "openai client failed:\n{stdout}\n{stderr}"
-    );
+    assert!(output.status.success(), "openai client failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("all checks passed"), "{stdout}");
 }

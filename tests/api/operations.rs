@@ -20,25 +20,23 @@ async fn health_ready_and_models_answer() {
     let data = models["data"].as_array().unwrap();
     let ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["minilm-l6-int8", "paraphrase-l3"]);
-    assert!(
-        data.iter()
-            .all(|m| m["object"] == "model" && m["dimensions"] == 384)
-    );
+    assert!(data.iter().all(|m| m["object"] == "model" && m["dimensions"] == 384 && m["owned_by"] == "acme"));
     assert_eq!(data[0]["max_tokens"], 256);
 }
 
 #[tokio::test]
 async fn metrics_count_requests_tokens_and_latency() {
     let server = TestServer::shared();
-    server
-        .embed("minilm-l6-int8", json!(["count me", "and me"]))
-        .await;
+    server.embed("minilm-l6-int8", json!(["count me", "and me"])).await;
     let text = server.get("/metrics").await.text().await.unwrap();
     for needle in [
-        "embedserve_requests_total{model=\"minilm-l6-int8\",route=\"/v1/embed\",status=\"200\"}",
+        "embedserve_requests_total{model=\"minilm-l6-int8\",route=\"/v1/embed\",status=\"200\",tenant=\"acme\"}",
         "embedserve_request_duration_seconds_bucket{route=\"/v1/embed\"",
         "embedserve_inference_duration_seconds_bucket{model=\"minilm-l6-int8\"",
-        "embedserve_tokens_total{model=\"minilm-l6-int8\"}",
+        "embedserve_tokens_total{model=\"minilm-l6-int8\",tenant=\"acme\"}",
+        "embedserve_cache_lookups_total{model=\"minilm-l6-int8\",result=\"hit\"}",
+        "embedserve_model_resident_bytes{model=\"minilm-l6-int8\"}",
+        "embedserve_cache_budget_bytes 1073741824",
         "embedserve_model_load_seconds_count{model=\"minilm-l6-int8\"} 1",
         "embedserve_batch_size_bucket{model=\"minilm-l6-int8\"",
     ] {
@@ -49,30 +47,10 @@ async fn metrics_count_requests_tokens_and_latency() {
 #[tokio::test]
 async fn the_request_id_is_echoed_or_generated() {
     let server = TestServer::shared();
-    let r = server
-        .client
-        .get(server.url("/health"))
-        .header("x-request-id", "abc-123")
-        .send()
-        .await
-        .unwrap();
+    let r = server.client.get(server.url("/health")).header("x-request-id", "abc-123").send().await.unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
     let r = server.get("/health").await;
     assert_eq!(r.headers()["x-request-id"].len(), 36, "a UUID is generated");
-}
-
-#[tokio::test]
-async fn a_bearer_key_is_accepted_and_ignored_for_now() {
-    let server = TestServer::shared();
-    let r = server
-        .client
-        .post(server.url("/v1/embed"))
-        .bearer_auth("any-key")
-        .json(&json!({ "input": "x" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
@@ -83,16 +61,10 @@ async fn health_answers_while_a_large_batch_runs() {
     tokio::pin!(batch);
     // Let the batch reach the model's thread, then ask for /health while it runs.
     let early = tokio::time::timeout(Duration::from_millis(300), &mut batch).await;
-    assert!(
-        early.is_err(),
-        "the batch finished too fast to test anything"
-    );
+    assert!(early.is_err(), "the batch finished too fast to test anything");
     let health = server.get("/health").await;
     assert_eq!(health.status(), 200);
-    assert!(
-        futures::poll!(&mut batch).is_pending(),
-        "/health waited for the batch"
-    );
+    assert!(futures::poll!(&mut batch).is_pending(), "/health waited for the batch");
     let (status, body) = batch.await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["embeddings"].as_array().unwrap().len(), 256);

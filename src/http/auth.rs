@@ -1,0 +1,33 @@
+//! The API key → tenant extractor. Keys come as `Authorization: Bearer <key>` or
+//! `x-api-key: <key>`; a missing or unknown key is 401. Keys are never logged: only the tenant
+//! id they resolve to is recorded on the request's span.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use crate::AppState;
+use crate::error::Error;
+use crate::tenants::Tenant;
+
+/// The tenant a request's key belongs to.
+pub struct Authed(pub Arc<Tenant>);
+
+impl FromRequestParts<Arc<AppState>> for Authed {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Error> {
+        let headers = &parts.headers;
+        let bearer = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+        let tenant =
+            key.map(str::trim).and_then(|k| state.tenants.authenticate(k)).ok_or(Error::Unauthorized)?;
+        tracing::Span::current().record("tenant", tenant.id.as_str());
+        Ok(Authed(tenant))
+    }
+}

@@ -1,0 +1,183 @@
+//! Tenants: who a key belongs to, which models that tenant may use and under what names, and
+//! its limits. The registry is swapped whole on configuration reload; a tenant whose limits did
+//! not change keeps its rate-limiter state across the swap.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Limits, Settings, parse_key_hash, private_model_id};
+use crate::error::Error;
+
+/// A tenant as requests see it.
+pub struct Tenant {
+    pub id: String,
+    /// Name the tenant uses → cache model id.
+    models: BTreeMap<String, String>,
+    default_model: String,
+    limits: Limits,
+    limiter: Arc<Limiter>,
+}
+
+/// A tenant's rate limiters: requests per second with a burst, tokens per minute.
+struct Limiter {
+    requests: DefaultDirectRateLimiter,
+    tokens: DefaultDirectRateLimiter,
+}
+
+impl Limiter {
+    fn new(limits: &Limits) -> Self {
+        let nz = |n: u32| NonZeroU32::new(n.max(1)).expect("at least 1");
+        Self {
+            requests: RateLimiter::direct(
+                Quota::per_second(nz(limits.requests_per_second)).allow_burst(nz(limits.burst)),
+            ),
+            tokens: RateLimiter::direct(Quota::per_minute(nz(limits.tokens_per_minute))),
+        }
+    }
+}
+
+impl Tenant {
+    /// The model a request names (or the tenant's default), as `(name, cache id)`. A model the
+    /// tenant may not use is "not found", exactly like one that does not exist.
+    pub fn resolve<'a>(&'a self, requested: Option<&'a str>) -> Result<(&'a str, &'a str), Error> {
+        let name = requested.unwrap_or(&self.default_model);
+        self.models
+            .get_key_value(name)
+            .map(|(name, id)| (name.as_str(), id.as_str()))
+            .ok_or_else(|| Error::ModelNotFound(name.to_owned()))
+    }
+
+    /// The models this tenant may use: `(name, cache id)`.
+    pub fn models(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.models.iter().map(|(name, id)| (name.as_str(), id.as_str()))
+    }
+
+    pub fn max_inputs(&self) -> usize {
+        self.limits.max_inputs
+    }
+
+    /// Takes one request from the tenant's request budget, or says when to retry.
+    pub fn check_request(&self) -> Result<(), Error> {
+        self.limiter.requests.check().map_err(|wait| Error::RateLimited {
+            message: format!(
+                "Rate limit reached for tenant {}: {} requests per second (burst {}).",
+                self.id, self.limits.requests_per_second, self.limits.burst
+            ),
+            retry_after: retry_after(wait.wait_time_from(DefaultClock::default().now())),
+        })
+    }
+
+    /// Takes `tokens` from the tenant's tokens-per-minute budget, or says when to retry.
+    pub fn check_tokens(&self, tokens: usize) -> Result<(), Error> {
+        let message = || {
+            format!(
+                "Token rate limit reached for tenant {}: {} tokens per minute; this request has {tokens}.",
+                self.id, self.limits.tokens_per_minute
+            )
+        };
+        let n = NonZeroU32::new(u32::try_from(tokens).unwrap_or(u32::MAX).max(1)).expect("at least 1");
+        match self.limiter.tokens.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(wait)) => Err(Error::RateLimited {
+                message: message(),
+                retry_after: retry_after(wait.wait_time_from(DefaultClock::default().now())),
+            }),
+            // More tokens than a whole minute's budget: waiting will never help.
+            Err(_) => Err(Error::TooLarge(message())),
+        }
+    }
+}
+
+fn retry_after(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+/// Key hash → tenant, swapped whole on reload.
+pub struct TenantRegistry {
+    current: ArcSwap<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    keys: Vec<([u8; 32], Arc<Tenant>)>,
+    tenants: BTreeMap<String, Arc<Tenant>>,
+}
+
+impl TenantRegistry {
+    pub fn new(settings: &Settings) -> Self {
+        Self { current: ArcSwap::from_pointee(Registry::build(settings, &Registry::default())) }
+    }
+
+    /// Replaces every tenant with those of `settings`.
+    pub fn replace(&self, settings: &Settings) {
+        let next = Registry::build(settings, &self.current.load());
+        self.current.store(Arc::new(next));
+    }
+
+    /// The tenant owning `key`. Every stored hash is compared, in constant time, whatever
+    /// matches, so timing says nothing about which keys exist.
+    pub fn authenticate(&self, key: &str) -> Option<Arc<Tenant>> {
+        let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let registry = self.current.load();
+        let mut found = None;
+        for (stored, tenant) in &registry.keys {
+            if bool::from(stored.ct_eq(&hash)) {
+                found = Some(Arc::clone(tenant));
+            }
+        }
+        found
+    }
+
+    pub fn len(&self) -> usize {
+        self.current.load().tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Registry {
+    fn build(settings: &Settings, previous: &Registry) -> Self {
+        let mut out = Registry::default();
+        for (id, config) in &settings.tenants {
+            let mut models: BTreeMap<String, String> =
+                config.models.iter().map(|m| (m.clone(), m.clone())).collect();
+            for name in config.private_models.keys() {
+                models.insert(name.clone(), private_model_id(id, name));
+            }
+            let mut limits = config.limits;
+            limits.max_inputs = limits.max_inputs.min(settings.server.max_inputs);
+            let limiter = match previous.tenants.get(id) {
+                Some(old) if old.limits == limits => Arc::clone(&old.limiter),
+                _ => Arc::new(Limiter::new(&limits)),
+            };
+            let tenant = Arc::new(Tenant {
+                id: id.clone(),
+                models,
+                default_model: config.default_model.clone().unwrap_or_else(|| settings.default_model.clone()),
+                limits,
+                limiter,
+            });
+            for key in &config.keys {
+                if let Some(hash) = parse_key_hash(key) {
+                    out.keys.push((hash, Arc::clone(&tenant)));
+                }
+            }
+            out.tenants.insert(id.clone(), tenant);
+        }
+        out
+    }
+}
+
+/// The hash to put in config for `key`, as `embedserve hash-key` prints it.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}

@@ -1,0 +1,112 @@
+//! The real `embedserve` binary in a process of its own, serving a config file the test
+//! writes: for what must not share a process with other tests (resident memory) or needs the
+//! file and signals (reload).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+pub struct SpawnedServer {
+    pub child: Child,
+    pub base: String,
+    pub config: PathBuf,
+    _dir: TempDir,
+}
+
+/// A folder under the target dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let dir = repo().join("target/test-tmp").join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// config/default.toml with absolute asset paths, so the text works from any folder.
+pub fn default_config_text() -> String {
+    let text = std::fs::read_to_string(repo().join("config/default.toml")).unwrap();
+    text.replace("\"../assets/", &format!("\"{}/assets/", repo().display()))
+}
+
+impl SpawnedServer {
+    /// Writes `config` and serves it on a free port; returns once `/ready` answers 200.
+    pub async fn start(name: &str, config: &str) -> SpawnedServer {
+        let dir = TempDir::new(name);
+        let path = dir.0.join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_embedserve"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .env("EMBEDSERVE_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The address comes from the "listening" log line; the rest of the log is drained.
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "embedserve listening" {
+                        let _ = tx.send(v["addr"].as_str().unwrap().to_owned());
+                    }
+                }
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .expect("server logged its address");
+        let server = SpawnedServer { child, base: format!("http://{addr}"), config: path, _dir: dir };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(self.url("/ready")).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("spawned server never became ready");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap();
+        metric_value(&text, sample)
+    }
+
+    pub async fn post_as(&self, key: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = client_with_key(Some(key)).post(self.url(path)).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+}
+
+impl Drop for SpawnedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

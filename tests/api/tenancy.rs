@@ -1,0 +1,205 @@
+//! Tenants: keys, isolation of models, and per-tenant limits.
+
+use futures::future::join_all;
+use serde_json::json;
+
+use crate::helpers::*;
+
+const ROUTES: [&str; 2] = ["/v1/embed", "/v1/embeddings"];
+
+#[tokio::test]
+async fn a_missing_or_unknown_key_is_401_on_every_v1_route() {
+    let server = TestServer::shared();
+    for route in ROUTES {
+        for key in [None, Some("not-a-key"), Some("")] {
+            let r = server.post_as(key, route, json!({ "input": "x" })).await;
+            assert_eq!(r.status(), 401, "{route} with {key:?}");
+            let body = r.json().await.unwrap();
+            assert_error_shape(&body);
+            assert_eq!(body["error"]["type"], "authentication_error");
+        }
+    }
+    let r = client_with_key(None).get(server.url("/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Health, readiness and metrics stay open for probes and scrapers.
+    for path in ["/health", "/ready", "/metrics"] {
+        assert_eq!(client_with_key(None).get(server.url(path)).send().await.unwrap().status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_key_may_also_come_as_x_api_key() {
+    let server = TestServer::shared();
+    let r = client_with_key(None)
+        .post(server.url("/v1/embed"))
+        .header("x-api-key", GLOBEX_KEY)
+        .json(&json!({ "input": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status() == 200 || r.status() == 429, "{}", r.status());
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_use_or_see_another_tenants_private_model() {
+    let server = TestServer::shared();
+    for route in ROUTES {
+        let denied =
+            server.post_as(Some(GLOBEX_KEY), route, json!({ "input": "x", "model": "paraphrase-l3" })).await;
+        let missing =
+            server.post_as(Some(GLOBEX_KEY), route, json!({ "input": "x", "model": "no-such-model" })).await;
+        if denied.status() == 429 || missing.status() == 429 {
+            continue; // globex's 5 requests per second; the rate-limit test has its own server
+        }
+        assert_eq!(denied.status(), 404);
+        assert_eq!(missing.status(), 404);
+        let (denied, missing): (serde_json::Value, serde_json::Value) =
+            (denied.json().await.unwrap(), missing.json().await.unwrap());
+        // Exactly the same answer as for a model that does not exist, but for the name.
+        let normalise = |v: &serde_json::Value, name: &str| v.to_string().replace(name, "MODEL");
+        assert_eq!(normalise(&denied, "paraphrase-l3"), normalise(&missing, "no-such-model"));
+    }
+    let models: serde_json::Value = client_with_key(Some(GLOBEX_KEY))
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> =
+        models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["minilm-l6-int8"]);
+}
+
+#[tokio::test]
+async fn a_burst_over_a_tenants_limit_gets_429_with_retry_after_and_other_tenants_are_unaffected() {
+    let server = TestServer::start(default_settings());
+    for route in ROUTES {
+        let globex =
+            join_all((0..12).map(|_| server.post_as(Some(GLOBEX_KEY), route, json!({ "input": "burst" }))))
+                .await;
+        let acme =
+            join_all((0..12).map(|_| server.post_as(Some(ACME_KEY), route, json!({ "input": "steady" }))))
+                .await;
+
+        let refused: Vec<&reqwest::Response> = globex.iter().filter(|r| r.status() == 429).collect();
+        let served = globex.iter().filter(|r| r.status() == 200).count();
+        assert!(refused.len() >= 5, "{route}: only {} of 12 refused over a burst of 5", refused.len());
+        assert!(served >= 1, "{route}: globex got nothing at all");
+        for r in &refused {
+            let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=2).contains(&retry), "{route}: Retry-After {retry}");
+        }
+        assert!(acme.iter().all(|r| r.status() == 200), "{route}: acme was limited by globex's burst");
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    let refilled = server.post_as(Some(GLOBEX_KEY), "/v1/embeddings", json!({ "input": "x" })).await;
+    assert_eq!(refilled.status(), 200, "the bucket refills after the wait");
+    assert!(
+        server.metric("embedserve_rate_limited_total{limit=\"requests\",tenant=\"globex\"}").await >= 10.0
+    );
+}
+
+#[tokio::test]
+async fn a_429_body_has_the_error_shape() {
+    let server = TestServer::start(default_settings());
+    let responses =
+        join_all((0..8).map(|_| server.post_as(Some(GLOBEX_KEY), "/v1/embeddings", json!({ "input": "x" }))))
+            .await;
+    let refused = responses.into_iter().find(|r| r.status() == 429).expect("a refusal");
+    let body = refused.json().await.unwrap();
+    assert_error_shape(&body);
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+}
+
+#[tokio::test]
+async fn a_tenants_token_budget_is_enforced() {
+    let mut settings = default_settings();
+    settings.tenants.get_mut("globex").unwrap().limits.tokens_per_minute = 20;
+    let server = TestServer::start(settings);
+    // "[CLS] one two three [SEP]" is 5 tokens: four fit in 20, the fifth does not.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            server
+                .post_as(Some(GLOBEX_KEY), "/v1/embed", json!({ "input": "one two three" }))
+                .await
+                .status()
+                .as_u16(),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await; // stay under 5 requests/s
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429]);
+    let over = server.post_as(Some(GLOBEX_KEY), "/v1/embed", json!({ "input": "word ".repeat(40) })).await;
+    assert_eq!(over.status(), 413, "a request larger than a whole minute's budget can never pass");
+}
+
+#[tokio::test]
+async fn a_tenants_max_inputs_is_enforced() {
+    let server = TestServer::shared();
+    let inputs: Vec<String> = (0..65).map(|i| format!("t{i}")).collect();
+    let body = json!({ "input": inputs });
+    let mut status = 0;
+    for _ in 0..5 {
+        // globex has 5 requests per second on the shared server: wait out other tests' use
+        status = server.post_as(Some(GLOBEX_KEY), "/v1/embed", body.clone()).await.status().as_u16();
+        if status != 429 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    assert_eq!(status, 413, "globex's max_inputs is 64");
+}
+
+#[test]
+fn hash_key_prints_the_sha256_of_stdin_without_its_newline() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_embedserve"))
+        .arg("hash-key")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"acme-dev-key\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "7f2e6802f17f6ba210bb387707340e4fa6d03de0347ddcc5dd4ece4439694fce"
+    );
+}
+
+#[test]
+fn check_config_names_the_file_and_field_of_every_problem() {
+    let dir = crate::spawned::TempDir::new("check-config");
+    let path = dir.0.join("bad.toml");
+    let text = crate::spawned::default_config_text()
+        .replace(
+            "keys = [\"12cad79350669be6df490bdd33bd12237b1b5c2b917224bf9b70b380e35c3e95\"]",
+            "keys = [\"not-a-hash\"]",
+        )
+        .replace("limits = { requests_per_second = 5,", "limits = { requests_per_second = 0,")
+        .replace("[tenants.globex]", "[tenants.globex]\ndefault_model = \"paraphrase-l3\"");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_embedserve"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for field in [
+        "tenants.globex.keys[0]",
+        "tenants.globex.limits.requests_per_second",
+        "tenants.globex.default_model",
+    ] {
+        assert!(stderr.contains(&format!("{}: {field}:", path.display())), "{field} not named in:\n{stderr}");
+    }
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_embedserve"))
+        .args(["check-config", "--config", "config/default.toml"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}
