@@ -17,6 +17,7 @@ run: assets build
 test: assets venv
 	$(CARGO) fmt --check
 	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) $(CARGO) test --release
+	$(CARGO) bench --no-run --quiet
 
 build:
 	$(CARGO) build --release

@@ -5,11 +5,12 @@
 //!   ask at the same moment (a `OnceCell` per model); the others wait for that load.
 //! - Budgeted: loads are serialised, and each one's resident size is measured as the growth
 //!   of the process's RSS across the load and a one-input warm-up run (at least the ONNX file's
-//!   size). Before a load, least recently used idle models are evicted until the model is
+//!   size). Before a load, least recently used models are evicted until the model is
 //!   expected to fit (its last measured size, or twice its file size if never loaded); after,
 //!   again if the measurement came out larger.
-//! - Idle means no request holds the model. An evicted model's thread finishes the jobs already
-//!   queued, then frees the session: in-flight requests complete. Pinned models never leave.
+//! - Idle models go first; when every candidate is busy, the least recently used busy one
+//!   leaves the cache all the same: its thread finishes the jobs already queued and its
+//!   session is freed when the last request holding it is answered. Pinned models never leave.
 //! - A failed load fails only that model's requests, with 503 and `Retry-After`; the next
 //!   attempt waits out a backoff that doubles from 1 s up to 60 s.
 
@@ -242,25 +243,30 @@ impl ModelCache {
             return evicted;
         }
         while self.resident_bytes() + needed > budget {
+            // Idle models first, least recently used first. A busy one leaves the cache too,
+            // but its memory is freed only when its last request is answered.
             let victim = self
                 .slots
                 .iter()
                 .filter(|s| s.key() != loading && !self.options.pinned.contains(s.key()))
-                .filter(|s| s.model.get().is_some_and(|m| Arc::strong_count(m) == 1))
-                .min_by_key(|s| s.last_used_ms.load(Ordering::Relaxed))
-                .map(|s| s.key().clone());
+                .filter_map(|s| {
+                    let busy = Arc::strong_count(s.model.get()?) > 1;
+                    Some(((busy, s.last_used_ms.load(Ordering::Relaxed)), s.key().clone()))
+                })
+                .min()
+                .map(|(_, id)| id);
             let Some(victim) = victim else {
                 tracing::warn!(
                     model = loading,
                     resident_mib = self.resident_bytes() >> 20,
                     budget_mib = budget >> 20,
-                    "over the cache budget and no idle model to evict"
+                    "over the cache budget with only pinned models to evict"
                 );
                 return evicted;
             };
             evicted.extend(self.remove(&victim));
             self.metrics.model_evictions.with_label_values(&[&victim]).inc();
-            tracing::info!(model = victim, "model evicted (least recently used, idle)");
+            tracing::info!(model = victim, "model evicted (least recently used)");
         }
         evicted
     }
