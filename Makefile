@@ -6,16 +6,20 @@ CONFIG ?= config/default.toml
 VENV   := .venv
 VENV_PY := $(VENV)/bin/python
 BIN    := target/release/embedserve
+LAMBDA_ZIP := target/lambda/embedserve.zip
+# cargo-lambda and zig come from PyPI into the venv (tests/requirements.txt).
+WITH_VENV := PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: run test build assets venv bench reference fmt lint clean-assets
+.PHONY: run test build assets venv bench bench-lambda lambda-zip reference lint
 
 ## run: fetch pinned assets if missing, build in release, serve config/default.toml on 127.0.0.1:8080
 run: assets build
 	$(BIN) serve --config $(CONFIG)
 
 ## test: every test, on the real models, with the real clients
-test: assets venv
+test: assets venv lambda-zip
 	$(CARGO) fmt --check
+	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.lambda
 	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) $(CARGO) test --release
 	$(CARGO) bench --no-run --quiet
 
@@ -26,7 +30,16 @@ build:
 assets:
 	$(PYTHON) scripts/fetch_assets.py --dest assets
 
-## venv: the Python clients the tests drive (the openai SDK)
+## lambda-zip: the Lambda deployment zip (x86_64): bootstrap, ONNX Runtime, config/lambda.toml, the int8 model
+lambda-zip: assets venv
+	$(WITH_VENV) cargo-lambda lambda build --release --x86-64 --bin embedserve
+	$(PYTHON) scripts/package_lambda.py target/lambda/embedserve/bootstrap $(LAMBDA_ZIP)
+
+## bench-lambda: the package under the Lambda emulator: INIT, first and warm invocations, cost per million
+bench-lambda: lambda-zip
+	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) $(CARGO) bench --bench lambda
+
+## venv: the Python clients and tools the tests drive (openai SDK, cargo-lambda, hadolint)
 venv: $(VENV)/.installed
 $(VENV)/.installed: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)

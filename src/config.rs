@@ -52,6 +52,9 @@ pub struct ServerSettings {
     pub max_batch_tokens: usize,
     /// How often the config file is checked for changes (0: only on SIGHUP).
     pub reload_poll_ms: u64,
+    /// One CloudWatch Embedded Metric Format line per request on stdout (for Lambda, where
+    /// nothing scrapes `/metrics`).
+    pub emit_emf: bool,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +67,7 @@ impl Default for ServerSettings {
             max_batch_size: 32,
             max_batch_tokens: 16_384,
             reload_poll_ms: 2_000,
+            emit_emf: false,
         }
     }
 }

@@ -11,9 +11,13 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(version, about = "Multi-tenant text embeddings over ONNX Runtime")]
 struct Cli {
+    /// Without one, runs as a Lambda function when AWS_LAMBDA_RUNTIME_API is set.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
+
+/// The Lambda package's configuration, relative to the working directory (/var/task).
+const LAMBDA_CONFIG: &str = "config/lambda.toml";
 
 #[derive(Subcommand)]
 enum Command {
@@ -30,14 +34,32 @@ enum Command {
         #[arg(long, env = "EMBEDSERVE_CONFIG", default_value = "config/default.toml")]
         config: PathBuf,
     },
+    /// Run as an AWS Lambda function (what the `bootstrap` does when AWS_LAMBDA_RUNTIME_API is set).
+    Lambda {
+        #[arg(long, env = "EMBEDSERVE_CONFIG", default_value = LAMBDA_CONFIG)]
+        config: PathBuf,
+    },
     /// Read an API key on stdin and print the SHA-256 hash to put in a tenant's `keys`.
     HashKey,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
-    let result = match cli.command {
+    // The Lambda runtime sets AWS_LAMBDA_RUNTIME_API and starts `bootstrap` with no arguments.
+    let command = match cli.command {
+        Some(command) => command,
+        None if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => Command::Lambda {
+            config: std::env::var_os("EMBEDSERVE_CONFIG")
+                .map_or_else(|| PathBuf::from(LAMBDA_CONFIG), PathBuf::from),
+        },
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(matches!(command, Command::Lambda { .. }));
+    let result = match command {
         Command::Serve { config, bind } => Settings::load(&config).and_then(|settings| {
             tokio::runtime::Runtime::new()?.block_on(embedserve::server::serve(settings, bind))
         }),
@@ -49,6 +71,8 @@ fn main() -> ExitCode {
                 config.display()
             );
         }),
+        Command::Lambda { config } => Settings::load(&config)
+            .and_then(|settings| tokio::runtime::Runtime::new()?.block_on(embedserve::lambda::run(settings))),
         Command::HashKey => hash_key_from_stdin(),
     };
     match result {
@@ -70,12 +94,12 @@ fn hash_key_from_stdin() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// JSON lines when `EMBEDSERVE_LOG_FORMAT=json` (production), readable text otherwise;
+/// JSON lines on Lambda or when `EMBEDSERVE_LOG_FORMAT=json` (production), readable text otherwise;
 /// `RUST_LOG` filters (default `info`).
-fn init_logging() {
+fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("EMBEDSERVE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+    if json || std::env::var("EMBEDSERVE_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().flatten_event(true).with_current_span(true).init();
     } else {
         builder.init();

@@ -23,6 +23,8 @@ use crate::tenants::Tenant;
 pub struct Labels {
     pub tenant: String,
     pub model: String,
+    /// Tokens processed, for per-request metric lines.
+    pub tokens: usize,
 }
 
 impl Labels {
@@ -129,6 +131,7 @@ pub async fn embed_core(
         .await
         .map_err(|_| Error::Timeout(state.server.request_timeout_ms))??;
 
+    labels.tokens = tokens;
     let m = &state.metrics;
     m.tokens.with_label_values(&[&tenant.id, model_id]).inc_by(tokens as u64);
     m.embeddings.with_label_values(&[&tenant.id, model_id]).inc_by(vectors.len() as u64);

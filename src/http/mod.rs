@@ -72,6 +72,10 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     m.requests.with_label_values(&[&route, status.as_str(), tenant, model]).inc();
     m.request_seconds.with_label_values(&[&route]).observe(seconds);
     let (status, ms) = (status.as_u16(), seconds * 1e3);
+    if state.server.emit_emf {
+        let tokens = labels.map_or(0, |l| l.tokens);
+        println!("{}", emf_line(&route, status, tenant, model, tokens, ms));
+    }
     match response.extensions().get::<ErrorCause>() {
         Some(ErrorCause(cause)) => tracing::error!(status, tenant, model, ms, cause, "request failed"),
         None => tracing::info!(status, tenant, model, ms, "request"),
@@ -85,4 +89,33 @@ async fn not_found(method: Method, uri: Uri) -> Error {
 
 async fn method_not_allowed(method: Method) -> Error {
     Error::MethodNotAllowed(method.to_string())
+}
+
+/// A CloudWatch Embedded Metric Format record: CloudWatch turns this log line into metrics
+/// (Latency, Tokens and Requests by tenant and model, and by route and status).
+fn emf_line(route: &str, status: u16, tenant: &str, model: &str, tokens: usize, ms: f64) -> String {
+    let timestamp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": timestamp,
+            "CloudWatchMetrics": [{
+                "Namespace": "embedserve",
+                "Dimensions": [["tenant", "model"], ["route", "status"]],
+                "Metrics": [
+                    { "Name": "Latency", "Unit": "Milliseconds" },
+                    { "Name": "Tokens", "Unit": "Count" },
+                    { "Name": "Requests", "Unit": "Count" }
+                ]
+            }]
+        },
+        "tenant": tenant,
+        "model": model,
+        "route": route,
+        "status": status.to_string(),
+        "Latency": ms,
+        "Tokens": tokens,
+        "Requests": 1
+    })
+    .to_string()
 }

@@ -6,6 +6,7 @@ mod spawned;
 mod cache;
 mod embeddings;
 mod errors;
+mod lambda;
 mod openai_sdk;
 mod operations;
 mod reload;

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Write the Lambda deployment zip: bootstrap, ONNX Runtime, config/lambda.toml, the default
+int8 model and its tokenizer, in the repository's layout (so config/lambda.toml's relative
+paths hold in /var/task). Prints the zipped and unzipped sizes.
+
+Usage: scripts/package_lambda.py BOOTSTRAP OUT.zip
+"""
+
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config" / "lambda.toml"
+
+
+def package_files() -> list[tuple[Path, str]]:
+    """(source, path in zip) for everything config/lambda.toml needs."""
+    config = tomllib.loads(CONFIG.read_text())
+    files = [(CONFIG, "config/lambda.toml"), (CONFIG.parent / config["runtime"]["onnxruntime"], None)]
+    models = list(config["models"].values())
+    for tenant in config.get("tenants", {}).values():
+        models += list(tenant.get("private_models", {}).values())
+    for model in models:
+        files += [(CONFIG.parent / model["onnx"], None), (CONFIG.parent / model["tokenizer"], None)]
+    out, seen = [], set()
+    for source, name in files:
+        source = source.resolve()
+        name = name or source.relative_to(ROOT).as_posix()
+        if name not in seen:
+            seen.add(name)
+            out.append((source, name))
+    return out
+
+
+def main() -> None:
+    bootstrap, target = Path(sys.argv[1]), Path(sys.argv[2])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    entries = [(bootstrap, "bootstrap")] + package_files()
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        for source, name in entries:
+            info = zipfile.ZipInfo.from_file(source, name)
+            # Lambda runs bootstrap and dlopens the runtime: both must be executable/readable.
+            info.external_attr = (0o755 if name == "bootstrap" or name.endswith(".so.1.31.1") else 0o644) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(source, "rb") as f:
+                z.writestr(info, f.read(), compresslevel=9)
+    with zipfile.ZipFile(target) as z:
+        unzipped = sum(i.file_size for i in z.infolist())
+        for i in z.infolist():
+            print(f"  {i.file_size / 2**20:8.1f} MiB  {i.compress_size / 2**20:8.1f} MiB zipped  {i.filename}")
+    zipped = target.stat().st_size
+    print(f"{target}: {zipped / 1e6:.1f} MB zipped (limit 50 MB), {unzipped / 1e6:.1f} MB unzipped (limit 250 MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+//! The Lambda door: Function URL events through `lambda_http` into the router, and the real
+//! function under `cargo lambda watch`, which must answer exactly like the server.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::helpers::*;
+
+fn lambda_settings() -> embedserve::Settings {
+    embedserve::Settings::load(&repo().join("config/lambda.toml")).expect("config/lambda.toml loads")
+}
+
+/// Feeds a Function URL event fixture from tests/data through lambda_http into the router.
+async fn invoke_fixture(name: &str) -> (u16, Value) {
+    let event = std::fs::read_to_string(repo().join("tests/data").join(name)).unwrap();
+    let request = lambda_http::request::from_str(&event).expect("a Function URL event");
+    let app = embedserve::build_app(lambda_settings()).unwrap();
+    let response = app.router.oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn function_url_events_reach_the_router_and_base64_bodies_are_decoded() {
+    let (plain_status, plain) = invoke_fixture("function-url-embed.json").await;
+    assert_eq!(plain_status, 200, "{plain}");
+    assert_eq!(plain["dimensions"], 8);
+    let (b64_status, b64) = invoke_fixture("function-url-embed-base64.json").await;
+    assert_eq!(b64_status, 200, "{b64}");
+    assert_eq!(plain["embeddings"], b64["embeddings"], "the base64 body decoded to different input");
+
+    let (status, body) = invoke_fixture("function-url-missing-key.json").await;
+    assert_eq!(status, 401);
+    assert_error_shape(&body);
+}
+
+#[test]
+fn the_deployment_zip_holds_what_lambda_needs_within_the_direct_upload_limits() {
+    let zip = repo().join("target/lambda/embedserve.zip");
+    assert!(zip.exists(), "{} missing: `make test` builds it with `make lambda-zip`", zip.display());
+    let script = "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nprint(sum(i.file_size for i in z.infolist()))\nprint('\\n'.join(z.namelist()))";
+    let out = Command::new(python()).args(["-c", script]).arg(&zip).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let unzipped: u64 = lines.next().unwrap().parse().unwrap();
+    let names: Vec<&str> = lines.collect();
+    let zipped = std::fs::metadata(&zip).unwrap().len();
+    println!(
+        "lambda package: {:.1} MB zipped, {:.1} MB unzipped",
+        zipped as f64 / 1e6,
+        unzipped as f64 / 1e6
+    );
+    assert!(zipped <= 50_000_000, "{zipped} bytes zipped: over Lambda's 50 MB direct upload limit");
+    assert!(unzipped <= 250_000_000, "{unzipped} bytes unzipped: over Lambda's 250 MB limit");
+    for needed in [
+        "bootstrap",
+        "config/lambda.toml",
+        "assets/onnxruntime/libonnxruntime.so.1.31.1",
+        "assets/models/minilm-l6-int8/model.onnx",
+        "assets/models/minilm-uncased-tokenizer.json",
+    ] {
+        assert!(names.contains(&needed), "{needed} not in the package: {names:?}");
+    }
+}
+
+#[test]
+fn the_lambda_package_config_is_valid_and_carries_the_demo_tenants() {
+    let settings = lambda_settings();
+    assert!(settings.tenants.contains_key("acme") && settings.tenants.contains_key("globex"));
+    assert!(settings.server.emit_emf, "Lambda has no scraper: EMF lines carry the metrics");
+    assert_eq!(settings.server.reload_poll_ms, 0);
+}
+
+/// The real Lambda emulator (`cargo lambda watch --only-lambda-apis`: the Runtime API and
+/// Function URL front end) with the function binary running against it, as Lambda runs
+/// `bootstrap`. The test starts the function itself rather than letting cargo-lambda manage
+/// it: cargo-lambda's process management took this whole machine's session down when its
+/// watch mode ran under `cargo test`.
+struct Emulator {
+    emulator: Child,
+    function: Child,
+    base: String,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        for child in [&mut self.function, &mut self.emulator] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Emulator {
+    async fn start() -> Emulator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cargo_lambda = python().parent().unwrap().join("cargo-lambda");
+        let emulator = Command::new(cargo_lambda)
+            .args(["lambda", "watch", "--only-lambda-apis", "--invoke-address", "127.0.0.1"])
+            .args(["--invoke-port", &port.to_string()])
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("cargo-lambda runs (make test installs it into .venv)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the emulator never listened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let function = Command::new(env!("CARGO_BIN_EXE_embedserve"))
+            .current_dir(repo())
+            .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt"))
+            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+            .env("EMBEDSERVE_CONFIG", "config/lambda.toml")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let emulator = Emulator { emulator, function, base: format!("http://127.0.0.1:{port}/lambda-url/_") };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/ready", emulator.base)).await {
+                if r.status() == 200 {
+                    return emulator;
+                }
+            }
+            assert!(Instant::now() < deadline, "the function never answered under the emulator");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn post(
+        &self,
+        key: Option<&str>,
+        path: &str,
+        body: reqwest::Body,
+        content_type: &str,
+    ) -> (u16, Value) {
+        let r = client_with_key(key)
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    async fn post_json(&self, key: Option<&str>, path: &str, body: Value) -> (u16, Value) {
+        self.post(key, path, body.to_string().into(), "application/json").await
+    }
+}
+
+#[tokio::test]
+async fn under_the_lambda_emulator_the_function_answers_exactly_like_the_server() {
+    let lambda = Emulator::start().await;
+    let server = TestServer::shared();
+    let reference = reference();
+
+    // The same vectors as the server, for every reference text.
+    let texts: Vec<Value> = reference["texts"].as_object().unwrap().values().cloned().collect();
+    let body = json!({ "input": texts, "model": "minilm-l6-int8" });
+    let (status, from_lambda) = lambda.post_json(Some(ACME_KEY), "/v1/embed", body.clone()).await;
+    assert_eq!(status, 200, "{from_lambda}");
+    let (_, from_server) = server.post("/v1/embed", body).await;
+    for (a, b) in vectors(&from_lambda["embeddings"]).iter().zip(vectors(&from_server["embeddings"])) {
+        assert!(cosine(a, &b) >= BATCH_MIN_COSINE);
+    }
+    assert_eq!(from_lambda["usage"], from_server["usage"]);
+
+    // The OpenAI route, with the encoding the SDKs ask for.
+    let (status, openai) = lambda
+        .post_json(Some(ACME_KEY), "/v1/embeddings", json!({ "input": "x", "encoding_format": "base64" }))
+        .await;
+    assert_eq!(status, 200, "{openai}");
+    assert!(openai["data"][0]["embedding"].is_string());
+
+    // Errors, statuses and auth: the same answers as the server.
+    let cases = [
+        (None, json!({ "input": "x" })),
+        (Some("wrong-key"), json!({ "input": "x" })),
+        (Some(ACME_KEY), json!({ "input": "" })),
+        (Some(ACME_KEY), json!({ "input": "x", "dimensions": 0 })),
+        (Some(ACME_KEY), json!({ "input": "x", "model": "nope" })),
+        (Some(GLOBEX_KEY), json!({ "input": "x", "model": "paraphrase-l3" })),
+        (Some(ACME_KEY), json!({ "input": (0..257).map(|i| i.to_string()).collect::<Vec<_>>() })),
+    ];
+    for (key, body) in cases {
+        let (status, from_lambda) = lambda.post_json(key, "/v1/embed", body.clone()).await;
+        let r = server.post_as(key, "/v1/embed", body.clone()).await;
+        let (server_status, from_server): (u16, Value) = (r.status().as_u16(), r.json().await.unwrap());
+        if server_status == 429 {
+            continue; // globex's limit on the shared server; the function has its own
+        }
+        assert_eq!(status, server_status, "{key:?} {body}: {from_lambda}");
+        assert_eq!(from_lambda, from_server, "{key:?} {body}");
+    }
+    let (status, body) =
+        lambda.post(Some(ACME_KEY), "/v1/embed", "{\"input\": ".into(), "application/json").await;
+    assert_eq!(status, 400, "{body}");
+
+    // A body the Function URL carries base64-encoded (binary content type) works the same.
+    let raw = json!({ "input": "The cat sat.", "dimensions": 8 }).to_string();
+    let (status, binary) =
+        lambda.post(Some(ACME_KEY), "/v1/embed", raw.clone().into(), "application/octet-stream").await;
+    assert_eq!(status, 200, "{binary}");
+    let (_, plain) = lambda.post(Some(ACME_KEY), "/v1/embed", raw.into(), "application/json").await;
+    assert_eq!(binary["embeddings"], plain["embeddings"]);
+
+    // Limits hold on Lambda too: globex's burst of 5.
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(lambda.post_json(Some(GLOBEX_KEY), "/v1/embed", json!({ "input": "x" })).await.0);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
