@@ -19,6 +19,7 @@ run: assets build
 ## test: every test, on the real models, with the real clients
 test: assets venv lambda-zip
 	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets --quiet -- -D warnings
 	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.lambda
 	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) $(CARGO) test --release
 	$(CARGO) bench --no-run --quiet

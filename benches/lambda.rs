@@ -142,10 +142,10 @@ fn spawn_function(package: &Path, port: u16) -> (Child, std::sync::mpsc::Receive
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                if let Some(ms) = v["init_ms"].as_f64() {
-                    let _ = tx.send(ms);
-                }
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(ms) = v["init_ms"].as_f64()
+            {
+                let _ = tx.send(ms);
             }
         }
     });

@@ -97,6 +97,7 @@ async fn cold_start(config: &Path) -> (f64, Child, u16) {
     spawn_until_served(config, "minilm-l6-int8", KEY).await
 }
 
+#[allow(clippy::zombie_processes)] // the caller kills and waits for the child it gets back
 async fn spawn_until_served(config: &Path, model: &str, key: &str) -> (f64, Child, u16) {
     let port = free_port();
     let client = reqwest::Client::new();
@@ -112,10 +113,10 @@ async fn spawn_until_served(config: &Path, model: &str, key: &str) -> (f64, Chil
         .expect("embedserve starts");
     loop {
         let body = json!({ "input": SENTENCES[0], "model": model });
-        if let Ok(r) = client.post(&url).bearer_auth(key).json(&body).send().await {
-            if r.status() == 200 {
-                return (started.elapsed().as_secs_f64() * 1e3, child, port);
-            }
+        if let Ok(r) = client.post(&url).bearer_auth(key).json(&body).send().await
+            && r.status() == 200
+        {
+            return (started.elapsed().as_secs_f64() * 1e3, child, port);
         }
         assert!(started.elapsed() < Duration::from_secs(60), "server did not answer within 60 s");
         tokio::time::sleep(Duration::from_millis(2)).await;

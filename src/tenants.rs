@@ -134,14 +134,6 @@ impl TenantRegistry {
         }
         found
     }
-
-    pub fn len(&self) -> usize {
-        self.current.load().tenants.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Registry {

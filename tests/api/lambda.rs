@@ -130,10 +130,10 @@ impl Emulator {
         let emulator = Emulator { emulator, function, base: format!("http://127.0.0.1:{port}/lambda-url/_") };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(r) = reqwest::get(format!("{}/ready", emulator.base)).await {
-                if r.status() == 200 {
-                    return emulator;
-                }
+            if let Ok(r) = reqwest::get(format!("{}/ready", emulator.base)).await
+                && r.status() == 200
+            {
+                return emulator;
             }
             assert!(Instant::now() < deadline, "the function never answered under the emulator");
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -60,10 +60,10 @@ impl SpawnedServer {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "embedserve listening" {
-                        let _ = tx.send(v["addr"].as_str().unwrap().to_owned());
-                    }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "embedserve listening"
+                {
+                    let _ = tx.send(v["addr"].as_str().unwrap().to_owned());
                 }
             }
         });
@@ -79,10 +79,10 @@ impl SpawnedServer {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(r) = reqwest::get(self.url("/ready")).await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = reqwest::get(self.url("/ready")).await
+                && r.status() == 200
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
