@@ -50,6 +50,12 @@ pub struct ServerSettings {
     pub max_batch_size: usize,
     /// Most padded tokens (longest × count) in one run.
     pub max_batch_tokens: usize,
+    /// How long a batch may wait for more requests when it is not full (0: never waits).
+    pub max_batch_wait_ms: u64,
+    /// Tokens each tenant's lane gains per turn when batches are formed (the fairness quantum).
+    pub fair_quantum_tokens: usize,
+    /// Tokens a model's queue holds; requests past it get 503 with `Retry-After` at once.
+    pub max_queue_tokens: usize,
     /// How often the config file is checked for changes (0: only on SIGHUP).
     pub reload_poll_ms: u64,
     /// One CloudWatch Embedded Metric Format line per request on stdout (for Lambda, where
@@ -66,6 +72,9 @@ impl Default for ServerSettings {
             request_timeout_ms: 30_000,
             max_batch_size: 32,
             max_batch_tokens: 16_384,
+            max_batch_wait_ms: 0,
+            fair_quantum_tokens: 512,
+            max_queue_tokens: 200_000,
             reload_poll_ms: 2_000,
             emit_emf: false,
         }
@@ -245,6 +254,8 @@ impl Settings {
             ("max_inputs", s.max_inputs),
             ("max_batch_size", s.max_batch_size),
             ("max_batch_tokens", s.max_batch_tokens),
+            ("fair_quantum_tokens", s.fair_quantum_tokens),
+            ("max_queue_tokens", s.max_queue_tokens),
             ("request_timeout_ms", s.request_timeout_ms as usize),
         ] {
             if value == 0 {

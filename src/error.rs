@@ -29,7 +29,7 @@ pub enum Error {
     /// The model could not be loaded; the cause goes to the log, not the client.
     #[error("The model `{model}` could not be loaded; retry in {retry_after} s.")]
     ModelUnavailable { model: String, cause: String, retry_after: u64 },
-    #[error("The server is overloaded; retry later.")]
+    #[error("The model's queue is full; retry shortly.")]
     Overloaded,
     #[error("The request took longer than {0} ms and was abandoned.")]
     Timeout(u64),

@@ -27,8 +27,9 @@ use models::session::SessionOptions;
 use models::worker::BatchLimits;
 use tenants::TenantRegistry;
 
-/// Jobs each model's queue holds before new requests get 503.
-const QUEUE_CAPACITY: usize = 1024;
+/// Jobs each model's channel holds before new requests get 503 (the token bound,
+/// `server.max_queue_tokens`, usually binds first).
+const QUEUE_CAPACITY: usize = 4096;
 
 /// State every handler shares.
 pub struct AppState {
@@ -104,8 +105,11 @@ pub fn build_app(settings: Settings) -> anyhow::Result<App> {
         limits: BatchLimits {
             max_batch_size: settings.server.max_batch_size,
             max_batch_tokens: settings.server.max_batch_tokens,
+            max_batch_wait: std::time::Duration::from_millis(settings.server.max_batch_wait_ms),
+            fair_quantum_tokens: settings.server.fair_quantum_tokens,
         },
         queue_capacity: QUEUE_CAPACITY,
+        max_queue_tokens: settings.server.max_queue_tokens,
         max_bytes: settings.cache.max_bytes,
         pinned: settings.cache.pinned.iter().cloned().collect(),
     };

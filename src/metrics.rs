@@ -30,6 +30,13 @@ pub struct Metrics {
     pub cache_budget_bytes: IntGauge,
     /// Configuration reloads by outcome (`ok` | `rejected`).
     pub config_reloads: IntCounterVec,
+    /// Tokens waiting in each model's queue.
+    pub queue_tokens: IntGaugeVec,
+    pub queue_wait_seconds: HistogramVec,
+    /// Padded tokens (longest × count) per ONNX Runtime run.
+    pub batch_tokens: HistogramVec,
+    /// Work refused or dropped by model and reason (`queue_full`, `client_gone`, `timeout`).
+    pub refusals: IntCounterVec,
     /// Model loads by model and outcome (`ok` | `error`).
     pub model_loads: IntCounterVec,
     pub model_load_seconds: HistogramVec,
@@ -144,6 +151,28 @@ impl Metrics {
                 "embedserve_config_reloads_total",
                 "Configuration reloads by outcome (ok or rejected).",
                 &["outcome"],
+            ),
+            queue_tokens: gauge(
+                "embedserve_queue_tokens",
+                "Tokens waiting in each model's queue.",
+                &["model"],
+            ),
+            queue_wait_seconds: histogram(
+                "embedserve_queue_wait_seconds",
+                "Time from queueing to the start of a request's batch.",
+                &["model"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            batch_tokens: histogram(
+                "embedserve_batch_tokens",
+                "Padded tokens (longest x count) per ONNX Runtime run.",
+                &["model"],
+                vec![16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0],
+            ),
+            refusals: counter(
+                "embedserve_refusals_total",
+                "Work refused or dropped by model and reason (queue_full, client_gone, timeout).",
+                &["model", "reason"],
             ),
             registry,
         }

@@ -124,12 +124,18 @@ pub async fn embed_core(
         let tokens: usize = inputs.iter().map(|e| e.len()).sum();
         let truncated = inputs.iter().filter(|e| e.truncated).count();
         tenant.check_tokens(tokens).inspect_err(|_| count_refusal(state, tenant, "tokens"))?;
-        let vectors = model.infer(inputs).await?;
+        let vectors = model.infer(&tenant.id, inputs).await.inspect_err(|e| {
+            if matches!(e, Error::Overloaded) {
+                state.metrics.refusals.with_label_values(&[model_id, "queue_full"]).inc();
+            }
+        })?;
         Ok::<_, Error>((vectors, tokens, truncated))
     };
-    let (vectors, tokens, truncated) = tokio::time::timeout(state.server.request_timeout(), work)
-        .await
-        .map_err(|_| Error::Timeout(state.server.request_timeout_ms))??;
+    let (vectors, tokens, truncated) =
+        tokio::time::timeout(state.server.request_timeout(), work).await.map_err(|_| {
+            state.metrics.refusals.with_label_values(&[model_id, "timeout"]).inc();
+            Error::Timeout(state.server.request_timeout_ms)
+        })??;
 
     labels.tokens = tokens;
     let m = &state.metrics;

@@ -3,7 +3,8 @@
 //!
 //! - Lazy and single-flight: a model loads on first use, exactly once however many requests
 //!   ask at the same moment (a `OnceCell` per model); the others wait for that load.
-//! - Budgeted: loads are serialised, and each one's resident size is measured as the growth
+//! - Budgeted: loads are serialised, and each one's resident size is `resident_bytes` from its
+//!   config if given, else measured as the growth
 //!   of the process's RSS across the load and a one-input warm-up run (at least the ONNX file's
 //!   size). Before a load, least recently used models are evicted until the model is
 //!   expected to fit (its last measured size, or twice its file size if never loaded); after,
@@ -28,7 +29,7 @@ use super::LoadedModel;
 use super::session::{Engine, SessionOptions};
 use super::spec::ModelSpec;
 use super::tokenize::TextEncoder;
-use super::worker::{self, BatchLimits};
+use super::worker::{self, BatchLimits, QueueBudget};
 use crate::error::Error;
 use crate::metrics::Metrics;
 
@@ -39,6 +40,8 @@ pub struct CacheOptions {
     pub limits: BatchLimits,
     /// Jobs a model's queue holds before requests are refused with 503.
     pub queue_capacity: usize,
+    /// Tokens a model's queue holds before requests are refused with 503.
+    pub max_queue_tokens: usize,
     /// Resident bytes for all loaded models together; 0 means unlimited.
     pub max_bytes: u64,
     pub pinned: BTreeSet<String>,
@@ -164,7 +167,10 @@ impl ModelCache {
     async fn load(&self, id: &str, spec: Arc<ModelSpec>, slot: &Slot) -> Result<Arc<LoadedModel>, Error> {
         let _one_at_a_time = self.load_lock.lock().await;
         self.check_backoff(id, slot)?;
-        let estimate = self.sizes.get(id).map_or_else(|| 2 * file_size(&spec.onnx), |s| *s);
+        let estimate = spec
+            .resident_bytes
+            .or_else(|| self.sizes.get(id).map(|s| *s))
+            .unwrap_or_else(|| 2 * file_size(&spec.onnx));
         free(self.make_room(estimate, id)).await;
 
         let started = Instant::now();
@@ -177,7 +183,9 @@ impl ModelCache {
                 // Memory freed by earlier evictions can be reused without RSS growing, so a
                 // model's size is the largest of its measurements.
                 let measured = resident_set_bytes().saturating_sub(rss_before).max(file_size(&spec.onnx));
-                let resident = self.sizes.get(id).map_or(measured, |s| measured.max(*s));
+                let resident = spec
+                    .resident_bytes
+                    .unwrap_or_else(|| self.sizes.get(id).map_or(measured, |s| measured.max(*s)));
                 slot.resident.store(resident, Ordering::Relaxed);
                 *slot.failure.lock().expect("failure lock") = None;
                 self.sizes.insert(id.to_owned(), resident);
@@ -225,10 +233,17 @@ impl ModelCache {
             // The first run allocates what every later one reuses; pay it here, not on a request.
             let warm = encoder.encode(&["warm up".to_owned()])?;
             engine.run(&warm.iter().collect::<Vec<_>>()).context("warm-up run failed")?;
-            let (queue, worker) =
-                worker::spawn(id.clone(), engine, options.limits, options.queue_capacity, metrics)
-                    .context("cannot start the inference thread")?;
-            Ok(LoadedModel { id, spec, encoder: Arc::new(encoder), queue, worker })
+            let budget = Arc::new(QueueBudget::new(options.max_queue_tokens));
+            let (queue, worker) = worker::spawn(
+                id.clone(),
+                engine,
+                options.limits,
+                options.queue_capacity,
+                Arc::clone(&budget),
+                metrics,
+            )
+            .context("cannot start the inference thread")?;
+            Ok(LoadedModel { id, spec, encoder: Arc::new(encoder), queue, budget, worker })
         })
         .await
         .context("model load task failed")?

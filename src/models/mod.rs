@@ -2,6 +2,7 @@
 //! vectors (`session`, `pooling`), the thread that runs them (`worker`), and the cache that
 //! loads each model once and hands out shared handles (`cache`).
 
+pub mod batcher;
 pub mod cache;
 pub mod pooling;
 pub mod session;
@@ -11,19 +12,23 @@ pub mod worker;
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
 
 use crate::error::Error;
 use spec::ModelSpec;
 use tokenize::{Encoded, TextEncoder};
-use worker::Job;
+use worker::{Job, QueueBudget};
 
 /// A model ready to serve: its tokenizer and the queue of its inference thread.
 pub struct LoadedModel {
     pub id: String,
     pub spec: Arc<ModelSpec>,
     pub(crate) encoder: Arc<TextEncoder>,
-    pub(crate) queue: mpsc::Sender<Job>,
+    pub(crate) queue: SyncSender<Job>,
+    pub(crate) budget: Arc<QueueBudget>,
     pub(crate) worker: std::thread::JoinHandle<()>,
 }
 
@@ -44,16 +49,25 @@ impl LoadedModel {
             .map_err(|e| Error::internal(format!("{e:#}")))
     }
 
-    /// Queues tokenized inputs for the model's thread and waits for their vectors (in input
-    /// order, full width, not normalised). A full queue is refused at once with 503.
-    pub async fn infer(&self, inputs: Vec<Encoded>) -> Result<Vec<Vec<f32>>, Error> {
+    /// Queues tokenized inputs for the model's thread, in `tenant`'s lane, and waits for their
+    /// vectors (in input order, full width, not normalised). A queue that cannot take the
+    /// request's tokens refuses it at once with 503.
+    pub async fn infer(&self, tenant: &str, inputs: Vec<Encoded>) -> Result<Vec<Vec<f32>>, Error> {
+        let tokens: usize = inputs.iter().map(Encoded::len).sum();
+        if !self.budget.reserve(tokens) {
+            return Err(Error::Overloaded);
+        }
         let (reply, done) = oneshot::channel();
-        self.queue.try_send(Job { inputs, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => {
-                Error::internal(format!("inference worker of {} stopped", self.id))
-            }
-        })?;
+        let job = Job { tenant: Arc::from(tenant), inputs, tokens, enqueued: Instant::now(), reply };
+        if let Err(e) = self.queue.try_send(job) {
+            self.budget.release(tokens);
+            return Err(match e {
+                TrySendError::Full(_) => Error::Overloaded,
+                TrySendError::Disconnected(_) => {
+                    Error::internal(format!("inference worker of {} stopped", self.id))
+                }
+            });
+        }
         done.await
             .map_err(|_| Error::internal(format!("inference worker of {} dropped a job", self.id)))?
             .map_err(|cause| Error::internal(format!("inference failed on {}: {cause}", self.id)))

@@ -31,6 +31,10 @@ pub struct ModelSpec {
     pub max_tokens: usize,
     /// Width of the pooled vector.
     pub dimensions: usize,
+    /// The model's resident size for the cache budget, when you know it; otherwise measured
+    /// at load (see the cache).
+    #[serde(default)]
+    pub resident_bytes: Option<u64>,
 }
 
 /// A tensor an embedding graph may take; all are int64 `[batch, seq]`.

@@ -3,6 +3,7 @@
 mod helpers;
 mod spawned;
 
+mod batching;
 mod cache;
 mod embeddings;
 mod errors;

@@ -1,0 +1,197 @@
+//! Fair batch formation: deficit round-robin by tokens across tenants.
+//!
+//! Each tenant has a lane of queued jobs. Forming a batch visits the lanes in turn; each visit
+//! adds `quantum` tokens to the lane's deficit, and the lane gives up jobs from its head while
+//! their tokens fit the deficit and the batch has room for their inputs. A tenant sending ten
+//! times its share therefore gets about one share per round, not ten, and a quiet tenant's
+//! single request is taken in the next round whatever the flood ahead of it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// What the batcher needs to know of a job.
+pub trait Weighed {
+    fn tenant(&self) -> &Arc<str>;
+    /// Tokens the job costs (its inputs' tokens, unpadded).
+    fn tokens(&self) -> usize;
+    fn inputs(&self) -> usize;
+}
+
+pub struct FairQueue<J> {
+    lanes: HashMap<Arc<str>, Lane<J>>,
+    /// Tenants with queued jobs, in visiting order.
+    turn: VecDeque<Arc<str>>,
+    quantum: usize,
+    inputs: usize,
+}
+
+struct Lane<J> {
+    jobs: VecDeque<J>,
+    deficit: usize,
+}
+
+impl<J: Weighed> FairQueue<J> {
+    pub fn new(quantum: usize) -> Self {
+        Self { lanes: HashMap::new(), turn: VecDeque::new(), quantum: quantum.max(1), inputs: 0 }
+    }
+
+    pub fn push(&mut self, job: J) {
+        self.inputs += job.inputs();
+        let tenant = Arc::clone(job.tenant());
+        let lane = self
+            .lanes
+            .entry(Arc::clone(&tenant))
+            .or_insert_with(|| Lane { jobs: VecDeque::new(), deficit: 0 });
+        if lane.jobs.is_empty() {
+            self.turn.push_back(tenant);
+        }
+        lane.jobs.push_back(job);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.turn.is_empty()
+    }
+
+    /// Inputs queued, all tenants together.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Removes the jobs `keep` rejects (clients that went away) and returns them.
+    pub fn remove_where(&mut self, mut gone: impl FnMut(&J) -> bool) -> Vec<J> {
+        let mut removed = Vec::new();
+        for lane in self.lanes.values_mut() {
+            let (out, kept): (Vec<J>, Vec<J>) = lane.jobs.drain(..).partition(|j| gone(j));
+            lane.jobs = kept.into();
+            removed.extend(out);
+        }
+        self.inputs -= removed.iter().map(Weighed::inputs).sum::<usize>();
+        self.lanes.retain(|_, lane| !lane.jobs.is_empty());
+        self.turn.retain(|t| self.lanes.contains_key(t));
+        removed
+    }
+
+    /// The next batch: at most `max_inputs` inputs unless a single job is larger, never empty
+    /// while jobs are queued.
+    pub fn next_batch(&mut self, max_inputs: usize) -> Vec<J> {
+        let mut batch = Vec::new();
+        let mut inputs = 0;
+        // Visits since a job was last taken: a whole turn without one ends a non-empty batch.
+        let mut fruitless = 0;
+        while let Some(tenant) = self.turn.pop_front() {
+            let lane = self.lanes.get_mut(&tenant).expect("every tenant in turn has a lane");
+            lane.deficit += self.quantum;
+            let mut full = false;
+            let mut took = false;
+            while let Some(job) = lane.jobs.front() {
+                if job.tokens() > lane.deficit {
+                    break;
+                }
+                if !batch.is_empty() && inputs + job.inputs() > max_inputs {
+                    full = true;
+                    break;
+                }
+                let job = lane.jobs.pop_front().expect("front exists");
+                lane.deficit -= job.tokens();
+                inputs += job.inputs();
+                batch.push(job);
+                took = true;
+            }
+            if lane.jobs.is_empty() {
+                self.lanes.remove(&tenant);
+            } else {
+                self.turn.push_back(tenant);
+            }
+            fruitless = if took { 0 } else { fruitless + 1 };
+            if full || inputs >= max_inputs || (!batch.is_empty() && fruitless >= self.turn.len()) {
+                break;
+            }
+        }
+        self.inputs -= inputs;
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct J(Arc<str>, usize, usize);
+
+    impl Weighed for J {
+        fn tenant(&self) -> &Arc<str> {
+            &self.0
+        }
+        fn tokens(&self) -> usize {
+            self.1
+        }
+        fn inputs(&self) -> usize {
+            self.2
+        }
+    }
+
+    fn job(tenant: &str, tokens: usize, inputs: usize) -> J {
+        J(Arc::from(tenant), tokens, inputs)
+    }
+
+    #[test]
+    fn a_quiet_tenant_is_served_in_the_next_batch_behind_a_flood() {
+        let mut q = FairQueue::new(512);
+        for _ in 0..100 {
+            q.push(job("flood", 448, 32));
+        }
+        q.push(job("quiet", 14, 1));
+        let first = q.next_batch(32);
+        assert_eq!(first.len(), 1);
+        assert_eq!(&*first[0].0, "flood");
+        let second = q.next_batch(32);
+        assert!(second.iter().any(|j| &*j.0 == "quiet"), "{second:?}");
+    }
+
+    #[test]
+    fn shares_are_even_in_tokens_not_in_jobs() {
+        let mut q = FairQueue::new(100);
+        for _ in 0..50 {
+            q.push(job("big", 100, 10));
+            for _ in 0..10 {
+                q.push(job("small", 10, 1));
+            }
+        }
+        let (mut big, mut small) = (0, 0);
+        for _ in 0..10 {
+            for j in q.next_batch(64) {
+                if &*j.0 == "big" { big += j.1 } else { small += j.1 }
+            }
+        }
+        let ratio = big as f64 / small as f64;
+        assert!((0.8..1.25).contains(&ratio), "tokens big {big} vs small {small}");
+    }
+
+    #[test]
+    fn a_job_larger_than_the_batch_still_runs_alone_and_nothing_is_lost() {
+        let mut q = FairQueue::new(16);
+        q.push(job("a", 5000, 256));
+        q.push(job("b", 3, 1));
+        let mut seen = 0;
+        while !q.is_empty() {
+            let batch = q.next_batch(32);
+            assert!(!batch.is_empty());
+            seen += batch.len();
+        }
+        assert_eq!(seen, 2);
+        assert_eq!(q.inputs(), 0);
+    }
+
+    #[test]
+    fn removed_jobs_leave_the_queue() {
+        let mut q = FairQueue::new(16);
+        q.push(job("a", 5, 1));
+        q.push(job("b", 5, 2));
+        let gone = q.remove_where(|j| &*j.0 == "a");
+        assert_eq!(gone.len(), 1);
+        assert_eq!(q.inputs(), 2);
+        assert_eq!(q.next_batch(32).len(), 1);
+        assert!(q.is_empty());
+    }
+}
