@@ -6,7 +6,7 @@
 //! - Budgeted: loads are serialised, and each one's resident size is `resident_bytes` from its
 //!   config if given, else measured as the growth
 //!   of the process's RSS across the load and a one-input warm-up run (at least the ONNX file's
-//!   size). Before a load, least recently used models are evicted until the model is
+//!   size; the smallest of its measurements). Before a load, least recently used models are evicted until the model is
 //!   expected to fit (its last measured size, or twice its file size if never loaded); after,
 //!   again if the measurement came out larger.
 //! - Idle models go first; when every candidate is busy, the least recently used busy one
@@ -180,12 +180,15 @@ impl ModelCache {
         let m = &self.metrics;
         match loaded {
             Ok(model) => {
-                // Memory freed by earlier evictions can be reused without RSS growing, so a
-                // model's size is the largest of its measurements.
+                // Under load, other threads' allocations during a load inflate its RSS growth,
+                // and a largest-so-far rule ratchets every size up until the cache thrashes
+                // (seen in the multi-tenant benchmark). Reuse of freed memory errs the other
+                // way, and freed heap goes back to the OS after each eviction, so a model's
+                // size is the smallest of its measurements.
                 let measured = resident_set_bytes().saturating_sub(rss_before).max(file_size(&spec.onnx));
                 let resident = spec
                     .resident_bytes
-                    .unwrap_or_else(|| self.sizes.get(id).map_or(measured, |s| measured.max(*s)));
+                    .unwrap_or_else(|| self.sizes.get(id).map_or(measured, |s| measured.min(*s)));
                 slot.resident.store(resident, Ordering::Relaxed);
                 *slot.failure.lock().expect("failure lock") = None;
                 self.sizes.insert(id.to_owned(), resident);
