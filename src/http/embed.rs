@@ -105,8 +105,8 @@ pub async fn embed_core(
     let texts = parse_input(params.input, tenant.max_inputs())?;
     let (name, model_id) = tenant.resolve(params.model)?;
     labels.model = model_id.to_owned();
-    let model = state.models.get(model_id).await.map_err(|e| e.for_model(name))?;
-    let spec = &model.spec;
+    // Validate against the spec before loading: a bad request must not cost a model load.
+    let spec = state.models.spec(model_id).ok_or_else(|| Error::ModelNotFound(name.to_owned()))?;
     let dimensions = match params.dimensions {
         None => spec.dimensions,
         Some(d) if (1..=spec.dimensions).contains(&d) => d,
@@ -118,6 +118,7 @@ pub async fn embed_core(
         }
     };
     let normalize = params.normalize.unwrap_or(spec.normalize);
+    let model = state.models.get(model_id).await.map_err(|e| e.for_model(name))?;
 
     let work = async {
         let inputs = model.tokenize(texts).await?;

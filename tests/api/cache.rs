@@ -37,6 +37,22 @@ async fn fifty_concurrent_first_requests_cause_exactly_one_load_and_all_are_corr
 }
 
 #[tokio::test]
+async fn an_invalid_request_for_an_unloaded_model_does_not_load_it() {
+    let server = TestServer::start(default_settings()); // paraphrase-l3 is not preloaded
+    let (status, body) =
+        server.post("/v1/embed", json!({ "model": "paraphrase-l3", "input": "x", "dimensions": 0 })).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        server.metric("embedserve_model_loads_total{model=\"acme/paraphrase-l3\",outcome=\"ok\"}").await,
+        0.0
+    );
+    assert_eq!(
+        server.metric("embedserve_cache_lookups_total{model=\"acme/paraphrase-l3\",result=\"miss\"}").await,
+        0.0
+    );
+}
+
+#[tokio::test]
 async fn a_corrupt_model_fails_only_its_own_requests_and_retries_after_a_backoff() {
     let dir = TempDir::new("corrupt-model");
     let corrupt = dir.0.join("model.onnx");
