@@ -10,7 +10,7 @@ LAMBDA_ZIP := target/lambda/embedserve.zip
 # cargo-lambda and zig come from PyPI into the venv (tests/requirements.txt).
 WITH_VENV := PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: run test build assets venv bench bench-lambda lambda-zip reference lint
+.PHONY: run test build assets venv bench bench-lambda lambda-zip load-test reference lint
 
 ## run: fetch pinned assets if missing, build in release, serve config/default.toml on 127.0.0.1:8080
 run: assets build
@@ -21,7 +21,8 @@ test: assets venv lambda-zip
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets --quiet -- -D warnings
 	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.lambda
-	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) $(CARGO) test --release
+	# A hung test must fail the run, not stall CI: every test's waits are bounded, and so is the whole.
+	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) timeout --kill-after=30s 30m $(CARGO) test --release
 	$(CARGO) bench --no-run --quiet
 
 build:
@@ -50,6 +51,12 @@ $(VENV)/.installed: tests/requirements.txt
 ## bench: cold start, latency and throughput figures on this machine
 bench: assets
 	$(CARGO) bench --bench serve
+
+## load-test: the goose load scenarios against the release binary (SCENARIOS="ramp spike" runs some);
+## summary in load-tests/results/summary.md, HTML reports in load-tests/reports/
+SCENARIOS ?=
+load-test: assets build
+	$(CARGO) run --release --quiet --manifest-path load-tests/Cargo.toml -- $(SCENARIOS)
 
 ## reference: regenerate tests/data/reference.json with Python onnxruntime + tokenizers
 reference: assets venv

@@ -19,8 +19,17 @@ pub fn client_with_key(key: Option<&str>) -> reqwest::Client {
         headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
     }
     // Tests run on runtimes of their own: pooled connections must not outlive one.
-    reqwest::Client::builder().default_headers(headers).pool_max_idle_per_host(0).build().unwrap()
+    // A hung request fails its test instead of hanging the suite.
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(0)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .unwrap()
 }
+
+/// No test request may take longer than this: the suite fails rather than hangs.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Tolerances against the independent reference, stated once.
 pub const REFERENCE_MIN_COSINE: f64 = 0.9999;

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::helpers::*;
+use crate::spawned::TempDir;
 
 fn lambda_settings() -> embedserve::Settings {
     embedserve::Settings::load(&repo().join("config/lambda.toml")).expect("config/lambda.toml loads")
@@ -82,10 +83,15 @@ fn the_lambda_package_config_is_valid_and_carries_the_demo_tenants() {
 /// `bootstrap`. The test starts the function itself rather than letting cargo-lambda manage
 /// it: cargo-lambda's process management took this whole machine's session down when its
 /// watch mode ran under `cargo test`.
+///
+/// The emulator holds a Function URL request until a function takes it, so a function that
+/// died would hang every request: each wait here is bounded, checks that both processes are
+/// alive, and a failure prints both logs (kept under target/test-tmp).
 struct Emulator {
     emulator: Child,
     function: Child,
     base: String,
+    logs: TempDir,
 }
 
 impl Drop for Emulator {
@@ -97,22 +103,42 @@ impl Drop for Emulator {
     }
 }
 
+fn log_file(dir: &TempDir, name: &str) -> std::fs::File {
+    std::fs::File::create(dir.0.join(name)).unwrap()
+}
+
 impl Emulator {
     async fn start() -> Emulator {
+        // A port picked here may be taken before the emulator binds it: then try another.
+        for attempt in 1..=3 {
+            if let Some(emulator) = Emulator::try_start(attempt).await {
+                return emulator;
+            }
+        }
+        panic!("the emulator could not bind a port in 3 attempts");
+    }
+
+    async fn try_start(attempt: u32) -> Option<Emulator> {
+        let logs = TempDir::new(&format!("lambda-emulator-{attempt}"));
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let cargo_lambda = python().parent().unwrap().join("cargo-lambda");
-        let emulator = Command::new(cargo_lambda)
+        let mut emulator = Command::new(cargo_lambda)
             .args(["lambda", "watch", "--only-lambda-apis", "--invoke-address", "127.0.0.1"])
             .args(["--invoke-port", &port.to_string()])
             .current_dir(repo())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .stdout(log_file(&logs, "emulator.log"))
+            .stderr(log_file(&logs, "emulator.err"))
             .process_group(0)
             .spawn()
             .expect("cargo-lambda runs (make test installs it into .venv)");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the emulator never listened");
+            if emulator.try_wait().unwrap().is_some() {
+                eprintln!("emulator exited before it listened:\n{}", read_logs(&logs));
+                return None;
+            }
+            assert!(Instant::now() < deadline, "the emulator never listened:\n{}", read_logs(&logs));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let function = Command::new(env!("CARGO_BIN_EXE_embedserve"))
@@ -122,21 +148,38 @@ impl Emulator {
             .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
             .env("EMBEDSERVE_CONFIG", "config/lambda.toml")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .stdout(log_file(&logs, "function.log"))
+            .stderr(log_file(&logs, "function.err"))
             .process_group(0)
             .spawn()
             .unwrap();
-        let emulator = Emulator { emulator, function, base: format!("http://127.0.0.1:{port}/lambda-url/_") };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut emulator =
+            Emulator { emulator, function, base: format!("http://127.0.0.1:{port}/lambda-url/_"), logs };
+        // Until INIT is done the emulator holds the request: short tries, checking both processes.
+        let probe = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Ok(r) = reqwest::get(format!("{}/ready", emulator.base)).await
+            if let Ok(r) = probe.get(format!("{}/ready", emulator.base)).send().await
                 && r.status() == 200
             {
-                return emulator;
+                return Some(emulator);
             }
-            assert!(Instant::now() < deadline, "the function never answered under the emulator");
+            emulator.assert_alive();
+            assert!(
+                Instant::now() < deadline,
+                "the function never answered under the emulator:\n{}",
+                read_logs(&emulator.logs)
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn assert_alive(&mut self) {
+        for (name, child) in [("function", &mut self.function), ("emulator", &mut self.emulator)] {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the {name} exited ({status}):\n{}", read_logs(&self.logs));
+            }
         }
     }
 
@@ -152,8 +195,8 @@ impl Emulator {
             .header("content-type", content_type)
             .body(body)
             .send()
-            .await
-            .unwrap();
+            .await;
+        let r = r.unwrap_or_else(|e| panic!("{path} under the emulator: {e}\n{}", read_logs(&self.logs)));
         (r.status().as_u16(), r.json().await.unwrap())
     }
 
@@ -224,4 +267,17 @@ async fn under_the_lambda_emulator_the_function_answers_exactly_like_the_server(
         statuses.push(lambda.post_json(Some(GLOBEX_KEY), "/v1/embed", json!({ "input": "x" })).await.0);
     }
     assert!(statuses.contains(&429), "{statuses:?}");
+}
+
+/// Both processes' logs, for a failure message.
+fn read_logs(dir: &TempDir) -> String {
+    ["emulator.log", "emulator.err", "function.log", "function.err"]
+        .iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(dir.0.join(name)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+            format!("--- {name}\n{}", tail.join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

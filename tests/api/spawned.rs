@@ -79,7 +79,7 @@ impl SpawnedServer {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(r) = reqwest::get(self.url("/ready")).await
+            if let Ok(r) = client_with_key(None).get(self.url("/ready")).send().await
                 && r.status() == 200
             {
                 return;
@@ -94,7 +94,8 @@ impl SpawnedServer {
     }
 
     pub async fn metric(&self, sample: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap();
+        let text =
+            client_with_key(None).get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
         metric_value(&text, sample)
     }
 
