@@ -48,6 +48,9 @@ pub struct ServerSettings {
     pub request_timeout_ms: u64,
     /// Most inputs ONNX Runtime sees in one run; larger requests run in several.
     pub max_batch_size: usize,
+    /// Most inputs in one run while more than one tenant has sent work to the model within
+    /// the last second: shorter runs bound how long one tenant waits behind another's.
+    pub shared_batch_size: usize,
     /// Most padded tokens (longest × count) in one run.
     pub max_batch_tokens: usize,
     /// How long a batch may wait for more requests when it is not full (0: never waits).
@@ -56,6 +59,9 @@ pub struct ServerSettings {
     pub fair_quantum_tokens: usize,
     /// Tokens a model's queue holds; requests past it get 503 with `Retry-After` at once.
     pub max_queue_tokens: usize,
+    /// The share of a model's queue (percent of `max_queue_tokens`) one tenant may hold;
+    /// requests past it get 429 with `Retry-After`, so a flood leaves room for other tenants.
+    pub max_tenant_queue_percent: u8,
     /// How often the config file is checked for changes (0: only on SIGHUP).
     pub reload_poll_ms: u64,
     /// One CloudWatch Embedded Metric Format line per request on stdout (for Lambda, where
@@ -71,10 +77,12 @@ impl Default for ServerSettings {
             max_inputs: 256,
             request_timeout_ms: 30_000,
             max_batch_size: 32,
+            shared_batch_size: 8,
             max_batch_tokens: 16_384,
             max_batch_wait_ms: 0,
             fair_quantum_tokens: 512,
             max_queue_tokens: 200_000,
+            max_tenant_queue_percent: 50,
             reload_poll_ms: 2_000,
             emit_emf: false,
         }
@@ -253,14 +261,19 @@ impl Settings {
             ("max_body_bytes", s.max_body_bytes),
             ("max_inputs", s.max_inputs),
             ("max_batch_size", s.max_batch_size),
+            ("shared_batch_size", s.shared_batch_size),
             ("max_batch_tokens", s.max_batch_tokens),
             ("fair_quantum_tokens", s.fair_quantum_tokens),
             ("max_queue_tokens", s.max_queue_tokens),
+            ("max_tenant_queue_percent", usize::from(s.max_tenant_queue_percent)),
             ("request_timeout_ms", s.request_timeout_ms as usize),
         ] {
             if value == 0 {
                 out.push(format!("server.{field}: must be at least 1"));
             }
+        }
+        if s.max_tenant_queue_percent > 100 {
+            out.push("server.max_tenant_queue_percent: must be between 1 and 100".to_owned());
         }
         out
     }

@@ -31,6 +31,9 @@ pub enum Error {
     ModelUnavailable { model: String, cause: String, retry_after: u64 },
     #[error("The model's queue is full; retry shortly.")]
     Overloaded,
+    /// The tenant already holds its share of the model's queue.
+    #[error("Too many of your inputs are queued for this model; retry shortly.")]
+    TenantQueueFull,
     #[error("The request took longer than {0} ms and was abandoned.")]
     Timeout(u64),
     #[error("The service is not ready yet.")]
@@ -72,7 +75,7 @@ impl Error {
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::RateLimited { .. } | Error::TenantQueueFull => StatusCode::TOO_MANY_REQUESTS,
             Error::ModelNotFound(_) | Error::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::ModelUnavailable { .. } | Error::Overloaded | Error::NotReady => {
@@ -95,6 +98,7 @@ impl Error {
             Error::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
             Error::ModelUnavailable { .. } => ("server_error", "model_unavailable"),
             Error::Overloaded => ("server_error", "overloaded"),
+            Error::TenantQueueFull => ("rate_limit_error", "tenant_queue_full"),
             Error::Timeout(_) => ("server_error", "timeout"),
             Error::NotReady => ("server_error", "not_ready"),
             Error::Internal(_) => ("server_error", "internal_error"),
@@ -129,7 +133,7 @@ impl IntoResponse for Error {
             Error::RateLimited { retry_after, .. } | Error::ModelUnavailable { retry_after, .. } => {
                 Some(*retry_after)
             }
-            Error::Overloaded | Error::NotReady => Some(1),
+            Error::Overloaded | Error::TenantQueueFull | Error::NotReady => Some(1),
             _ => None,
         };
         if let Some(seconds) = retry_after {

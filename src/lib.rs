@@ -104,12 +104,14 @@ pub fn build_app(settings: Settings) -> anyhow::Result<App> {
         },
         limits: BatchLimits {
             max_batch_size: settings.server.max_batch_size,
+            shared_batch_size: settings.server.shared_batch_size.min(settings.server.max_batch_size),
             max_batch_tokens: settings.server.max_batch_tokens,
             max_batch_wait: std::time::Duration::from_millis(settings.server.max_batch_wait_ms),
             fair_quantum_tokens: settings.server.fair_quantum_tokens,
         },
         queue_capacity: QUEUE_CAPACITY,
         max_queue_tokens: settings.server.max_queue_tokens,
+        max_tenant_queue_percent: settings.server.max_tenant_queue_percent,
         max_bytes: settings.cache.max_bytes,
         pinned: settings.cache.pinned.iter().cloned().collect(),
     };

@@ -120,16 +120,21 @@ pub async fn embed_core(
     let normalize = params.normalize.unwrap_or(spec.normalize);
     let model = state.models.get(model_id).await.map_err(|e| e.for_model(name))?;
 
+    let count_queue_refusal = |e: &Error| {
+        let reason = match e {
+            Error::Overloaded => "queue_full",
+            Error::TenantQueueFull => "tenant_queue_share",
+            _ => return,
+        };
+        state.metrics.refusals.with_label_values(&[model_id, reason]).inc();
+    };
     let work = async {
+        model.admits(&tenant.id).inspect_err(count_queue_refusal)?;
         let inputs = model.tokenize(texts).await?;
         let tokens: usize = inputs.iter().map(|e| e.len()).sum();
         let truncated = inputs.iter().filter(|e| e.truncated).count();
         tenant.check_tokens(tokens).inspect_err(|_| count_refusal(state, tenant, "tokens"))?;
-        let vectors = model.infer(&tenant.id, inputs).await.inspect_err(|e| {
-            if matches!(e, Error::Overloaded) {
-                state.metrics.refusals.with_label_values(&[model_id, "queue_full"]).inc();
-            }
-        })?;
+        let vectors = model.infer(&tenant.id, inputs).await.inspect_err(count_queue_refusal)?;
         Ok::<_, Error>((vectors, tokens, truncated))
     };
     let (vectors, tokens, truncated) =

@@ -3,8 +3,10 @@
 //! Each tenant has a lane of queued jobs. Forming a batch visits the lanes in turn; each visit
 //! adds `quantum` tokens to the lane's deficit, and the lane gives up jobs from its head while
 //! their tokens fit the deficit and the batch has room for their inputs. A tenant sending ten
-//! times its share therefore gets about one share per round, not ten, and a quiet tenant's
-//! single request is taken in the next round whatever the flood ahead of it.
+//! times its share therefore gets about one share per round, not ten. A lane that was empty
+//! joins at the front of the turn (as sparse flows do in FQ-CoDel), so a quiet tenant's single
+//! request is taken in the very next round whatever the flood ahead of it; a tenant that keeps
+//! its lane busy never gets that head start.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -43,7 +45,7 @@ impl<J: Weighed> FairQueue<J> {
             .entry(Arc::clone(&tenant))
             .or_insert_with(|| Lane { jobs: VecDeque::new(), deficit: 0 });
         if lane.jobs.is_empty() {
-            self.turn.push_back(tenant);
+            self.turn.push_front(tenant);
         }
         lane.jobs.push_back(job);
     }
@@ -139,14 +141,18 @@ mod tests {
     fn a_quiet_tenant_is_served_in_the_next_batch_behind_a_flood() {
         let mut q = FairQueue::new(512);
         for _ in 0..100 {
-            q.push(job("flood", 448, 32));
+            q.push(job("flood", 112, 8));
         }
+        assert!(q.next_batch(8).iter().all(|j| &*j.0 == "flood"));
         q.push(job("quiet", 14, 1));
-        let first = q.next_batch(32);
-        assert_eq!(first.len(), 1);
-        assert_eq!(&*first[0].0, "flood");
-        let second = q.next_batch(32);
-        assert!(second.iter().any(|j| &*j.0 == "quiet"), "{second:?}");
+        let next = q.next_batch(8);
+        assert_eq!(&*next[0].0, "quiet", "a newly active tenant goes first: {next:?}");
+        // Once it is busy, it takes its turn like any other.
+        for _ in 0..3 {
+            q.push(job("quiet", 14, 1));
+        }
+        let turn: Vec<String> = (0..2).flat_map(|_| q.next_batch(8)).map(|j| j.0.to_string()).collect();
+        assert!(turn.iter().any(|t| t == "flood") && turn.iter().any(|t| t == "quiet"), "{turn:?}");
     }
 
     #[test]

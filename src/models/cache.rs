@@ -42,6 +42,8 @@ pub struct CacheOptions {
     pub queue_capacity: usize,
     /// Tokens a model's queue holds before requests are refused with 503.
     pub max_queue_tokens: usize,
+    /// Percent of `max_queue_tokens` one tenant may hold before its requests get 429.
+    pub max_tenant_queue_percent: u8,
     /// Resident bytes for all loaded models together; 0 means unlimited.
     pub max_bytes: u64,
     pub pinned: BTreeSet<String>,
@@ -236,7 +238,8 @@ impl ModelCache {
             // The first run allocates what every later one reuses; pay it here, not on a request.
             let warm = encoder.encode(&["warm up".to_owned()])?;
             engine.run(&warm.iter().collect::<Vec<_>>()).context("warm-up run failed")?;
-            let budget = Arc::new(QueueBudget::new(options.max_queue_tokens));
+            let budget =
+                Arc::new(QueueBudget::new(options.max_queue_tokens, options.max_tenant_queue_percent));
             let (queue, worker) = worker::spawn(
                 id.clone(),
                 engine,

@@ -4,6 +4,7 @@
 
 pub mod batcher;
 pub mod cache;
+pub mod ceiling;
 pub mod pooling;
 pub mod session;
 pub mod spec;
@@ -20,7 +21,7 @@ use tokio::sync::oneshot;
 use crate::error::Error;
 use spec::ModelSpec;
 use tokenize::{Encoded, TextEncoder};
-use worker::{Job, QueueBudget};
+use worker::{Job, QueueBudget, QueueRefusal};
 
 /// A model ready to serve: its tokenizer and the queue of its inference thread.
 pub struct LoadedModel {
@@ -49,18 +50,24 @@ impl LoadedModel {
             .map_err(|e| Error::internal(format!("{e:#}")))
     }
 
+    /// Refuses at once when the queue, or `tenant`'s share of it, is already full: a flood's
+    /// refusals then cost no tokenizing.
+    pub fn admits(&self, tenant: &str) -> Result<(), Error> {
+        self.budget.check(tenant).map_err(refusal_error)
+    }
+
     /// Queues tokenized inputs for the model's thread, in `tenant`'s lane, and waits for their
     /// vectors (in input order, full width, not normalised). A queue that cannot take the
-    /// request's tokens refuses it at once with 503.
+    /// request's tokens refuses it at once: 503 when the queue is full, 429 when the tenant
+    /// already holds its share of it.
     pub async fn infer(&self, tenant: &str, inputs: Vec<Encoded>) -> Result<Vec<Vec<f32>>, Error> {
         let tokens: usize = inputs.iter().map(Encoded::len).sum();
-        if !self.budget.reserve(tokens) {
-            return Err(Error::Overloaded);
-        }
+        let tenant: Arc<str> = Arc::from(tenant);
+        self.budget.reserve(&tenant, tokens).map_err(refusal_error)?;
         let (reply, done) = oneshot::channel();
-        let job = Job { tenant: Arc::from(tenant), inputs, tokens, enqueued: Instant::now(), reply };
+        let job = Job { tenant: Arc::clone(&tenant), inputs, tokens, enqueued: Instant::now(), reply };
         if let Err(e) = self.queue.try_send(job) {
-            self.budget.release(tokens);
+            self.budget.release(&tenant, tokens);
             return Err(match e {
                 TrySendError::Full(_) => Error::Overloaded,
                 TrySendError::Disconnected(_) => {
@@ -71,5 +78,12 @@ impl LoadedModel {
         done.await
             .map_err(|_| Error::internal(format!("inference worker of {} dropped a job", self.id)))?
             .map_err(|cause| Error::internal(format!("inference failed on {}: {cause}", self.id)))
+    }
+}
+
+fn refusal_error(refusal: QueueRefusal) -> Error {
+    match refusal {
+        QueueRefusal::Full => Error::Overloaded,
+        QueueRefusal::TenantShare => Error::TenantQueueFull,
     }
 }

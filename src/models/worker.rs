@@ -1,19 +1,28 @@
 //! One OS thread per loaded model owns its ONNX Runtime session (`run` takes `&mut`) and
 //! serves jobs from a bounded channel, so inference never blocks the async runtime.
 //!
-//! Jobs wait in a [`FairQueue`]: each round forms a batch by deficit round-robin over tenants
-//! (at most `max_batch_size` inputs), so concurrent requests share ONNX Runtime runs and a
-//! flooding tenant cannot starve a quiet one. A round never waits for more work unless
-//! `max_batch_wait_ms` says so, and then only while the batch is not full. The round's inputs
-//! are ordered by length and run in chunks bounded by `max_batch_size` inputs and
-//! `max_batch_tokens` padded tokens (longest × count), then split back per request, in order.
+//! A request is split into pieces of at most `shared_batch_size` inputs, which wait in a
+//! [`FairQueue`]: each round forms a batch by deficit round-robin over tenants, so concurrent
+//! requests share ONNX Runtime runs and a flooding tenant cannot starve a quiet one. A round
+//! holds at most `max_batch_size` inputs while one tenant uses the model, and at most
+//! `shared_batch_size` while several sent work within the last second: a tenant arriving
+//! behind a flood then waits for one short run, not a long one. A round never waits for more
+//! work unless `max_batch_wait_ms` says so, and then only while the batch is not full. The
+//! round's inputs are ordered by length and run in chunks bounded by `max_batch_size` inputs
+//! and `max_batch_tokens` padded tokens (longest × count); each request is answered, in input
+//! order, as soon as its last piece has run.
 //!
 //! The queue is bounded in tokens ([`QueueBudget`]): a request that would overfill it is
-//! refused at once. A job whose client went away is dropped before it runs.
+//! refused at once, and so is one that would take its tenant past its share of the bound, so
+//! a flooding tenant leaves room for the others. A job whose client went away is dropped
+//! before it runs.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::rc::Rc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,21 +45,12 @@ pub struct Job {
     pub reply: oneshot::Sender<JobResult>,
 }
 
-impl Weighed for Job {
-    fn tenant(&self) -> &Arc<str> {
-        &self.tenant
-    }
-    fn tokens(&self) -> usize {
-        self.tokens
-    }
-    fn inputs(&self) -> usize {
-        self.inputs.len()
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
     pub max_batch_size: usize,
+    /// Most inputs per run while more than one tenant is active; requests are split into
+    /// pieces of this size.
+    pub shared_batch_size: usize,
     pub max_batch_tokens: usize,
     /// How long a round may wait for more requests when its batch is not full.
     pub max_batch_wait: Duration,
@@ -58,43 +58,76 @@ pub struct BatchLimits {
     pub fair_quantum_tokens: usize,
 }
 
-/// Tokens queued for a model, against its bound.
+/// Tokens queued for a model, against its bound and each tenant's share of it.
 pub struct QueueBudget {
-    queued: AtomicUsize,
+    state: Mutex<Queued>,
     max: usize,
+    tenant_max: usize,
+}
+
+#[derive(Default)]
+struct Queued {
+    total: usize,
+    by_tenant: HashMap<Arc<str>, usize>,
+}
+
+/// Why a request was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueRefusal {
+    /// The model's queue is full (503).
+    Full,
+    /// The tenant already holds its share of the queue (429).
+    TenantShare,
 }
 
 impl QueueBudget {
-    pub fn new(max: usize) -> Self {
-        Self { queued: AtomicUsize::new(0), max }
+    /// `max` tokens in all; one tenant may hold `tenant_percent` of them.
+    pub fn new(max: usize, tenant_percent: u8) -> Self {
+        let tenant_max = (max * usize::from(tenant_percent.clamp(1, 100)) / 100).max(1);
+        Self { state: Mutex::new(Queued::default()), max, tenant_max }
     }
 
-    /// Reserves `tokens`, or refuses if they would overfill the queue. A request larger than
-    /// the whole bound is admitted when the queue is empty, so it can still run.
-    pub fn reserve(&self, tokens: usize) -> bool {
-        let mut current = self.queued.load(Ordering::Relaxed);
-        loop {
-            if current > 0 && current + tokens > self.max {
-                return false;
-            }
-            match self.queued.compare_exchange_weak(
-                current,
-                current + tokens,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(now) => current = now,
+    /// Reserves `tenant`'s `tokens`, or refuses. A request larger than a bound is admitted when
+    /// nothing of the queue (or of the tenant's share) is taken, so it can still run.
+    pub fn reserve(&self, tenant: &Arc<str>, tokens: usize) -> Result<(), QueueRefusal> {
+        let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if q.total > 0 && q.total + tokens > self.max {
+            return Err(QueueRefusal::Full);
+        }
+        let mine = q.by_tenant.get(tenant).copied().unwrap_or(0);
+        if mine > 0 && mine + tokens > self.tenant_max {
+            return Err(QueueRefusal::TenantShare);
+        }
+        q.total += tokens;
+        *q.by_tenant.entry(Arc::clone(tenant)).or_insert(0) += tokens;
+        Ok(())
+    }
+
+    /// Refuses at once, before any tokenizing, when the queue or `tenant`'s share of it is full.
+    pub fn check(&self, tenant: &str) -> Result<(), QueueRefusal> {
+        let q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if q.total >= self.max {
+            return Err(QueueRefusal::Full);
+        }
+        if q.by_tenant.get(tenant).is_some_and(|mine| *mine >= self.tenant_max) {
+            return Err(QueueRefusal::TenantShare);
+        }
+        Ok(())
+    }
+
+    pub fn release(&self, tenant: &Arc<str>, tokens: usize) {
+        let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        q.total = q.total.saturating_sub(tokens);
+        if let Some(mine) = q.by_tenant.get_mut(tenant) {
+            *mine = mine.saturating_sub(tokens);
+            if *mine == 0 {
+                q.by_tenant.remove(tenant);
             }
         }
     }
 
-    pub fn release(&self, tokens: usize) {
-        self.queued.fetch_sub(tokens, Ordering::AcqRel);
-    }
-
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).total
     }
 }
 
@@ -110,10 +143,49 @@ pub fn spawn(
 ) -> std::io::Result<(SyncSender<Job>, JoinHandle<()>)> {
     let (tx, rx) = sync_channel(queue_capacity);
     let handle = std::thread::Builder::new().name(format!("infer-{model}")).spawn(move || {
-        Worker { model, engine, limits, budget, metrics, queue: FairQueue::new(limits.fair_quantum_tokens) }
+        let queue = FairQueue::new(limits.fair_quantum_tokens);
+        Worker { model, engine, limits, budget, metrics, queue, recent: HashMap::new(), circulating: 0 }
             .serve(rx)
     })?;
     Ok((tx, handle))
+}
+
+/// A tenant that sent work this recently counts as active when batches are sized.
+const CONTENTION_WINDOW: Duration = Duration::from_secs(1);
+
+/// A request as the worker holds it while its pieces run.
+struct JobState {
+    enqueued: Instant,
+    reply: Option<oneshot::Sender<JobResult>>,
+    out: Vec<Vec<f32>>,
+    failure: Option<String>,
+    /// Pieces not yet run.
+    remaining: usize,
+    /// Queue wait is observed when the first piece is taken.
+    started: bool,
+    forgotten: bool,
+}
+
+/// At most `shared_batch_size` consecutive inputs of one request: what batches are formed of,
+/// so a large request never holds a round to itself while another tenant waits.
+struct Piece {
+    tenant: Arc<str>,
+    inputs: Rc<Vec<Encoded>>,
+    range: Range<usize>,
+    tokens: usize,
+    job: Rc<RefCell<JobState>>,
+}
+
+impl Weighed for Piece {
+    fn tenant(&self) -> &Arc<str> {
+        &self.tenant
+    }
+    fn tokens(&self) -> usize {
+        self.tokens
+    }
+    fn inputs(&self) -> usize {
+        self.range.len()
+    }
 }
 
 struct Worker {
@@ -122,7 +194,11 @@ struct Worker {
     limits: BatchLimits,
     budget: Arc<QueueBudget>,
     metrics: Arc<Metrics>,
-    queue: FairQueue<Job>,
+    queue: FairQueue<Piece>,
+    /// When each tenant last sent work.
+    recent: HashMap<Arc<str>, Instant>,
+    /// Inputs in the last round plus those still queued then.
+    circulating: usize,
 }
 
 impl Worker {
@@ -131,49 +207,94 @@ impl Worker {
         while open || !self.queue.is_empty() {
             if self.queue.is_empty() {
                 match rx.recv() {
-                    Ok(job) => self.queue.push(job),
+                    Ok(job) => self.push(job),
                     Err(_) => break,
                 }
             }
             open = self.take_waiting(&rx);
-            let gone = self.queue.remove_where(|job| job.reply.is_closed());
-            self.forget(gone, "client_gone");
+            let gone = self
+                .queue
+                .remove_where(|piece| piece.job.borrow().reply.as_ref().is_none_or(|r| r.is_closed()));
+            self.forget(gone);
             if self.queue.is_empty() {
                 continue;
             }
-            let jobs = self.queue.next_batch(self.limits.max_batch_size);
+            let size = self.batch_size();
+            let pieces = self.queue.next_batch(size);
+            self.circulating = pieces.iter().map(|p| p.range.len()).sum::<usize>() + self.queue.inputs();
             let now = Instant::now();
-            for job in &jobs {
-                self.budget.release(job.tokens);
-                self.metrics
-                    .queue_wait_seconds
-                    .with_label_values(&[&self.model])
-                    .observe((now - job.enqueued).as_secs_f64());
+            for piece in &pieces {
+                self.budget.release(&piece.tenant, piece.tokens);
+                let mut job = piece.job.borrow_mut();
+                if !job.started {
+                    job.started = true;
+                    self.metrics
+                        .queue_wait_seconds
+                        .with_label_values(&[&self.model])
+                        .observe((now - job.enqueued).as_secs_f64());
+                }
             }
             self.metrics.queue_tokens.with_label_values(&[&self.model]).set(self.budget.queued() as i64);
-            let results = run_round(&mut self.engine, &jobs, self.limits, &self.model, &self.metrics);
-            for (job, result) in jobs.into_iter().zip(results) {
-                let _ = job.reply.send(result);
-            }
+            run_round(&mut self.engine, &pieces, self.limits, &self.model, &self.metrics);
         }
         tracing::debug!(model = self.model, "inference worker stopped");
     }
 
-    /// Moves whatever is waiting in the channel into the fair queue, waiting up to
-    /// `max_batch_wait` for more while a batch would not be full. False once the channel closed.
+    /// Splits a request into pieces in its tenant's lane.
+    fn push(&mut self, job: Job) {
+        let Job { tenant, inputs, tokens: _, enqueued, reply } = job;
+        self.recent.insert(Arc::clone(&tenant), enqueued);
+        let size = self.limits.shared_batch_size.max(1);
+        let count = inputs.len().div_ceil(size);
+        if count == 0 {
+            let _ = reply.send(Ok(Vec::new()));
+            return;
+        }
+        let state = JobState {
+            enqueued,
+            reply: Some(reply),
+            out: vec![Vec::new(); inputs.len()],
+            failure: None,
+            remaining: count,
+            started: false,
+            forgotten: false,
+        };
+        let (job, inputs) = (Rc::new(RefCell::new(state)), Rc::new(inputs));
+        for start in (0..inputs.len()).step_by(size) {
+            let range = start..(start + size).min(inputs.len());
+            let tokens = inputs[range.clone()].iter().map(Encoded::len).sum();
+            let (tenant, inputs, job) = (Arc::clone(&tenant), Rc::clone(&inputs), Rc::clone(&job));
+            self.queue.push(Piece { tenant, inputs, range, tokens, job });
+        }
+    }
+
+    /// `max_batch_size` while one tenant has the model to itself; `shared_batch_size` while
+    /// several sent work within the last second, so a newcomer waits for a short run at most.
+    fn batch_size(&mut self) -> usize {
+        let now = Instant::now();
+        self.recent.retain(|_, seen| now.duration_since(*seen) < CONTENTION_WINDOW);
+        if self.recent.len() > 1 { self.limits.shared_batch_size } else { self.limits.max_batch_size }
+    }
+
+    /// Moves whatever is waiting in the channel into the fair queue. While fewer inputs are
+    /// queued than were in circulation at the last round (the clients just answered usually
+    /// send again within a millisecond), waits up to `max_batch_wait` for them, so closed-loop
+    /// clients share full runs instead of splitting into two half-size groups. A lone client
+    /// never waits: it was all the last round had. False once the channel closed.
     fn take_waiting(&mut self, rx: &Receiver<Job>) -> bool {
         let deadline = Instant::now() + self.limits.max_batch_wait;
+        let target = self.circulating.min(self.batch_size());
         loop {
             match rx.try_recv() {
-                Ok(job) => self.queue.push(job),
+                Ok(job) => self.push(job),
                 Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => {
                     let wait = deadline.saturating_duration_since(Instant::now());
-                    if wait.is_zero() || self.queue.inputs() >= self.limits.max_batch_size {
+                    if wait.is_zero() || self.queue.inputs() >= target {
                         return true;
                     }
                     match rx.recv_timeout(wait) {
-                        Ok(job) => self.queue.push(job),
+                        Ok(job) => self.push(job),
                         Err(RecvTimeoutError::Timeout) => return true,
                         Err(RecvTimeoutError::Disconnected) => return false,
                     }
@@ -182,29 +303,27 @@ impl Worker {
         }
     }
 
-    fn forget(&self, jobs: Vec<Job>, reason: &str) {
-        for job in jobs {
-            self.budget.release(job.tokens);
-            self.metrics.refusals.with_label_values(&[&self.model, reason]).inc();
+    /// Drops the pieces of requests whose clients went away, counting each request once.
+    fn forget(&self, pieces: Vec<Piece>) {
+        for piece in pieces {
+            self.budget.release(&piece.tenant, piece.tokens);
+            let mut job = piece.job.borrow_mut();
+            if !job.forgotten {
+                job.forgotten = true;
+                self.metrics.refusals.with_label_values(&[&self.model, "client_gone"]).inc();
+            }
         }
     }
 }
 
-/// Runs every input of `jobs`, length-sorted and chunked; returns one result per job.
-fn run_round(
-    engine: &mut Engine,
-    jobs: &[Job],
-    limits: BatchLimits,
-    model: &str,
-    metrics: &Metrics,
-) -> Vec<JobResult> {
+/// Runs every input of `pieces`, length-sorted and chunked, and answers each request as soon
+/// as its last piece has run.
+fn run_round(engine: &mut Engine, pieces: &[Piece], limits: BatchLimits, model: &str, metrics: &Metrics) {
     let mut order: Vec<(usize, usize)> =
-        jobs.iter().enumerate().flat_map(|(j, job)| (0..job.inputs.len()).map(move |i| (j, i))).collect();
-    let input = |&(j, i): &(usize, usize)| &jobs[j].inputs[i];
+        pieces.iter().enumerate().flat_map(|(p, piece)| piece.range.clone().map(move |i| (p, i))).collect();
+    let input = |&(p, i): &(usize, usize)| &pieces[p].inputs[i];
     order.sort_by_key(|key| std::cmp::Reverse(input(key).len()));
-
-    let mut out: Vec<Vec<Vec<f32>>> = jobs.iter().map(|job| vec![Vec::new(); job.inputs.len()]).collect();
-    let mut failed: Vec<Option<String>> = vec![None; jobs.len()];
+    let mut left: Vec<usize> = pieces.iter().map(|piece| piece.range.len()).collect();
     let mut start = 0;
     while start < order.len() {
         // Sorted longest first, so the chunk's first input sets its padded width.
@@ -221,23 +340,66 @@ fn run_round(
         metrics.batch_tokens.with_label_values(&[model]).observe((width * batch.len()) as f64);
         match result {
             Ok(vectors) => {
-                for (&(j, i), v) in chunk.iter().zip(vectors) {
-                    out[j][i] = v;
+                for (&(p, i), v) in chunk.iter().zip(vectors) {
+                    pieces[p].job.borrow_mut().out[i] = v;
                 }
             }
             Err(e) => {
                 let message = format!("{e:#}");
-                for &(j, _) in chunk {
-                    failed[j] = Some(message.clone());
+                for &(p, _) in chunk {
+                    pieces[p].job.borrow_mut().failure = Some(message.clone());
                 }
             }
         }
+        for &(p, _) in chunk {
+            left[p] -= 1;
+            if left[p] == 0 {
+                finish_piece(&pieces[p]);
+            }
+        }
     }
-    out.into_iter()
-        .zip(failed)
-        .map(|(vectors, failure)| match failure {
-            Some(message) => Err(message),
-            None => Ok(vectors),
-        })
-        .collect()
+}
+
+/// Counts a piece done; the request's last piece sends its answer.
+fn finish_piece(piece: &Piece) {
+    let mut job = piece.job.borrow_mut();
+    job.remaining -= 1;
+    if job.remaining > 0 {
+        return;
+    }
+    let result = match job.failure.take() {
+        Some(message) => Err(message),
+        None => Ok(std::mem::take(&mut job.out)),
+    };
+    if let Some(reply) = job.reply.take() {
+        let _ = reply.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_cannot_take_more_than_its_share_and_others_still_get_in() {
+        let budget = QueueBudget::new(1000, 50);
+        let (flood, quiet): (Arc<str>, Arc<str>) = (Arc::from("flood"), Arc::from("quiet"));
+        assert_eq!(budget.reserve(&flood, 400), Ok(()));
+        assert_eq!(budget.reserve(&flood, 200), Err(QueueRefusal::TenantShare));
+        assert_eq!(budget.reserve(&quiet, 500), Ok(()));
+        assert_eq!(budget.reserve(&quiet, 200), Err(QueueRefusal::Full));
+        budget.release(&flood, 400);
+        assert_eq!(budget.queued(), 500);
+        assert_eq!(budget.reserve(&flood, 500), Ok(()), "a freed share is usable again");
+    }
+
+    #[test]
+    fn a_request_larger_than_the_bounds_runs_when_nothing_is_queued() {
+        let budget = QueueBudget::new(100, 50);
+        let tenant: Arc<str> = Arc::from("t");
+        assert_eq!(budget.reserve(&tenant, 5000), Ok(()));
+        assert_eq!(budget.reserve(&tenant, 1), Err(QueueRefusal::Full));
+        budget.release(&tenant, 5000);
+        assert_eq!(budget.queued(), 0);
+    }
 }

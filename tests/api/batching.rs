@@ -46,7 +46,10 @@ async fn a_quiet_tenant_is_served_promptly_while_another_floods_the_same_model()
 
 #[tokio::test]
 async fn a_full_queue_refuses_at_once_with_retry_after_and_memory_stays_bounded() {
-    let config = default_config_text().replace("max_queue_tokens = 200_000", "max_queue_tokens = 3_000");
+    // One tenant may fill the whole queue here, so the model's bound is what refuses.
+    let config = default_config_text()
+        .replace("max_queue_tokens = 200_000", "max_queue_tokens = 3_000")
+        .replace("max_tenant_queue_percent = 50", "max_tenant_queue_percent = 100");
     let server = SpawnedServer::start("bounded-queue", &config).await;
     let rss = || {
         let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
@@ -87,6 +90,41 @@ async fn a_full_queue_refuses_at_once_with_retry_after_and_memory_stays_bounded(
     assert!(after < before + 300, "resident memory grew from {before} MiB to {after} MiB");
     let (status, _) = server.post_as(ACME_KEY, "/v1/embed", json!({ "input": "after the burst" })).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_flooding_tenant_is_held_to_its_share_of_the_queue_and_the_other_is_never_refused() {
+    let config = default_config_text().replace("max_queue_tokens = 200_000", "max_queue_tokens = 3_000");
+    let server = SpawnedServer::start("tenant-share", &config).await;
+    let client = client_with_key(Some(ACME_KEY));
+    let flood = join_all((0..60).map(|_| {
+        let request = client.post(server.url("/v1/embed")).json(&json!({ "input": flood_input() }));
+        async move {
+            let r = request.send().await.unwrap();
+            let retry = r.headers().get("retry-after").is_some();
+            (r.status().as_u16(), retry, r.json::<serde_json::Value>().await.unwrap())
+        }
+    }));
+    let quiet = async {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            statuses
+                .push(server.post_as(GLOBEX_KEY, "/v1/embed", json!({ "input": "a quiet request" })).await.0);
+        }
+        statuses
+    };
+    let (flood, quiet) = tokio::join!(flood, quiet);
+    assert_eq!(quiet, [200, 200, 200], "the quiet tenant was refused during the flood");
+    let refused: Vec<_> = flood.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert!(!refused.is_empty(), "the flood was never held to its share of a 3000-token queue");
+    assert!(flood.iter().all(|(s, _, _)| *s == 200 || *s == 429), "only 200 or 429 for the flood");
+    for (_, retry, body) in refused {
+        assert!(*retry, "429 without Retry-After");
+        assert_eq!(body["error"]["code"], "tenant_queue_full");
+    }
+    let share = "embedserve_refusals_total{model=\"minilm-l6-int8\",reason=\"tenant_queue_share\"}";
+    assert!(server.metric(share).await >= 1.0);
 }
 
 #[tokio::test]

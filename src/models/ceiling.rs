@@ -1,0 +1,43 @@
+//! The in-process ceiling: a model's session driven directly, with no HTTP, no queue and no
+//! other work, as the server would build it. Benchmarks and load tests measure the server
+//! against it in the same run, since this machine's speed drifts from hour to hour.
+
+use std::time::{Duration, Instant};
+
+use super::session::{Engine, SessionOptions, init_runtime};
+use super::tokenize::TextEncoder;
+use crate::Settings;
+
+/// Embeddings/s of `model` for each batch size in `batches`, tokenizing and running `texts`
+/// (cycled to fill the batch) for `each` per batch size, after one warm-up run.
+pub fn embeddings_per_second(
+    settings: &Settings,
+    model: &str,
+    texts: &[&str],
+    batches: &[usize],
+    each: Duration,
+) -> anyhow::Result<Vec<f64>> {
+    let spec = settings.models.get(model).ok_or_else(|| anyhow::anyhow!("no model `{model}` in config"))?;
+    let env = init_runtime(settings.onnxruntime_path().as_deref())?;
+    let options =
+        SessionOptions { intra_threads: settings.intra_threads(), cpu_arena: settings.runtime.cpu_arena };
+    let mut engine = Engine::load(&env, spec, &options)?;
+    let encoder = TextEncoder::from_file(&spec.tokenizer, spec.max_tokens)?;
+    let mut rate = |batch: usize| -> anyhow::Result<f64> {
+        let inputs: Vec<String> = texts.iter().cycle().take(batch).map(|s| s.to_string()).collect();
+        let mut run = || -> anyhow::Result<()> {
+            let encoded = encoder.encode(&inputs)?;
+            engine.run(&encoded.iter().collect::<Vec<_>>())?;
+            Ok(())
+        };
+        run()?;
+        let started = Instant::now();
+        let mut done = 0;
+        while started.elapsed() < each {
+            run()?;
+            done += batch;
+        }
+        Ok(done as f64 / started.elapsed().as_secs_f64())
+    };
+    batches.iter().map(|&b| rate(b)).collect()
+}
