@@ -2,11 +2,12 @@
 //!
 //! - cold start: process spawn to the first 200 on `/v1/embed`, median of 5;
 //! - one short sentence over HTTP: p50 and p99;
-//! - embeddings/s at 1, 8 and 32 concurrent one-sentence clients, beside an in-process loop
+//! - embeddings/s at 1, 8, 32 and 64 concurrent one-sentence clients, beside an in-process loop
 //!   over the same ONNX Runtime session at batch 1 and 32 (the ceiling), and their ratio;
-//! - the server's peak resident memory;
-//! - a multi-tenant run: 100 tenants, requests spread over 3 models with a Zipf skew, a cache
-//!   budget that fits 2: cache hit rate, loads, evictions, p50/p99.
+//! - the server's peak resident memory.
+//!
+//! The scenarios under load (many tenants, a noisy neighbour, a spike, mixed lengths) are
+//! the load tests' (`make load-test`).
 //!
 //! The load generator shares the machine's cores with the server, as any one-machine
 //! benchmark does; the ratio to the in-process ceiling is the figure to compare.
@@ -17,8 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use embedserve::Settings;
-use embedserve::models::session::{Engine, SessionOptions, init_runtime};
-use embedserve::models::tokenize::TextEncoder;
+use embedserve::models::ceiling::embeddings_per_second;
 use serde_json::json;
 
 const MODEL: &str = "minilm-l6-int8";
@@ -65,9 +65,14 @@ fn main() {
     println!();
     println!("throughput, one sentence per request, {THROUGHPUT_SECONDS} s each:");
     let mut server_rates = Vec::new();
-    for clients in [1, 8, 32] {
+    for clients in [1, 8, 32, 64] {
+        let before = rt.block_on(batch_sizes(&base));
         let rate = rt.block_on(throughput(&base, clients));
-        println!("  server, {clients:>2} concurrent clients: {rate:>7.1} embeddings/s");
+        let after = rt.block_on(batch_sizes(&base));
+        let mean = (after.0 - before.0) / (after.1 - before.1);
+        println!(
+            "  server, {clients:>2} concurrent clients: {rate:>7.1} embeddings/s ({mean:.1} inputs per run on average)"
+        );
         server_rates.push((clients, rate));
     }
     let rss = peak_rss_mib(server.id());
@@ -75,7 +80,9 @@ fn main() {
     server.wait().ok();
 
     let settings = Settings::load(&config).unwrap();
-    let (b1, b32) = in_process(&settings);
+    let each = Duration::from_secs(THROUGHPUT_SECONDS);
+    let rates = embeddings_per_second(&settings, MODEL, &SENTENCES, &[1, 32], each).unwrap();
+    let (b1, b32) = (rates[0], rates[1]);
     println!("  in-process session, batch  1: {b1:>7.1} embeddings/s");
     println!("  in-process session, batch 32: {b32:>7.1} embeddings/s (the ceiling)");
     for (clients, rate) in server_rates {
@@ -83,9 +90,6 @@ fn main() {
     }
     println!();
     println!("server peak resident memory (VmHWM): {rss:.0} MiB");
-
-    println!();
-    rt.block_on(multi_tenant(repo));
 }
 
 fn free_port() -> u16 {
@@ -184,29 +188,16 @@ async fn throughput(base: &str, clients: usize) -> f64 {
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-/// The same session the server uses, driven directly: no HTTP, no queue.
-fn in_process(settings: &Settings) -> (f64, f64) {
-    let spec = &settings.models[MODEL];
-    let env = init_runtime(settings.onnxruntime_path().as_deref()).unwrap();
-    let options =
-        SessionOptions { intra_threads: settings.intra_threads(), cpu_arena: settings.runtime.cpu_arena };
-    let mut engine = Engine::load(&env, spec, &options).unwrap();
-    let encoder = TextEncoder::from_file(&spec.tokenizer, spec.max_tokens).unwrap();
-    let texts: Vec<String> = SENTENCES.iter().map(|s| s.to_string()).collect();
-    let mut rate = |batch: usize| {
-        let inputs: Vec<String> = texts.iter().cycle().take(batch).cloned().collect();
-        let deadline = Instant::now() + Duration::from_secs(THROUGHPUT_SECONDS);
-        let started = Instant::now();
-        let mut done = 0;
-        while Instant::now() < deadline {
-            let encoded = encoder.encode(&inputs).unwrap();
-            let refs: Vec<_> = encoded.iter().collect();
-            engine.run(&refs).unwrap();
-            done += batch;
-        }
-        done as f64 / started.elapsed().as_secs_f64()
+/// The server's `embedserve_batch_size` histogram: (sum, count).
+async fn batch_sizes(base: &str) -> (f64, f64) {
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
-    (rate(1), rate(32))
+    (value("embedserve_batch_size_sum"), value("embedserve_batch_size_count"))
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -216,151 +207,4 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-const TENANTS: usize = 100;
-const MT_CLIENTS: usize = 16;
-const MT_SECONDS: u64 = 15;
-/// Zipf over three models (s = 1): weights 1, 1/2, 1/3.
-const MODEL_WEIGHTS: [(&str, f64); 3] =
-    [("minilm-l6-int8", 1.0), ("paraphrase-l3", 0.5), ("minilm-l6-int8-cls", 1.0 / 3.0)];
-
-/// 100 tenants sharing three catalogue models under a budget that fits two of them.
-async fn multi_tenant(repo: &Path) {
-    let dir = repo.join("target/bench-tmp");
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("multi-tenant.toml");
-    // Budget: the two int8 sessions (about 170 MiB each) fit, all three (with the paraphrase
-    // model's ~70 MiB) do not.
-    let budget: u64 = 380 << 20;
-    std::fs::write(&config, multi_tenant_config(repo, budget)).unwrap();
-
-    let (_, mut server, port) = spawn_until_served(&config, "minilm-l6-int8", "tenant-0-key").await;
-    let url = format!("http://127.0.0.1:{port}/v1/embed");
-    let deadline = Instant::now() + Duration::from_secs(MT_SECONDS);
-    let tasks: Vec<_> = (0..MT_CLIENTS)
-        .map(|c| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1);
-                let (mut ms, mut errors) = (Vec::new(), 0u64);
-                while Instant::now() < deadline {
-                    let tenant = (next(&mut rng) % TENANTS as u64) as usize;
-                    let model = zipf_model(&mut rng);
-                    let body = json!({ "input": SENTENCES[tenant % SENTENCES.len()], "model": model });
-                    let t = Instant::now();
-                    let r = client
-                        .post(&url)
-                        .bearer_auth(format!("tenant-{tenant}-key"))
-                        .json(&body)
-                        .send()
-                        .await
-                        .unwrap();
-                    let ok = r.status() == 200;
-                    r.bytes().await.unwrap();
-                    if ok {
-                        ms.push(t.elapsed().as_secs_f64() * 1e3);
-                    } else {
-                        errors += 1;
-                    }
-                }
-                (ms, errors)
-            })
-        })
-        .collect();
-    let (mut ms, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (m, e) = t.await.unwrap();
-        ms.extend(m);
-        errors += e;
-    }
-    ms.sort_by(f64::total_cmp);
-    let metrics =
-        reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
-    let sum = |name: &str, filter: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(name) && l.contains(filter))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    let (hits, misses) = (
-        sum("embedserve_cache_lookups_total", "result=\"hit\""),
-        sum("embedserve_cache_lookups_total", "result=\"miss\""),
-    );
-    server.kill().ok();
-    server.wait().ok();
-
-    println!(
-        "multi-tenant: {TENANTS} tenants, 3 models (Zipf weights 1, 1/2, 1/3), budget {} MiB (fits 2), {MT_CLIENTS} clients, {MT_SECONDS} s:",
-        budget >> 20
-    );
-    println!(
-        "  requests: {} served, {errors} errors, {:.1}/s",
-        ms.len(),
-        ms.len() as f64 / MT_SECONDS as f64
-    );
-    println!("  latency: p50 {:.1} ms, p99 {:.1} ms", percentile(&ms, 0.50), percentile(&ms, 0.99));
-    println!(
-        "  cache: hit rate {:.2}% ({hits} hits, {misses} misses), {} loads, {} evictions",
-        100.0 * hits / (hits + misses),
-        sum("embedserve_model_loads_total", "outcome=\"ok\""),
-        sum("embedserve_model_evictions_total", "")
-    );
-}
-
-fn next(state: &mut u64) -> u64 {
-    // xorshift64: a fixed, seedable request mix without another dependency
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-fn zipf_model(rng: &mut u64) -> &'static str {
-    let total: f64 = MODEL_WEIGHTS.iter().map(|(_, w)| w).sum();
-    let mut pick = (next(rng) % 1_000_000) as f64 / 1_000_000.0 * total;
-    for (model, weight) in MODEL_WEIGHTS {
-        if pick < weight {
-            return model;
-        }
-        pick -= weight;
-    }
-    MODEL_WEIGHTS[0].0
-}
-
-fn multi_tenant_config(repo: &Path, budget: u64) -> String {
-    let assets = repo.join("assets/models");
-    let model = |onnx: &str, inputs: &str, output: &str, pooling: &str, max_tokens: u32| {
-        format!(
-            "onnx = \"{}/{onnx}\"\ntokenizer = \"{}/minilm-uncased-tokenizer.json\"\ninputs = [{inputs}]\noutput = \"{output}\"\npooling = \"{pooling}\"\nmax_tokens = {max_tokens}\ndimensions = 384\n",
-            assets.display(),
-            assets.display()
-        )
-    };
-    let bert = "\"input_ids\", \"attention_mask\", \"token_type_ids\"";
-    let mut out = format!(
-        "default_model = \"minilm-l6-int8\"\n\n[server]\nreload_poll_ms = 0\n\n[runtime]\nonnxruntime = \"{}\"\n\n[cache]\nmax_bytes = {budget}\n\n",
-        repo.join("assets/onnxruntime/libonnxruntime.so.1.31.1").display()
-    );
-    out += &format!(
-        "[models.minilm-l6-int8]\n{}\n",
-        model("minilm-l6-int8/model.onnx", bert, "last_hidden_state", "mean", 256)
-    );
-    out += &format!(
-        "[models.minilm-l6-int8-cls]\n{}\n",
-        model("minilm-l6-int8/model.onnx", bert, "last_hidden_state", "cls", 256)
-    );
-    out += &format!(
-        "[models.paraphrase-l3]\n{}\n",
-        model("paraphrase-l3/model.onnx", "\"input_ids\", \"attention_mask\"", "461", "none", 128)
-    );
-    for t in 0..TENANTS {
-        out += &format!(
-            "[tenants.tenant-{t}]\nkeys = [\"{}\"]\nmodels = [\"minilm-l6-int8\", \"minilm-l6-int8-cls\", \"paraphrase-l3\"]\nlimits = {{ requests_per_second = 100000, burst = 100000, tokens_per_minute = 1000000000, max_inputs = 256 }}\n\n",
-            embedserve::tenants::hash_key(&format!("tenant-{t}-key"))
-        );
-    }
-    out
 }
