@@ -316,21 +316,22 @@ impl Worker {
     }
 }
 
-/// Runs every input of `pieces`, length-sorted and chunked, and answers each request as soon
-/// as its last piece has run.
+/// Runs every input of `pieces`, shortest first, in chunks of similar lengths, and answers
+/// each request as soon as its last piece has run.
 fn run_round(engine: &mut Engine, pieces: &[Piece], limits: BatchLimits, model: &str, metrics: &Metrics) {
     let mut order: Vec<(usize, usize)> =
         pieces.iter().enumerate().flat_map(|(p, piece)| piece.range.clone().map(move |i| (p, i))).collect();
     let input = |&(p, i): &(usize, usize)| &pieces[p].inputs[i];
-    order.sort_by_key(|key| std::cmp::Reverse(input(key).len()));
+    order.sort_by_key(|key| input(key).len());
+    let lengths: Vec<usize> = order.iter().map(|key| input(key).len()).collect();
     let mut left: Vec<usize> = pieces.iter().map(|piece| piece.range.len()).collect();
     let mut start = 0;
     while start < order.len() {
-        // Sorted longest first, so the chunk's first input sets its padded width.
-        let width = input(&order[start]).len().max(1);
-        let fit = (limits.max_batch_tokens / width).clamp(1, limits.max_batch_size);
-        let chunk = &order[start..(start + fit).min(order.len())];
-        start += chunk.len();
+        let end = start + chunk_len(&lengths[start..], limits);
+        let chunk = &order[start..end];
+        // Sorted shortest first, so the chunk's last input sets its padded width.
+        let width = lengths[end - 1].max(1);
+        start = end;
 
         let batch: Vec<&Encoded> = chunk.iter().map(input).collect();
         let timer = Instant::now();
@@ -360,6 +361,25 @@ fn run_round(engine: &mut Engine, pieces: &[Piece], limits: BatchLimits, model: 
     }
 }
 
+/// How many of `lengths` (sorted ascending) go in the next run: at most `max_batch_size`
+/// inputs and `max_batch_tokens` padded tokens, and none longer than half again the first
+/// plus 16 tokens, so short inputs are not padded to long ones. A long input gains almost
+/// nothing from company (one 250-token input runs at 17/s alone, 18/s in a batch of 32),
+/// while padding a short one to its width costs the whole difference; and the short run
+/// first answers its requests first.
+fn chunk_len(lengths: &[usize], limits: BatchLimits) -> usize {
+    let widest = lengths[0] + lengths[0] / 2 + 16;
+    let mut n = 1;
+    while n < lengths.len()
+        && n < limits.max_batch_size
+        && lengths[n] <= widest
+        && (n + 1) * lengths[n] <= limits.max_batch_tokens
+    {
+        n += 1;
+    }
+    n
+}
+
 /// Counts a piece done; the request's last piece sends its answer.
 fn finish_piece(piece: &Piece) {
     let mut job = piece.job.borrow_mut();
@@ -379,6 +399,22 @@ fn finish_piece(piece: &Piece) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_group_similar_lengths_within_the_batch_limits() {
+        let limits = BatchLimits {
+            max_batch_size: 4,
+            shared_batch_size: 4,
+            max_batch_tokens: 600,
+            max_batch_wait: Duration::ZERO,
+            fair_quantum_tokens: 512,
+        };
+        assert_eq!(chunk_len(&[10, 12, 14, 20, 25], limits), 4, "at most max_batch_size");
+        assert_eq!(chunk_len(&[3, 30, 200], limits), 1, "a short input is not padded to 30");
+        assert_eq!(chunk_len(&[100, 120, 160, 170], limits), 3, "166 is the widest after 100");
+        assert_eq!(chunk_len(&[250, 250, 250], limits), 2, "600 padded tokens hold two of 250");
+        assert_eq!(chunk_len(&[900], limits), 1, "a single input always runs");
+    }
 
     #[test]
     fn a_tenant_cannot_take_more_than_its_share_and_others_still_get_in() {
