@@ -4,9 +4,9 @@
 //! adds `quantum` tokens to the lane's deficit, and the lane gives up jobs from its head while
 //! their tokens fit the deficit and the batch has room for their inputs. A tenant sending ten
 //! times its share therefore gets about one share per round, not ten. A lane that was empty
-//! joins at the front of the turn (as sparse flows do in FQ-CoDel), so a quiet tenant's single
-//! request is taken in the very next round whatever the flood ahead of it; a tenant that keeps
-//! its lane busy never gets that head start.
+//! joins the turn ahead of the heavy lanes (those holding more than a quantum), behind the
+//! light ones, so a quiet tenant's single request is taken in the very next round whatever
+//! the flood ahead of it, while light lanes keep their order and none of them is passed over.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -30,6 +30,8 @@ pub struct FairQueue<J> {
 struct Lane<J> {
     jobs: VecDeque<J>,
     deficit: usize,
+    /// Tokens queued in the lane.
+    tokens: usize,
 }
 
 impl<J: Weighed> FairQueue<J> {
@@ -40,14 +42,18 @@ impl<J: Weighed> FairQueue<J> {
     pub fn push(&mut self, job: J) {
         self.inputs += job.inputs();
         let tenant = Arc::clone(job.tenant());
-        let lane = self
-            .lanes
-            .entry(Arc::clone(&tenant))
-            .or_insert_with(|| Lane { jobs: VecDeque::new(), deficit: 0 });
-        if lane.jobs.is_empty() {
-            self.turn.push_front(tenant);
-        }
+        let lane = self.lanes.entry(Arc::clone(&tenant)).or_insert_with(|| Lane {
+            jobs: VecDeque::new(),
+            deficit: 0,
+            tokens: 0,
+        });
+        let new = lane.jobs.is_empty();
+        lane.tokens += job.tokens();
         lane.jobs.push_back(job);
+        if new {
+            let heavy = self.turn.iter().position(|t| self.lanes[t].tokens > self.quantum);
+            self.turn.insert(heavy.unwrap_or(self.turn.len()), tenant);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -65,6 +71,7 @@ impl<J: Weighed> FairQueue<J> {
         for lane in self.lanes.values_mut() {
             let (out, kept): (Vec<J>, Vec<J>) = lane.jobs.drain(..).partition(|j| gone(j));
             lane.jobs = kept.into();
+            lane.tokens -= out.iter().map(Weighed::tokens).sum::<usize>();
             removed.extend(out);
         }
         self.inputs -= removed.iter().map(Weighed::inputs).sum::<usize>();
@@ -95,6 +102,7 @@ impl<J: Weighed> FairQueue<J> {
                 }
                 let job = lane.jobs.pop_front().expect("front exists");
                 lane.deficit -= job.tokens();
+                lane.tokens -= job.tokens();
                 inputs += job.inputs();
                 batch.push(job);
                 took = true;
@@ -153,6 +161,17 @@ mod tests {
         }
         let turn: Vec<String> = (0..2).flat_map(|_| q.next_batch(8)).map(|j| j.0.to_string()).collect();
         assert!(turn.iter().any(|t| t == "flood") && turn.iter().any(|t| t == "quiet"), "{turn:?}");
+    }
+
+    #[test]
+    fn newcomers_do_not_pass_light_lanes() {
+        let mut q = FairQueue::new(512);
+        q.push(job("a", 14, 1));
+        q.push(job("a", 14, 1));
+        q.push(job("b", 14, 1));
+        q.push(job("c", 14, 1));
+        let order: Vec<String> = (0..4).flat_map(|_| q.next_batch(1)).map(|j| j.0.to_string()).collect();
+        assert_eq!(order, ["a", "b", "c", "a"]);
     }
 
     #[test]
