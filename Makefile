@@ -20,6 +20,7 @@ run: assets build
 test: assets venv lambda-zip
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets --quiet -- -D warnings
+	cd load-tests && $(CARGO) clippy --release --quiet -- -D warnings
 	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.lambda
 	# A hung test must fail the run, not stall CI: every test's waits are bounded, and so is the whole.
 	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) timeout --kill-after=30s 30m $(CARGO) test --release
@@ -56,7 +57,7 @@ bench: assets
 ## summary in load-tests/results/summary.md, HTML reports in load-tests/reports/
 SCENARIOS ?=
 load-test: assets build
-	$(CARGO) run --release --quiet --manifest-path load-tests/Cargo.toml -- $(SCENARIOS)
+	cd load-tests && $(CARGO) run --release --quiet -- $(SCENARIOS)
 
 ## reference: regenerate tests/data/reference.json with Python onnxruntime + tokenizers
 reference: assets venv
