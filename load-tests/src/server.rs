@@ -75,6 +75,15 @@ impl Drop for Server {
     }
 }
 
+/// The server's `embedserve_batch_size` histogram as (sum, count); zeros if unreachable.
+pub async fn batch_sizes(base: &str) -> (f64, f64) {
+    let Ok(response) = reqwest_client().get(format!("{base}/metrics")).send().await else {
+        return (0.0, 0.0);
+    };
+    let metrics = Metrics(response.text().await.unwrap_or_default());
+    (metrics.sum("embedserve_batch_size_sum", &[]), metrics.sum("embedserve_batch_size_count", &[]))
+}
+
 /// CPU seconds (user and system) process `pid` has used, from /proc.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
