@@ -18,20 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use embedserve::Settings;
-use embedserve::models::ceiling::embeddings_per_second;
+use embedserve::models::ceiling::{SENTENCES, embeddings_per_second};
 use serde_json::json;
 
 const MODEL: &str = "minilm-l6-int8";
-const SENTENCES: [&str; 8] = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Embeddings turn sentences into vectors of numbers.",
-    "A short sentence, like most requests in production.",
-    "The train to the airport leaves every fifteen minutes.",
-    "She opened the window and let the cool air in.",
-    "Search results improve when queries and documents share a space.",
-    "Our service answers many tenants from one process.",
-    "Rust makes the fast path safe to change.",
-];
 const THROUGHPUT_SECONDS: u64 = 6;
 /// The demo tenant with limits that never bind (config/default.toml).
 const KEY: &str = "acme-dev-key";

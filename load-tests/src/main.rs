@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use embedserve::models::ceiling::SENTENCES;
 use goose::config::GooseConfiguration;
 use goose::prelude::*;
 use rand::Rng;
@@ -30,16 +31,6 @@ use workload::{Embed, Figures, Recorder, Sample, Workload, scenario};
 
 const SCENARIOS: [&str; 5] = ["ramp", "multi-tenant", "noisy-neighbour", "spike", "mixed-lengths"];
 const MODEL: &str = "minilm-l6-int8";
-const SENTENCES: [&str; 8] = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Embeddings turn sentences into vectors of numbers.",
-    "A short sentence, like most requests in production.",
-    "The train to the airport leaves every fifteen minutes.",
-    "She opened the window and let the cool air in.",
-    "Search results improve when queries and documents share a space.",
-    "Our service answers many tenants from one process.",
-    "Rust makes the fast path safe to change.",
-];
 
 struct Run {
     repo: Repo,

@@ -8,6 +8,18 @@ use super::session::{Engine, SessionOptions, init_runtime};
 use super::tokenize::TextEncoder;
 use crate::Settings;
 
+/// Short sentences, like most requests in production: what the benchmarks and load tests send.
+pub const SENTENCES: [&str; 8] = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Embeddings turn sentences into vectors of numbers.",
+    "A short sentence, like most requests in production.",
+    "The train to the airport leaves every fifteen minutes.",
+    "She opened the window and let the cool air in.",
+    "Search results improve when queries and documents share a space.",
+    "Our service answers many tenants from one process.",
+    "Rust makes the fast path safe to change.",
+];
+
 /// Embeddings/s of `model` for each batch size in `batches`, tokenizing and running `texts`
 /// (cycled to fill the batch) for `each` per batch size, after one warm-up run.
 pub fn embeddings_per_second(
