@@ -86,7 +86,7 @@ fn the_lambda_package_config_is_valid_and_carries_the_demo_tenants() {
 ///
 /// The emulator holds a Function URL request until a function takes it, so a function that
 /// died would hang every request: each wait here is bounded, checks that both processes are
-/// alive, and a failure prints both logs (kept under target/test-tmp).
+/// alive, and a failure prints both logs (kept under target/test-tmp until the test ends).
 struct Emulator {
     emulator: Child,
     function: Child,
@@ -109,16 +109,23 @@ fn log_file(dir: &TempDir, name: &str) -> std::fs::File {
 
 impl Emulator {
     async fn start() -> Emulator {
-        // A port picked here may be taken before the emulator binds it: then try another.
+        // A port picked here may be taken before the emulator binds it, and a function that
+        // polls before the emulator's Runtime API is up exits: each failure is printed with
+        // both logs, and the whole start is tried again with fresh processes.
+        let mut failures = Vec::new();
         for attempt in 1..=3 {
-            if let Some(emulator) = Emulator::try_start(attempt).await {
-                return emulator;
+            match Emulator::try_start(attempt).await {
+                Ok(emulator) => return emulator,
+                Err(failure) => {
+                    eprintln!("emulator start, attempt {attempt}: {failure}");
+                    failures.push(failure);
+                }
             }
         }
-        panic!("the emulator could not bind a port in 3 attempts");
+        panic!("the function never served under the emulator in 3 attempts:\n{}", failures.join("\n\n"));
     }
 
-    async fn try_start(attempt: u32) -> Option<Emulator> {
+    async fn try_start(attempt: u32) -> Result<Emulator, String> {
         let logs = TempDir::new(&format!("lambda-emulator-{attempt}"));
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let cargo_lambda = python().parent().unwrap().join("cargo-lambda");
@@ -132,13 +139,22 @@ impl Emulator {
             .process_group(0)
             .spawn()
             .expect("cargo-lambda runs (make test installs it into .venv)");
+        // Listening, and its log says the Runtime API has started.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if emulator.try_wait().unwrap().is_some() {
-                eprintln!("emulator exited before it listened:\n{}", read_logs(&logs));
-                return None;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            || !read_logs(&logs).contains("Runtime server")
+        {
+            if let Some(status) = emulator.try_wait().unwrap() {
+                return Err(format!(
+                    "the emulator exited ({status}) before it served:\n{}",
+                    read_logs(&logs)
+                ));
             }
-            assert!(Instant::now() < deadline, "the emulator never listened:\n{}", read_logs(&logs));
+            if Instant::now() > deadline {
+                let _ = emulator.kill();
+                let _ = emulator.wait();
+                return Err(format!("the emulator did not start within 60 s:\n{}", read_logs(&logs)));
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let function = Command::new(env!("CARGO_BIN_EXE_embedserve"))
@@ -158,29 +174,31 @@ impl Emulator {
             Emulator { emulator, function, base: format!("http://127.0.0.1:{port}/lambda-url/_"), logs };
         // Until INIT is done the emulator holds the request: short tries, checking both processes.
         let probe = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(90);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = probe.get(format!("{}/ready", emulator.base)).send().await
                 && r.status() == 200
             {
-                return Some(emulator);
+                return Ok(emulator);
             }
-            emulator.assert_alive();
-            assert!(
-                Instant::now() < deadline,
-                "the function never answered under the emulator:\n{}",
-                read_logs(&emulator.logs)
-            );
+            if let Some(exit) = emulator.exited() {
+                return Err(exit);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no answer within 60 s:\n{}", read_logs(&emulator.logs)));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    fn assert_alive(&mut self) {
+    /// Which process has exited, if one has, with both logs.
+    fn exited(&mut self) -> Option<String> {
         for (name, child) in [("function", &mut self.function), ("emulator", &mut self.emulator)] {
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("the {name} exited ({status}):\n{}", read_logs(&self.logs));
+                return Some(format!("the {name} exited ({status}):\n{}", read_logs(&self.logs)));
             }
         }
+        None
     }
 
     async fn post(
