@@ -53,7 +53,8 @@ pub struct ServerSettings {
     pub shared_batch_size: usize,
     /// Most padded tokens (longest × count) in one run.
     pub max_batch_tokens: usize,
-    /// How long a batch may wait for more requests when it is not full (0: never waits).
+    /// How long a round may wait for the clients of the last round to send again (0: never);
+    /// a lone client never waits.
     pub max_batch_wait_ms: u64,
     /// Tokens each tenant's lane gains per turn when batches are formed (the fairness quantum).
     pub fair_quantum_tokens: usize,
@@ -79,7 +80,7 @@ impl Default for ServerSettings {
             max_batch_size: 32,
             shared_batch_size: 8,
             max_batch_tokens: 16_384,
-            max_batch_wait_ms: 0,
+            max_batch_wait_ms: 2,
             fair_quantum_tokens: 512,
             max_queue_tokens: 200_000,
             max_tenant_queue_percent: 50,

@@ -65,7 +65,7 @@ impl LoadedModel {
         let tenant: Arc<str> = Arc::from(tenant);
         self.budget.reserve(&tenant, tokens).map_err(refusal_error)?;
         let (reply, done) = oneshot::channel();
-        let job = Job { tenant: Arc::clone(&tenant), inputs, tokens, enqueued: Instant::now(), reply };
+        let job = Job { tenant: Arc::clone(&tenant), inputs, enqueued: Instant::now(), reply };
         if let Err(e) = self.queue.try_send(job) {
             self.budget.release(&tenant, tokens);
             return Err(match e {

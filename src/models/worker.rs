@@ -6,11 +6,11 @@
 //! requests share ONNX Runtime runs and a flooding tenant cannot starve a quiet one. A round
 //! holds at most `max_batch_size` inputs while one tenant uses the model, and at most
 //! `shared_batch_size` while several sent work within the last second: a tenant arriving
-//! behind a flood then waits for one short run, not a long one. A round never waits for more
-//! work unless `max_batch_wait_ms` says so, and then only while the batch is not full. The
-//! round's inputs are ordered by length and run in chunks bounded by `max_batch_size` inputs
-//! and `max_batch_tokens` padded tokens (longest × count); each request is answered, in input
-//! order, as soon as its last piece has run.
+//! behind a flood then waits for one short run, not a long one. Before a round, the thread
+//! waits up to `max_batch_wait_ms` for the clients of the last round to send again, never for
+//! a lone client. The round's inputs run shortest first, in chunks of similar lengths bounded
+//! by `max_batch_size` inputs and `max_batch_tokens` padded tokens (longest × count); each
+//! request is answered, in input order, as soon as its last piece has run.
 //!
 //! The queue is bounded in tokens ([`QueueBudget`]): a request that would overfill it is
 //! refused at once, and so is one that would take its tenant past its share of the bound, so
@@ -40,7 +40,6 @@ pub type JobResult = Result<Vec<Vec<f32>>, String>;
 pub struct Job {
     pub tenant: Arc<str>,
     pub inputs: Vec<Encoded>,
-    pub tokens: usize,
     pub enqueued: Instant,
     pub reply: oneshot::Sender<JobResult>,
 }
@@ -242,7 +241,7 @@ impl Worker {
 
     /// Splits a request into pieces in its tenant's lane.
     fn push(&mut self, job: Job) {
-        let Job { tenant, inputs, tokens: _, enqueued, reply } = job;
+        let Job { tenant, inputs, enqueued, reply } = job;
         self.recent.insert(Arc::clone(&tenant), enqueued);
         let size = self.limits.shared_batch_size.max(1);
         let count = inputs.len().div_ceil(size);
