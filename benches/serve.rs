@@ -87,12 +87,8 @@ fn free_port() -> u16 {
 }
 
 /// Spawns the release binary and polls `/v1/embed` until it answers 200.
-async fn cold_start(config: &Path) -> (f64, Child, u16) {
-    spawn_until_served(config, "minilm-l6-int8", KEY).await
-}
-
 #[allow(clippy::zombie_processes)] // the caller kills and waits for the child it gets back
-async fn spawn_until_served(config: &Path, model: &str, key: &str) -> (f64, Child, u16) {
+async fn cold_start(config: &Path) -> (f64, Child, u16) {
     let port = free_port();
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/v1/embed");
@@ -106,8 +102,8 @@ async fn spawn_until_served(config: &Path, model: &str, key: &str) -> (f64, Chil
         .spawn()
         .expect("embedserve starts");
     loop {
-        let body = json!({ "input": SENTENCES[0], "model": model });
-        if let Ok(r) = client.post(&url).bearer_auth(key).json(&body).send().await
+        let body = json!({ "input": SENTENCES[0], "model": MODEL });
+        if let Ok(r) = client.post(&url).bearer_auth(KEY).json(&body).send().await
             && r.status() == 200
         {
             return (started.elapsed().as_secs_f64() * 1e3, child, port);
