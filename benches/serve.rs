@@ -18,8 +18,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use embedserve::Settings;
-use embedserve::models::ceiling::{SENTENCES, embeddings_per_second};
 use serde_json::json;
+use support::ceiling::{SENTENCES, embeddings_per_second};
+
+mod support {
+    pub mod ceiling;
+}
 
 const MODEL: &str = "minilm-l6-int8";
 const THROUGHPUT_SECONDS: u64 = 6;

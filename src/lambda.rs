@@ -10,7 +10,8 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use tracing::Instrument;
 
-use crate::{Settings, build_app};
+use crate::app::build_app;
+use crate::config::Settings;
 
 /// Runs the function until the Lambda runtime stops it.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {

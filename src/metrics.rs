@@ -1,9 +1,20 @@
 //! Every Prometheus metric the service exports, registered once in a registry of its own
 //! (so several apps in one test process do not collide). All names start `embedserve_`.
+//! [`Labels`] carry a request's tenant and model from the core to the middleware that counts it.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Who a request was for, for the `tenant` and `model` labels of its request metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Labels {
+    pub tenant: String,
+    /// The model's cache id.
+    pub model: String,
+    /// Tokens processed, for per-request metric lines.
+    pub tokens: usize,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -35,7 +46,8 @@ pub struct Metrics {
     pub queue_wait_seconds: HistogramVec,
     /// Padded tokens (longest × count) per ONNX Runtime run.
     pub batch_tokens: HistogramVec,
-    /// Work refused or dropped by model and reason (`queue_full`, `client_gone`, `timeout`).
+    /// Work refused or dropped by model and reason (`queue_full`, `tenant_queue_share`,
+    /// `client_gone`, `timeout`).
     pub refusals: IntCounterVec,
     /// Model loads by model and outcome (`ok` | `error`).
     pub model_loads: IntCounterVec,
@@ -171,7 +183,7 @@ impl Metrics {
             ),
             refusals: counter(
                 "embedserve_refusals_total",
-                "Work refused or dropped by model and reason (queue_full, client_gone, timeout).",
+                "Work refused or dropped by model and reason (queue_full, tenant_queue_share, client_gone, timeout).",
                 &["model", "reason"],
             ),
             registry,

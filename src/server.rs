@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::{App, Settings, build_app};
+use crate::app::{App, build_app};
+use crate::config::Settings;
 
 /// Serves `settings` on `bind` (or the configured address) until a shutdown signal.
 pub async fn serve(settings: Settings, bind: Option<SocketAddr>) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! Tenants: who a key belongs to, which models that tenant may use and under what names, and
 //! its limits. The registry is swapped whole on configuration reload; a tenant whose limits did
-//! not change keeps its rate-limiter state across the swap.
+//! not change keeps its rate-limiter state across the swap. A tenant's `max_inputs` is capped
+//! by the running server's `max_inputs`, which, like all of `[server]`, changes on restart only.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
@@ -13,7 +14,17 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Limits, Settings, parse_key_hash, private_model_id};
-use crate::error::Error;
+
+/// A request refused by its tenant's limits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// Over requests per second or tokens per minute; waiting `retry_after` seconds helps.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
+    /// More tokens than a whole minute's budget: waiting never helps.
+    #[error("{0}")]
+    OverBudget(String),
+}
 
 /// A tenant as requests see it.
 pub struct Tenant {
@@ -46,12 +57,10 @@ impl Limiter {
 impl Tenant {
     /// The model a request names (or the tenant's default), as `(name, cache id)`. A model the
     /// tenant may not use is "not found", exactly like one that does not exist.
-    pub fn resolve<'a>(&'a self, requested: Option<&'a str>) -> Result<(&'a str, &'a str), Error> {
+    /// `Err` carries the name asked for.
+    pub fn resolve<'a>(&'a self, requested: Option<&'a str>) -> Result<(&'a str, &'a str), &'a str> {
         let name = requested.unwrap_or(&self.default_model);
-        self.models
-            .get_key_value(name)
-            .map(|(name, id)| (name.as_str(), id.as_str()))
-            .ok_or_else(|| Error::ModelNotFound(name.to_owned()))
+        self.models.get_key_value(name).map(|(name, id)| (name.as_str(), id.as_str())).ok_or(name)
     }
 
     /// The models this tenant may use: `(name, cache id)`.
@@ -64,8 +73,8 @@ impl Tenant {
     }
 
     /// Takes one request from the tenant's request budget, or says when to retry.
-    pub fn check_request(&self) -> Result<(), Error> {
-        self.limiter.requests.check().map_err(|wait| Error::RateLimited {
+    pub fn check_request(&self) -> Result<(), LimitError> {
+        self.limiter.requests.check().map_err(|wait| LimitError::RateLimited {
             message: format!(
                 "Rate limit reached for tenant {}: {} requests per second (burst {}).",
                 self.id, self.limits.requests_per_second, self.limits.burst
@@ -75,7 +84,7 @@ impl Tenant {
     }
 
     /// Takes `tokens` from the tenant's tokens-per-minute budget, or says when to retry.
-    pub fn check_tokens(&self, tokens: usize) -> Result<(), Error> {
+    pub fn check_tokens(&self, tokens: usize) -> Result<(), LimitError> {
         let message = || {
             format!(
                 "Token rate limit reached for tenant {}: {} tokens per minute; this request has {tokens}.",
@@ -85,12 +94,12 @@ impl Tenant {
         let n = NonZeroU32::new(u32::try_from(tokens).unwrap_or(u32::MAX).max(1)).expect("at least 1");
         match self.limiter.tokens.check_n(n) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(wait)) => Err(Error::RateLimited {
+            Ok(Err(wait)) => Err(LimitError::RateLimited {
                 message: message(),
                 retry_after: retry_after(wait.wait_time_from(DefaultClock::default().now())),
             }),
             // More tokens than a whole minute's budget: waiting will never help.
-            Err(_) => Err(Error::TooLarge(message())),
+            Err(_) => Err(LimitError::OverBudget(message())),
         }
     }
 }
@@ -102,6 +111,8 @@ fn retry_after(wait: std::time::Duration) -> u64 {
 /// Key hash → tenant, swapped whole on reload.
 pub struct TenantRegistry {
     current: ArcSwap<Registry>,
+    /// The running server's `max_inputs`: no tenant's may exceed it.
+    max_inputs: usize,
 }
 
 #[derive(Default)]
@@ -112,12 +123,16 @@ struct Registry {
 
 impl TenantRegistry {
     pub fn new(settings: &Settings) -> Self {
-        Self { current: ArcSwap::from_pointee(Registry::build(settings, &Registry::default())) }
+        let max_inputs = settings.server.max_inputs;
+        Self {
+            current: ArcSwap::from_pointee(Registry::build(settings, max_inputs, &Registry::default())),
+            max_inputs,
+        }
     }
 
-    /// Replaces every tenant with those of `settings`.
+    /// Replaces every tenant with those of `settings` (its `[server]` section is not read).
     pub fn replace(&self, settings: &Settings) {
-        let next = Registry::build(settings, &self.current.load());
+        let next = Registry::build(settings, self.max_inputs, &self.current.load());
         self.current.store(Arc::new(next));
     }
 
@@ -137,7 +152,7 @@ impl TenantRegistry {
 }
 
 impl Registry {
-    fn build(settings: &Settings, previous: &Registry) -> Self {
+    fn build(settings: &Settings, max_inputs: usize, previous: &Registry) -> Self {
         let mut out = Registry::default();
         for (id, config) in &settings.tenants {
             let mut models: BTreeMap<String, String> =
@@ -146,7 +161,7 @@ impl Registry {
                 models.insert(name.clone(), private_model_id(id, name));
             }
             let mut limits = config.limits;
-            limits.max_inputs = limits.max_inputs.min(settings.server.max_inputs);
+            limits.max_inputs = limits.max_inputs.min(max_inputs);
             let limiter = match previous.tenants.get(id) {
                 Some(old) if old.limits == limits => Arc::clone(&old.limiter),
                 _ => Arc::new(Limiter::new(&limits)),

@@ -10,6 +10,9 @@
 //! Latencies are of served (200) requests; 429 and 503 are counted as refusals, anything else
 //! as an error. The load generator shares the machine's two cores with the server.
 
+/// The in-process ceiling and the sample sentences, shared with `make bench`.
+#[path = "../../benches/support/ceiling.rs"]
+mod ceiling;
 mod server;
 mod workload;
 
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use embedserve::models::ceiling::SENTENCES;
+use ceiling::SENTENCES;
 use goose::config::GooseConfiguration;
 use goose::prelude::*;
 use rand::Rng;
@@ -166,7 +169,7 @@ async fn ramp(run: &Run) -> anyhow::Result<String> {
     let settings = embedserve::Settings::load(&run.repo.0.join("config/default.toml"))?;
     let batches = [1, 8, 32, 64];
     let measure = || {
-        embedserve::models::ceiling::embeddings_per_second(
+        ceiling::embeddings_per_second(
             &settings,
             MODEL,
             &SENTENCES,

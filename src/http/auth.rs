@@ -8,17 +8,17 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
-use crate::AppState;
-use crate::error::Error;
+use super::error::ApiError;
+use crate::app::AppState;
 use crate::tenants::Tenant;
 
 /// The tenant a request's key belongs to.
 pub struct Authed(pub Arc<Tenant>);
 
 impl FromRequestParts<Arc<AppState>> for Authed {
-    type Rejection = Error;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Error> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let headers = &parts.headers;
         let bearer = headers
             .get(AUTHORIZATION)
@@ -26,7 +26,7 @@ impl FromRequestParts<Arc<AppState>> for Authed {
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
         let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
         let tenant =
-            key.map(str::trim).and_then(|k| state.tenants.authenticate(k)).ok_or(Error::Unauthorized)?;
+            key.map(str::trim).and_then(|k| state.tenants.authenticate(k)).ok_or(ApiError::Unauthorized)?;
         tracing::Span::current().record("tenant", tenant.id.as_str());
         Ok(Authed(tenant))
     }

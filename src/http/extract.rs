@@ -7,7 +7,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::error::Error;
+use super::error::ApiError;
 
 pub struct JsonBody<T>(pub T);
 
@@ -16,21 +16,21 @@ where
     S: Send + Sync,
     T: DeserializeOwned,
 {
-    type Rejection = Error;
+    type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Error::TooLarge("The request body is larger than this server accepts.".to_owned())
+                ApiError::TooLarge("The request body is larger than this server accepts.".to_owned())
             } else {
-                Error::MalformedJson(format!("Could not read the request body: {rejection}"))
+                ApiError::MalformedJson(format!("Could not read the request body: {rejection}"))
             }
         })?;
         parse(&bytes).map(JsonBody)
     }
 }
 
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -40,13 +40,13 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     Ok(value)
 }
 
-fn classify(e: serde_json::Error, path: &str) -> Error {
+fn classify(e: serde_json::Error, path: &str) -> ApiError {
     match e.classify() {
         serde_json::error::Category::Data => {
             let message = if path == "." { e.to_string() } else { format!("{path}: {e}") };
-            Error::Invalid { message, param: None }
+            ApiError::Invalid { message, param: None }
         }
-        _ => Error::MalformedJson(format!("The body is not valid JSON: {e}")),
+        _ => ApiError::MalformedJson(format!("The body is not valid JSON: {e}")),
     }
 }
 
@@ -62,12 +62,12 @@ mod tests {
 
     #[test]
     fn syntax_errors_are_malformed_and_type_errors_invalid() {
-        assert!(matches!(parse::<Body>(b"{\"n\": "), Err(Error::MalformedJson(_))));
-        assert!(matches!(parse::<Body>(b"{\"n\": 1} x"), Err(Error::MalformedJson(_))));
-        let Err(Error::Invalid { message, .. }) = parse::<Body>(b"{\"n\": \"x\"}") else {
+        assert!(matches!(parse::<Body>(b"{\"n\": "), Err(ApiError::MalformedJson(_))));
+        assert!(matches!(parse::<Body>(b"{\"n\": 1} x"), Err(ApiError::MalformedJson(_))));
+        let Err(ApiError::Invalid { message, .. }) = parse::<Body>(b"{\"n\": \"x\"}") else {
             panic!("expected 422")
         };
         assert!(message.starts_with("n: invalid type"), "{message}");
-        assert!(matches!(parse::<Body>(b"{}"), Err(Error::Invalid { .. })));
+        assert!(matches!(parse::<Body>(b"{}"), Err(ApiError::Invalid { .. })));
     }
 }

@@ -1,5 +1,5 @@
-//! Liveness (`/health`: the process answers), readiness (`/ready`: the default model has
-//! loaded and served one warm-up request) and `/metrics` (Prometheus text).
+//! Liveness (`/health`: the process answers), readiness (`/ready`: the preloaded models have
+//! loaded and each served one warm-up run) and `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 
@@ -9,18 +9,18 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
-use crate::AppState;
-use crate::error::Error;
+use super::error::ApiError;
+use crate::app::AppState;
 
 pub async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-pub async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Error> {
+pub async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     if state.is_ready() {
-        Ok(Json(json!({ "status": "ready", "loaded_models": state.models.loaded() })))
+        Ok(Json(json!({ "status": "ready", "loaded_models": state.embedder.models.loaded() })))
     } else {
-        Err(Error::NotReady)
+        Err(ApiError::NotReady)
     }
 }
 

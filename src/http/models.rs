@@ -5,15 +5,17 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::auth::Authed;
-use crate::AppState;
+use crate::app::AppState;
+use crate::metrics::Labels;
 
-pub async fn list(State(state): State<Arc<AppState>>, Authed(tenant): Authed) -> Json<Value> {
+pub async fn list(State(state): State<Arc<AppState>>, Authed(tenant): Authed) -> Response {
     let data: Vec<Value> = tenant
         .models()
-        .filter_map(|(name, id)| state.models.spec(id).map(|spec| (name, spec)))
+        .filter_map(|(name, id)| state.embedder.models.spec(id).map(|spec| (name, spec)))
         .map(|(name, spec)| {
             json!({
                 "id": name,
@@ -25,5 +27,6 @@ pub async fn list(State(state): State<Arc<AppState>>, Authed(tenant): Authed) ->
             })
         })
         .collect();
-    Json(json!({ "object": "list", "data": data }))
+    let labels = Labels { tenant: tenant.id.clone(), ..Labels::default() };
+    super::with_labels(labels, Ok(Json(json!({ "object": "list", "data": data })).into_response()))
 }

@@ -1,5 +1,6 @@
-//! `POST /v1/embeddings`, OpenAI's embeddings API. The official SDKs ask for base64 unless
-//! told otherwise; both encodings are served. Unknown fields are ignored, as OpenAI does.
+//! `POST /v1/embeddings`, OpenAI's embeddings API: the request and response shapes around the
+//! core. The official SDKs ask for base64 unless told otherwise; both encodings are served.
+//! Unknown fields are refused (422), as OpenAI refuses unrecognised arguments.
 
 use std::sync::Arc;
 
@@ -10,11 +11,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::auth::Authed;
-use super::embed::{EmbedParams, EncodingFormat, Labels, Usage, Vector, embed_core};
+use super::error::ApiError;
 use super::extract::JsonBody;
-use crate::AppState;
+use crate::app::AppState;
+use crate::embed::{EmbedParams, EncodingFormat, Usage, Vector};
+use crate::metrics::Labels;
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EmbeddingsRequest {
     input: Option<Value>,
     model: Option<String>,
@@ -22,8 +26,8 @@ pub struct EmbeddingsRequest {
     encoding_format: EncodingFormat,
     dimensions: Option<usize>,
     /// Accepted for compatibility; OpenAI uses it for abuse monitoring.
-    #[allow(dead_code)]
-    user: Option<String>,
+    #[serde(rename = "user")]
+    _user: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,15 +58,14 @@ pub async fn embeddings(
         dimensions: req.dimensions,
         format: req.encoding_format,
     };
-    let result = embed_core(&state, &tenant, params, &mut labels).await.map(|out| {
+    let result = state.embedder.embed(&tenant, params, &mut labels).await.map(|out| {
         let data = out
             .vectors
             .into_iter()
             .enumerate()
             .map(|(index, embedding)| EmbeddingObject { object: "embedding", index, embedding })
             .collect();
-        Json(EmbeddingsResponse { object: "list", data, model: out.model, usage: Usage::new(out.tokens) })
-            .into_response()
+        Json(EmbeddingsResponse { object: "list", data, model: out.model, usage: out.usage }).into_response()
     });
-    labels.attach(result)
+    super::with_labels(labels, result.map_err(ApiError::from))
 }

@@ -65,7 +65,7 @@ impl<J: Weighed> FairQueue<J> {
         self.inputs
     }
 
-    /// Removes the jobs `keep` rejects (clients that went away) and returns them.
+    /// Removes the jobs `gone` selects (clients that went away) and returns them.
     pub fn remove_where(&mut self, mut gone: impl FnMut(&J) -> bool) -> Vec<J> {
         let mut removed = Vec::new();
         for lane in self.lanes.values_mut() {

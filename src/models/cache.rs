@@ -22,21 +22,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use dashmap::DashMap;
-use ort::environment::Environment;
 use tokio::sync::OnceCell;
 
 use super::LoadedModel;
-use super::session::{Engine, SessionOptions};
+use super::backend::Runtime;
+use super::error::ModelError;
+use super::memory::{self, file_size, resident_set_bytes};
+use super::queue_budget::QueueBudget;
 use super::spec::ModelSpec;
-use super::tokenize::TextEncoder;
-use super::worker::{self, BatchLimits, QueueBudget};
-use crate::error::Error;
+use super::worker::{self, BatchLimits};
 use crate::metrics::Metrics;
 
-/// How sessions are built, fed and budgeted; the same for every model.
+/// How models are fed and budgeted; the same for every model.
 #[derive(Debug, Clone)]
 pub struct CacheOptions {
-    pub session: SessionOptions,
     pub limits: BatchLimits,
     /// Jobs a model's queue holds before requests are refused with 503.
     pub queue_capacity: usize,
@@ -50,7 +49,7 @@ pub struct CacheOptions {
 }
 
 pub struct ModelCache {
-    env: Environment,
+    runtime: Arc<dyn Runtime>,
     specs: RwLock<BTreeMap<String, Arc<ModelSpec>>>,
     slots: DashMap<String, Arc<Slot>>,
     /// Last measured resident size per model, kept across evictions for the next estimate.
@@ -81,14 +80,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 impl ModelCache {
     pub fn new(
-        env: Environment,
+        runtime: Arc<dyn Runtime>,
         specs: BTreeMap<String, ModelSpec>,
         options: CacheOptions,
         metrics: Arc<Metrics>,
     ) -> Self {
         metrics.cache_budget_bytes.set(options.max_bytes as i64);
         Self {
-            env,
+            runtime,
             specs: RwLock::new(specs.into_iter().map(|(id, spec)| (id, Arc::new(spec))).collect()),
             slots: DashMap::new(),
             sizes: DashMap::new(),
@@ -105,9 +104,9 @@ impl ModelCache {
     }
 
     /// The loaded model `id`, loading it first if needed.
-    pub async fn get(&self, id: &str) -> Result<Arc<LoadedModel>, Error> {
+    pub async fn get(&self, id: &str) -> Result<Arc<LoadedModel>, ModelError> {
         let Some(spec) = self.spec(id) else {
-            return Err(Error::ModelNotFound(id.to_owned()));
+            return Err(ModelError::NotFound(id.to_owned()));
         };
         // Clone the slot out so no dashmap guard is held across an await.
         let slot = Arc::clone(self.slots.entry(id.to_owned()).or_default().value());
@@ -154,10 +153,10 @@ impl ModelCache {
         }
     }
 
-    fn check_backoff(&self, id: &str, slot: &Slot) -> Result<(), Error> {
+    fn check_backoff(&self, id: &str, slot: &Slot) -> Result<(), ModelError> {
         let failure = slot.failure.lock().expect("failure lock");
         match failure.as_ref() {
-            Some(f) if f.retry_at > Instant::now() => Err(Error::ModelUnavailable {
+            Some(f) if f.retry_at > Instant::now() => Err(ModelError::Unavailable {
                 model: id.to_owned(),
                 cause: f.cause.clone(),
                 retry_after: f.retry_at.saturating_duration_since(Instant::now()).as_secs().max(1),
@@ -166,7 +165,12 @@ impl ModelCache {
         }
     }
 
-    async fn load(&self, id: &str, spec: Arc<ModelSpec>, slot: &Slot) -> Result<Arc<LoadedModel>, Error> {
+    async fn load(
+        &self,
+        id: &str,
+        spec: Arc<ModelSpec>,
+        slot: &Slot,
+    ) -> Result<Arc<LoadedModel>, ModelError> {
         let _one_at_a_time = self.load_lock.lock().await;
         self.check_backoff(id, slot)?;
         let estimate = spec
@@ -217,39 +221,32 @@ impl ModelCache {
                     backoff_s = backoff.as_secs(),
                     "model failed to load"
                 );
-                Err(Error::ModelUnavailable { model: id.to_owned(), cause, retry_after: backoff.as_secs() })
+                Err(ModelError::Unavailable { model: id.to_owned(), cause, retry_after: backoff.as_secs() })
             }
         }
     }
 
-    /// Tokenizer, session, one warm-up run and the inference thread, on the blocking pool.
+    /// Tokenizer, backend, one warm-up run and the inference thread, on the blocking pool.
     async fn build(&self, id: &str, spec: Arc<ModelSpec>) -> anyhow::Result<LoadedModel> {
-        let (env, options, metrics, id) =
-            (self.env.clone(), self.options.clone(), Arc::clone(&self.metrics), id.to_owned());
+        let (runtime, options, metrics, id) =
+            (Arc::clone(&self.runtime), self.options.clone(), Arc::clone(&self.metrics), id.to_owned());
         tokio::task::spawn_blocking(move || {
-            // The tokenizer parses while ONNX Runtime builds the session: a load pays for the
-            // slower of the two, not both.
-            let (encoder, engine) = std::thread::scope(|scope| {
-                let tokenizer = scope.spawn(|| TextEncoder::from_file(&spec.tokenizer, spec.max_tokens));
-                let engine = Engine::load(&env, &spec, &options.session);
-                (tokenizer.join().expect("tokenizer thread panicked"), engine)
-            });
-            let (encoder, mut engine) = (encoder?, engine?);
+            let (encoder, mut backend) = runtime.load(&spec)?;
             // The first run allocates what every later one reuses; pay it here, not on a request.
             let warm = encoder.encode(&["warm up".to_owned()])?;
-            engine.run(&warm.iter().collect::<Vec<_>>()).context("warm-up run failed")?;
+            backend.run(&warm.iter().collect::<Vec<_>>()).context("warm-up run failed")?;
             let budget =
                 Arc::new(QueueBudget::new(options.max_queue_tokens, options.max_tenant_queue_percent));
             let (queue, worker) = worker::spawn(
                 id.clone(),
-                engine,
+                backend,
                 options.limits,
                 options.queue_capacity,
                 Arc::clone(&budget),
                 metrics,
             )
             .context("cannot start the inference thread")?;
-            Ok(LoadedModel { id, spec, encoder: Arc::new(encoder), queue, budget, worker })
+            Ok(LoadedModel { id, encoder: Arc::new(encoder), queue, budget, worker })
         })
         .await
         .context("model load task failed")?
@@ -318,29 +315,7 @@ async fn free(models: Vec<Arc<LoadedModel>>) {
                 model.shut_down();
             }
         }
-        release_free_memory();
+        memory::release_free_memory();
     })
     .await;
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_free_memory() {
-    // SAFETY: malloc_trim only returns free heap pages to the OS; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_free_memory() {}
-
-fn file_size(path: &std::path::Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// The process's resident set size, from `/proc/self/statm` (0 where that does not exist).
-pub fn resident_set_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-    pages * 4096
 }

@@ -30,15 +30,21 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
+    /// Reads a Hugging Face `tokenizer.json`.
     pub fn from_file(path: &Path, max_tokens: usize) -> anyhow::Result<Self> {
-        let mut tokenizer = Tokenizer::from_file(path)
+        let tokenizer = Tokenizer::from_file(path)
             .map_err(|e| anyhow::anyhow!("cannot read tokenizer {}: {e}", path.display()))?;
+        Self::new(tokenizer, max_tokens).map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))
+    }
+
+    /// Wraps `tokenizer`, truncating to `max_tokens` and padding nothing.
+    pub fn new(mut tokenizer: Tokenizer, max_tokens: usize) -> anyhow::Result<Self> {
         // tokenizer.json files often ship `Fixed(128)` padding and a 128 truncation; neither
         // is the model's.
         tokenizer.with_padding(None::<PaddingParams>);
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
-            .map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Self { tokenizer })
     }
 

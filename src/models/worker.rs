@@ -12,24 +12,23 @@
 //! by `max_batch_size` inputs and `max_batch_tokens` padded tokens (longest × count); each
 //! request is answered, in input order, as soon as its last piece has run.
 //!
-//! The queue is bounded in tokens ([`QueueBudget`]): a request that would overfill it is
-//! refused at once, and so is one that would take its tenant past its share of the bound, so
-//! a flooding tenant leaves room for the others. A job whose client went away is dropped
-//! before it runs.
+//! The queue is bounded in tokens ([`QueueBudget`], checked before a job is sent here); a job
+//! whose client went away is dropped before it runs.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::backend::Backend;
 use super::batcher::{FairQueue, Weighed};
-use super::session::Engine;
+use super::queue_budget::QueueBudget;
 use super::tokenize::Encoded;
 use crate::metrics::Metrics;
 
@@ -57,84 +56,11 @@ pub struct BatchLimits {
     pub fair_quantum_tokens: usize,
 }
 
-/// Tokens queued for a model, against its bound and each tenant's share of it.
-pub struct QueueBudget {
-    state: Mutex<Queued>,
-    max: usize,
-    tenant_max: usize,
-}
-
-#[derive(Default)]
-struct Queued {
-    total: usize,
-    by_tenant: HashMap<Arc<str>, usize>,
-}
-
-/// Why a request was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueRefusal {
-    /// The model's queue is full (503).
-    Full,
-    /// The tenant already holds its share of the queue (429).
-    TenantShare,
-}
-
-impl QueueBudget {
-    /// `max` tokens in all; one tenant may hold `tenant_percent` of them.
-    pub fn new(max: usize, tenant_percent: u8) -> Self {
-        let tenant_max = (max * usize::from(tenant_percent.clamp(1, 100)) / 100).max(1);
-        Self { state: Mutex::new(Queued::default()), max, tenant_max }
-    }
-
-    /// Reserves `tenant`'s `tokens`, or refuses. A request larger than a bound is admitted when
-    /// nothing of the queue (or of the tenant's share) is taken, so it can still run.
-    pub fn reserve(&self, tenant: &Arc<str>, tokens: usize) -> Result<(), QueueRefusal> {
-        let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if q.total > 0 && q.total + tokens > self.max {
-            return Err(QueueRefusal::Full);
-        }
-        let mine = q.by_tenant.get(tenant).copied().unwrap_or(0);
-        if mine > 0 && mine + tokens > self.tenant_max {
-            return Err(QueueRefusal::TenantShare);
-        }
-        q.total += tokens;
-        *q.by_tenant.entry(Arc::clone(tenant)).or_insert(0) += tokens;
-        Ok(())
-    }
-
-    /// Refuses at once, before any tokenizing, when the queue or `tenant`'s share of it is full.
-    pub fn check(&self, tenant: &str) -> Result<(), QueueRefusal> {
-        let q = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if q.total >= self.max {
-            return Err(QueueRefusal::Full);
-        }
-        if q.by_tenant.get(tenant).is_some_and(|mine| *mine >= self.tenant_max) {
-            return Err(QueueRefusal::TenantShare);
-        }
-        Ok(())
-    }
-
-    pub fn release(&self, tenant: &Arc<str>, tokens: usize) {
-        let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        q.total = q.total.saturating_sub(tokens);
-        if let Some(mine) = q.by_tenant.get_mut(tenant) {
-            *mine = mine.saturating_sub(tokens);
-            if *mine == 0 {
-                q.by_tenant.remove(tenant);
-            }
-        }
-    }
-
-    pub fn queued(&self) -> usize {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).total
-    }
-}
-
 /// Starts the model's thread. It finishes the queued jobs and stops when every sender is
 /// dropped, releasing the session; join the handle to know the memory is free.
 pub fn spawn(
     model: String,
-    engine: Engine,
+    engine: Box<dyn Backend>,
     limits: BatchLimits,
     queue_capacity: usize,
     budget: Arc<QueueBudget>,
@@ -189,7 +115,7 @@ impl Weighed for Piece {
 
 struct Worker {
     model: String,
-    engine: Engine,
+    engine: Box<dyn Backend>,
     limits: BatchLimits,
     budget: Arc<QueueBudget>,
     metrics: Arc<Metrics>,
@@ -234,7 +160,7 @@ impl Worker {
                 }
             }
             self.metrics.queue_tokens.with_label_values(&[&self.model]).set(self.budget.queued() as i64);
-            run_round(&mut self.engine, &pieces, self.limits, &self.model, &self.metrics);
+            run_round(self.engine.as_mut(), &pieces, self.limits, &self.model, &self.metrics);
         }
         tracing::debug!(model = self.model, "inference worker stopped");
     }
@@ -317,7 +243,13 @@ impl Worker {
 
 /// Runs every input of `pieces`, shortest first, in chunks of similar lengths, and answers
 /// each request as soon as its last piece has run.
-fn run_round(engine: &mut Engine, pieces: &[Piece], limits: BatchLimits, model: &str, metrics: &Metrics) {
+fn run_round(
+    engine: &mut dyn Backend,
+    pieces: &[Piece],
+    limits: BatchLimits,
+    model: &str,
+    metrics: &Metrics,
+) {
     let mut order: Vec<(usize, usize)> =
         pieces.iter().enumerate().flat_map(|(p, piece)| piece.range.clone().map(move |i| (p, i))).collect();
     let input = |&(p, i): &(usize, usize)| &pieces[p].inputs[i];
@@ -413,28 +345,5 @@ mod tests {
         assert_eq!(chunk_len(&[100, 120, 160, 170], limits), 3, "166 is the widest after 100");
         assert_eq!(chunk_len(&[250, 250, 250], limits), 2, "600 padded tokens hold two of 250");
         assert_eq!(chunk_len(&[900], limits), 1, "a single input always runs");
-    }
-
-    #[test]
-    fn a_tenant_cannot_take_more_than_its_share_and_others_still_get_in() {
-        let budget = QueueBudget::new(1000, 50);
-        let (flood, quiet): (Arc<str>, Arc<str>) = (Arc::from("flood"), Arc::from("quiet"));
-        assert_eq!(budget.reserve(&flood, 400), Ok(()));
-        assert_eq!(budget.reserve(&flood, 200), Err(QueueRefusal::TenantShare));
-        assert_eq!(budget.reserve(&quiet, 500), Ok(()));
-        assert_eq!(budget.reserve(&quiet, 200), Err(QueueRefusal::Full));
-        budget.release(&flood, 400);
-        assert_eq!(budget.queued(), 500);
-        assert_eq!(budget.reserve(&flood, 500), Ok(()), "a freed share is usable again");
-    }
-
-    #[test]
-    fn a_request_larger_than_the_bounds_runs_when_nothing_is_queued() {
-        let budget = QueueBudget::new(100, 50);
-        let tenant: Arc<str> = Arc::from("t");
-        assert_eq!(budget.reserve(&tenant, 5000), Ok(()));
-        assert_eq!(budget.reserve(&tenant, 1), Err(QueueRefusal::Full));
-        budget.release(&tenant, 5000);
-        assert_eq!(budget.queued(), 0);
     }
 }

@@ -1,12 +1,13 @@
-//! The in-process ceiling: a model's session driven directly, with no HTTP, no queue and no
-//! other work, as the server would build it. Benchmarks and load tests measure the server
+//! The in-process ceiling: a model's backend driven directly, with no HTTP, no queue and no
+//! other work, built as the server builds it. Benchmarks and load tests measure the server
 //! against it in the same run, since this machine's speed drifts from hour to hour.
+//! Shared by `benches/serve.rs` and `load-tests/` (each includes this file as a module).
 
 use std::time::{Duration, Instant};
 
-use super::session::{Engine, SessionOptions, init_runtime};
-use super::tokenize::TextEncoder;
-use crate::Settings;
+use embedserve::Settings;
+use embedserve::models::backend::Runtime;
+use embedserve::models::onnx::{OrtRuntime, SessionOptions};
 
 /// Short sentences, like most requests in production: what the benchmarks and load tests send.
 pub const SENTENCES: [&str; 8] = [
@@ -30,16 +31,15 @@ pub fn embeddings_per_second(
     each: Duration,
 ) -> anyhow::Result<Vec<f64>> {
     let spec = settings.models.get(model).ok_or_else(|| anyhow::anyhow!("no model `{model}` in config"))?;
-    let env = init_runtime(settings.onnxruntime_path().as_deref())?;
     let options =
         SessionOptions { intra_threads: settings.intra_threads(), cpu_arena: settings.runtime.cpu_arena };
-    let mut engine = Engine::load(&env, spec, &options)?;
-    let encoder = TextEncoder::from_file(&spec.tokenizer, spec.max_tokens)?;
+    let runtime = OrtRuntime::new(settings.onnxruntime_path().as_deref(), options)?;
+    let (encoder, mut backend) = runtime.load(spec)?;
     let mut rate = |batch: usize| -> anyhow::Result<f64> {
         let inputs: Vec<String> = texts.iter().cycle().take(batch).map(|s| s.to_string()).collect();
         let mut run = || -> anyhow::Result<()> {
             let encoded = encoder.encode(&inputs)?;
-            engine.run(&encoded.iter().collect::<Vec<_>>())?;
+            backend.run(&encoded.iter().collect::<Vec<_>>())?;
             Ok(())
         };
         run()?;

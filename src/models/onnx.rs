@@ -1,4 +1,4 @@
-//! The ONNX Runtime side: the process-wide environment, one session per model, and one
+//! The ONNX Runtime backend: the process-wide environment, one session per model, and one
 //! synchronous `run` from padded token ids to pooled vectors. Nothing here is async: callers
 //! run it on a dedicated thread (see `worker`).
 
@@ -12,14 +12,15 @@ use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 
+use super::backend::{Backend, Runtime};
 use super::pooling;
 use super::spec::{InputRole, ModelSpec, Pooling};
-use super::tokenize::Encoded;
+use super::tokenize::{Encoded, TextEncoder};
 
 /// Loads ONNX Runtime from `path` and creates the environment every session shares. ONNX
 /// Runtime allows one environment per process, so later calls return the first one.
 /// Fails with a one-line message that says how to fix it.
-pub fn init_runtime(path: Option<&Path>) -> anyhow::Result<Environment> {
+fn init_runtime(path: Option<&Path>) -> anyhow::Result<Environment> {
     static RUNTIME: Mutex<Option<Environment>> = Mutex::new(None);
     let mut runtime = RUNTIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(env) = runtime.as_ref() {
@@ -45,6 +46,32 @@ pub fn init_runtime(path: Option<&Path>) -> anyhow::Result<Environment> {
     Ok(env)
 }
 
+/// ONNX Runtime as the service's [`Runtime`]: every model's session is built the same way.
+pub struct OrtRuntime {
+    env: Environment,
+    options: SessionOptions,
+}
+
+impl OrtRuntime {
+    /// Loads the ONNX Runtime library at `library` (see [`init_runtime`]).
+    pub fn new(library: Option<&Path>, options: SessionOptions) -> anyhow::Result<Self> {
+        Ok(Self { env: init_runtime(library)?, options })
+    }
+}
+
+impl Runtime for OrtRuntime {
+    fn load(&self, spec: &ModelSpec) -> anyhow::Result<(TextEncoder, Box<dyn Backend>)> {
+        // The tokenizer parses while ONNX Runtime builds the session: a load pays for the
+        // slower of the two, not both.
+        let (encoder, engine) = std::thread::scope(|scope| {
+            let tokenizer = scope.spawn(|| TextEncoder::from_file(&spec.tokenizer, spec.max_tokens));
+            let engine = Engine::load(&self.env, spec, &self.options);
+            (tokenizer.join().expect("tokenizer thread panicked"), engine)
+        });
+        Ok((encoder?, Box::new(engine?)))
+    }
+}
+
 /// How every session is built.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionOptions {
@@ -54,7 +81,7 @@ pub struct SessionOptions {
 }
 
 /// One model's session and what it needs to turn token ids into vectors.
-pub struct Engine {
+struct Engine {
     session: Session,
     feeds: Vec<(String, InputRole)>,
     output: String,
@@ -65,7 +92,7 @@ pub struct Engine {
 impl Engine {
     /// Creates the session and checks the graph against the spec, so a wrong config fails
     /// at load with a message rather than at the first request.
-    pub fn load(env: &Environment, spec: &ModelSpec, options: &SessionOptions) -> anyhow::Result<Self> {
+    fn load(env: &Environment, spec: &ModelSpec, options: &SessionOptions) -> anyhow::Result<Self> {
         let session = build_session(env, &spec.onnx, options)
             .map_err(|e| anyhow::anyhow!("cannot load ONNX model {}: {e}", spec.onnx.display()))?;
         let feeds = spec.feeds();
@@ -90,10 +117,11 @@ impl Engine {
             dimensions: spec.dimensions,
         })
     }
+}
 
-    /// Runs one batch: pads to the longest input, runs the graph, pools. Vectors come back in
-    /// input order, full width and not normalised.
-    pub fn run(&mut self, batch: &[&Encoded]) -> anyhow::Result<Vec<Vec<f32>>> {
+impl Backend for Engine {
+    /// Pads to the longest input, runs the graph, pools.
+    fn run(&mut self, batch: &[&Encoded]) -> anyhow::Result<Vec<Vec<f32>>> {
         let lengths: Vec<usize> = batch.iter().map(|e| e.len()).collect();
         let width = lengths.iter().copied().max().unwrap_or(0).max(1);
         let mut ids = Array2::<i64>::zeros((batch.len(), width));

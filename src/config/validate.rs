@@ -1,0 +1,118 @@
+//! Validation of a whole configuration: every problem at once, each named by its field, so
+//! `check-config` and a rejected reload can list them all.
+
+use std::collections::BTreeMap;
+
+use super::{Settings, parse_key_hash};
+
+impl Settings {
+    /// Every problem, each as `field: message`, so `check-config` can list them all at once.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.models.contains_key(&self.default_model) {
+            out.push(format!("default_model: \"{}\" is not a model in [models]", self.default_model));
+        }
+        for (id, spec) in &self.models {
+            out.extend(spec.problems().into_iter().map(|p| format!("models.{id}.{p}")));
+        }
+        out.extend(self.tenant_problems());
+        let all = self.all_models();
+        for (field, ids) in [("cache.preload", &self.cache.preload), ("cache.pinned", &self.cache.pinned)] {
+            for id in ids.iter().filter(|id| !all.contains_key(*id)) {
+                out.push(format!(
+                    "{field}: \"{id}\" is not a model id (catalogue id or tenant/private-name)"
+                ));
+            }
+        }
+        for id in self.models.keys().filter(|id| !valid_id(id)) {
+            out.push(format!("models.{id}: ids use only a-z, 0-9, '-', '_' and '.'"));
+        }
+        let s = &self.server;
+        for (field, value) in [
+            ("max_body_bytes", s.max_body_bytes),
+            ("max_inputs", s.max_inputs),
+            ("max_batch_size", s.max_batch_size),
+            ("shared_batch_size", s.shared_batch_size),
+            ("max_batch_tokens", s.max_batch_tokens),
+            ("fair_quantum_tokens", s.fair_quantum_tokens),
+            ("max_queue_tokens", s.max_queue_tokens),
+            ("max_tenant_queue_percent", usize::from(s.max_tenant_queue_percent)),
+            ("request_timeout_ms", s.request_timeout_ms as usize),
+        ] {
+            if value == 0 {
+                out.push(format!("server.{field}: must be at least 1"));
+            }
+        }
+        if s.max_tenant_queue_percent > 100 {
+            out.push("server.max_tenant_queue_percent: must be between 1 and 100".to_owned());
+        }
+        out
+    }
+
+    fn tenant_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut seen_keys: BTreeMap<String, &str> = BTreeMap::new();
+        for (id, t) in &self.tenants {
+            let at = format!("tenants.{id}");
+            if !valid_id(id) {
+                out.push(format!("{at}: tenant ids use only a-z, 0-9, '-', '_' and '.'"));
+            }
+            if t.keys.is_empty() {
+                out.push(format!("{at}.keys: a tenant needs at least one key hash"));
+            }
+            for (i, key) in t.keys.iter().enumerate() {
+                match parse_key_hash(key) {
+                    None => out.push(format!(
+                        "{at}.keys[{i}]: not a SHA-256 hash (64 hex digits); `embedserve hash-key` prints one"
+                    )),
+                    Some(hash) => {
+                        if let Some(other) = seen_keys.insert(hex::encode(hash), id) {
+                            out.push(format!("{at}.keys[{i}]: the same key is also a key of tenant {other}"));
+                        }
+                    }
+                }
+            }
+            for (i, model) in t.models.iter().enumerate() {
+                if !self.models.contains_key(model) {
+                    out.push(format!("{at}.models[{i}]: \"{model}\" is not in the [models] catalogue"));
+                }
+            }
+            for (name, spec) in &t.private_models {
+                if !valid_id(name) {
+                    out.push(format!(
+                        "{at}.private_models.{name}: names use only a-z, 0-9, '-', '_' and '.'"
+                    ));
+                }
+                if t.models.contains(name) {
+                    out.push(format!(
+                        "{at}.private_models.{name}: also listed in models; the name would be ambiguous"
+                    ));
+                }
+                out.extend(spec.problems().into_iter().map(|p| format!("{at}.private_models.{name}.{p}")));
+            }
+            let default = t.default_model.as_deref().unwrap_or(&self.default_model);
+            if !t.models.iter().any(|m| m == default) && !t.private_models.contains_key(default) {
+                let field = if t.default_model.is_some() { "default_model" } else { "models" };
+                out.push(format!(
+                    "{at}.{field}: the default model \"{default}\" is not one of the tenant's models"
+                ));
+            }
+            let l = &t.limits;
+            for (field, value) in [
+                ("requests_per_second", l.requests_per_second as usize),
+                ("burst", l.burst as usize),
+                ("tokens_per_minute", l.tokens_per_minute as usize),
+                ("max_inputs", l.max_inputs),
+            ] {
+                if value == 0 {
+                    out.push(format!("{at}.limits.{field}: must be at least 1"));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+}

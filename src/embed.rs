@@ -1,0 +1,266 @@
+//! The embedding core both APIs share: check the tenant's limits, validate the request against
+//! the model's spec, embed through the model cache, shape and encode the vectors, count usage.
+//! Nothing here knows HTTP: `http/embed.rs` and `http/openai.rs` translate wire formats to
+//! [`EmbedParams`] and [`EmbedOutput`] back, and `http::error` maps [`EmbedError`] to statuses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::metrics::{Labels, Metrics};
+use crate::models::ModelError;
+use crate::models::cache::ModelCache;
+use crate::models::pooling::shape_vector;
+use crate::tenants::{LimitError, Tenant};
+
+/// Why a request produced no vectors.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// A field's value is wrong; `param` names the field.
+    #[error("{message}")]
+    Invalid { message: String, param: &'static str },
+    /// More inputs than the tenant may send at once.
+    #[error("{0}")]
+    TooManyInputs(String),
+    /// No such model for this tenant (whether it exists for another is not said).
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// The model layer failed or refused; model names are the client's.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Unanswered within the request timeout (in ms).
+    #[error("The request took longer than {0} ms and was abandoned.")]
+    Timeout(u64),
+}
+
+impl EmbedError {
+    fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        EmbedError::Invalid { message: message.into(), param }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    #[default]
+    Float,
+    /// Little-endian f32 bytes, base64-encoded.
+    Base64,
+}
+
+/// One vector as the client asked for it.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Vector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+impl Vector {
+    fn encode(v: Vec<f32>, format: EncodingFormat) -> Self {
+        match format {
+            EncodingFormat::Float => Vector::Float(v),
+            EncodingFormat::Base64 => {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Vector::Base64(STANDARD.encode(bytes))
+            }
+        }
+    }
+}
+
+/// What both embedding routes ask of the core.
+pub struct EmbedParams<'a> {
+    /// A string or an array of strings, as the JSON body had it.
+    pub input: Option<&'a Value>,
+    pub model: Option<&'a str>,
+    pub normalize: Option<bool>,
+    pub dimensions: Option<usize>,
+    pub format: EncodingFormat,
+}
+
+pub struct EmbedOutput {
+    /// The model as the client named it.
+    pub model: String,
+    pub dimensions: usize,
+    pub vectors: Vec<Vector>,
+    pub usage: Usage,
+}
+
+/// Tokens billed, in OpenAI's shape.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// Embeds for tenants through the shared model cache.
+pub struct Embedder {
+    pub models: ModelCache,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+impl Embedder {
+    /// `timeout` bounds each request from the model's queue to its vectors.
+    pub fn new(models: ModelCache, metrics: Arc<Metrics>, timeout: Duration) -> Self {
+        Self { models, metrics, timeout }
+    }
+
+    /// Checks `tenant`'s limits, validates, embeds and shapes. `labels.model` is set as soon as
+    /// the model is known, and `labels.tokens` once counted, for the request's metrics.
+    pub async fn embed(
+        &self,
+        tenant: &Tenant,
+        params: EmbedParams<'_>,
+        labels: &mut Labels,
+    ) -> Result<EmbedOutput, EmbedError> {
+        tenant.check_request().inspect_err(|_| self.count_limited(tenant, "requests"))?;
+        let texts = parse_input(params.input, tenant.max_inputs())?;
+        let (name, model_id) =
+            tenant.resolve(params.model).map_err(|n| EmbedError::ModelNotFound(n.to_owned()))?;
+        labels.model = model_id.to_owned();
+        // Validate against the spec before loading: a bad request must not cost a model load.
+        let spec = self.models.spec(model_id).ok_or_else(|| EmbedError::ModelNotFound(name.to_owned()))?;
+        let dimensions = match params.dimensions {
+            None => spec.dimensions,
+            Some(d) if (1..=spec.dimensions).contains(&d) => d,
+            Some(d) => {
+                return Err(EmbedError::invalid(
+                    "dimensions",
+                    format!(
+                        "dimensions must be between 1 and {} for model `{name}`, got {d}",
+                        spec.dimensions
+                    ),
+                ));
+            }
+        };
+        let normalize = params.normalize.unwrap_or(spec.normalize);
+        let model = self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
+
+        let count_refusal = |e: &ModelError| {
+            let reason = match e {
+                ModelError::QueueFull => "queue_full",
+                ModelError::TenantQueueFull => "tenant_queue_share",
+                _ => return,
+            };
+            self.metrics.refusals.with_label_values(&[model_id, reason]).inc();
+        };
+        let work = async {
+            model.admits(&tenant.id).inspect_err(count_refusal)?;
+            let inputs = model.tokenize(texts).await?;
+            let tokens: usize = inputs.iter().map(|e| e.len()).sum();
+            let truncated = inputs.iter().filter(|e| e.truncated).count();
+            tenant.check_tokens(tokens).inspect_err(|_| self.count_limited(tenant, "tokens"))?;
+            let vectors = model.infer(&tenant.id, inputs).await.inspect_err(count_refusal)?;
+            Ok::<_, EmbedError>((vectors, tokens, truncated))
+        };
+        let (vectors, tokens, truncated) =
+            tokio::time::timeout(self.timeout, work).await.map_err(|_| {
+                self.metrics.refusals.with_label_values(&[model_id, "timeout"]).inc();
+                EmbedError::Timeout(self.timeout.as_millis() as u64)
+            })??;
+
+        labels.tokens = tokens;
+        let m = &self.metrics;
+        m.tokens.with_label_values(&[&tenant.id, model_id]).inc_by(tokens as u64);
+        m.embeddings.with_label_values(&[&tenant.id, model_id]).inc_by(vectors.len() as u64);
+        m.truncated_inputs.with_label_values(&[model_id]).inc_by(truncated as u64);
+
+        let vectors = vectors
+            .into_iter()
+            .map(|v| Vector::encode(shape_vector(v, dimensions, normalize), params.format))
+            .collect();
+        let usage = Usage { prompt_tokens: tokens, total_tokens: tokens };
+        Ok(EmbedOutput { model: name.to_owned(), dimensions, vectors, usage })
+    }
+
+    fn count_limited(&self, tenant: &Tenant, limit: &str) {
+        self.metrics.rate_limited.with_label_values(&[&tenant.id, limit]).inc();
+    }
+}
+
+/// `input` is a non-empty string or a non-empty array of at most `max_inputs` non-empty strings.
+fn parse_input(input: Option<&Value>, max_inputs: usize) -> Result<Vec<String>, EmbedError> {
+    let texts = match input {
+        None | Some(Value::Null) => return Err(EmbedError::invalid("input", "input is required")),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => {
+            if items.is_empty() {
+                return Err(EmbedError::invalid("input", "input must not be an empty array"));
+            }
+            if items.len() > max_inputs {
+                return Err(EmbedError::TooManyInputs(format!(
+                    "input has {} items; this server accepts at most {max_inputs} per request",
+                    items.len()
+                )));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(EmbedError::invalid(
+                        "input",
+                        format!("input[{i}] must be a string, got {}", json_kind(other)),
+                    )),
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Some(other) => {
+            return Err(EmbedError::invalid(
+                "input",
+                format!("input must be a string or an array of strings, got {}", json_kind(other)),
+            ));
+        }
+    };
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        let at = if texts.len() == 1 { "input".to_owned() } else { format!("input[{i}]") };
+        return Err(EmbedError::invalid("input", format!("{at} is empty")));
+    }
+    Ok(texts)
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn refused(input: Value) -> EmbedError {
+        parse_input(Some(&input), 2).unwrap_err()
+    }
+
+    #[test]
+    fn input_is_a_non_empty_string_or_array_of_them() {
+        assert_eq!(parse_input(Some(&json!("hi")), 2).unwrap(), vec!["hi"]);
+        assert_eq!(parse_input(Some(&json!(["a", "b"])), 2).unwrap(), vec!["a", "b"]);
+        for bad in [json!([]), json!(""), json!(["a", "  "]), json!(["a", 3]), json!(7)] {
+            assert!(matches!(refused(bad.clone()), EmbedError::Invalid { param: "input", .. }), "{bad}");
+        }
+        assert!(matches!(refused(json!(["a", "b", "c"])), EmbedError::TooManyInputs(_)));
+        assert!(matches!(parse_input(None, 2), Err(EmbedError::Invalid { .. })));
+    }
+
+    #[test]
+    fn base64_is_little_endian_f32() {
+        let Vector::Base64(s) = Vector::encode(vec![1.0, -2.5], EncodingFormat::Base64) else { panic!() };
+        let bytes = STANDARD.decode(s).unwrap();
+        assert_eq!(bytes, [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat());
+    }
+}

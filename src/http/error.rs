@@ -1,0 +1,177 @@
+//! The one table from error to HTTP status, and the one JSON shape for every error on every
+//! route: OpenAI's `{"error": {"message", "type", "param", "code"}}`. Domain errors
+//! ([`EmbedError`], and through it `ModelError` and `LimitError`) become [`ApiError`]s here.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::embed::EmbedError;
+use crate::models::ModelError;
+use crate::tenants::LimitError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON at all.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// Well-formed JSON whose content is wrong.
+    #[error("{message}")]
+    Invalid { message: String, param: Option<&'static str> },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("Missing or invalid API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.")]
+    Unauthorized,
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    #[error("No route for {0}.")]
+    RouteNotFound(String),
+    #[error("Method {0} is not allowed here.")]
+    MethodNotAllowed(String),
+    /// The model could not be loaded; the cause goes to the log, not the client.
+    #[error("The model `{model}` could not be loaded; retry in {retry_after} s.")]
+    ModelUnavailable { model: String, cause: String, retry_after: u64 },
+    #[error("The model's queue is full; retry shortly.")]
+    Overloaded,
+    /// The tenant already holds its share of the model's queue.
+    #[error("Too many of your inputs are queued for this model; retry shortly.")]
+    TenantQueueFull,
+    #[error("{0}")]
+    Timeout(String),
+    #[error("The service is not ready yet.")]
+    NotReady,
+    /// Anything else; the client sees a generic message.
+    #[error("The server had an error while processing your request.")]
+    Internal(String),
+}
+
+/// The cause of a 5xx, attached to the response for the logging middleware to record.
+#[derive(Debug, Clone)]
+pub struct ErrorCause(pub String);
+
+impl ApiError {
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        ApiError::Internal(cause.to_string())
+    }
+
+    /// The status table.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited { .. } | ApiError::TenantQueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::ModelUnavailable { .. } | ApiError::Overloaded | ApiError::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind_and_code(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::MalformedJson(_) => ("invalid_request_error", "malformed_json"),
+            ApiError::Invalid { .. } => ("invalid_request_error", "invalid_value"),
+            ApiError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            ApiError::Unauthorized => ("authentication_error", "invalid_api_key"),
+            ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            ApiError::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
+            ApiError::RouteNotFound(_) => ("invalid_request_error", "unknown_url"),
+            ApiError::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
+            ApiError::ModelUnavailable { .. } => ("server_error", "model_unavailable"),
+            ApiError::Overloaded => ("server_error", "overloaded"),
+            ApiError::TenantQueueFull => ("rate_limit_error", "tenant_queue_full"),
+            ApiError::Timeout(_) => ("server_error", "timeout"),
+            ApiError::NotReady => ("server_error", "not_ready"),
+            ApiError::Internal(_) => ("server_error", "internal_error"),
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            ApiError::Invalid { param, .. } => *param,
+            ApiError::ModelNotFound(_) => Some("model"),
+            ApiError::TooLarge(_) => Some("input"),
+            _ => None,
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after, .. } | ApiError::ModelUnavailable { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            ApiError::Overloaded | ApiError::TenantQueueFull | ApiError::NotReady => Some(1),
+            _ => None,
+        }
+    }
+
+    fn cause(&self) -> Option<String> {
+        match self {
+            ApiError::ModelUnavailable { cause, .. } | ApiError::Internal(cause) => Some(cause.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl From<EmbedError> for ApiError {
+    fn from(e: EmbedError) -> Self {
+        match e {
+            EmbedError::Invalid { message, param } => ApiError::Invalid { message, param: Some(param) },
+            EmbedError::TooManyInputs(message) => ApiError::TooLarge(message),
+            EmbedError::ModelNotFound(name) => ApiError::ModelNotFound(name),
+            EmbedError::Limit(e) => e.into(),
+            EmbedError::Model(e) => e.into(),
+            timeout @ EmbedError::Timeout(_) => ApiError::Timeout(timeout.to_string()),
+        }
+    }
+}
+
+impl From<LimitError> for ApiError {
+    fn from(e: LimitError) -> Self {
+        match e {
+            LimitError::RateLimited { message, retry_after } => {
+                ApiError::RateLimited { message, retry_after }
+            }
+            LimitError::OverBudget(message) => ApiError::TooLarge(message),
+        }
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::NotFound(name) => ApiError::ModelNotFound(name),
+            ModelError::Unavailable { model, cause, retry_after } => {
+                ApiError::ModelUnavailable { model, cause, retry_after }
+            }
+            ModelError::QueueFull => ApiError::Overloaded,
+            ModelError::TenantQueueFull => ApiError::TenantQueueFull,
+            ModelError::Failed(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (kind, code) = self.kind_and_code();
+        let body = json!({
+            "error": { "message": self.to_string(), "type": kind, "param": self.param(), "code": code }
+        });
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Some(seconds) = self.retry_after() {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        if let Some(cause) = self.cause() {
+            response.extensions_mut().insert(ErrorCause(cause));
+        }
+        response
+    }
+}

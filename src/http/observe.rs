@@ -1,0 +1,65 @@
+//! The middleware that turns each response into metrics and one log line (and, on Lambda, one
+//! CloudWatch Embedded Metric Format record). A 5xx logs its cause, which the client never sees.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::error::ErrorCause;
+use crate::app::AppState;
+use crate::metrics::Labels;
+
+pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = response.status();
+    let labels = response.extensions().get::<Labels>();
+    let (tenant, model) = labels.map_or(("", ""), |l| (l.tenant.as_str(), l.model.as_str()));
+    let m = &state.metrics;
+    m.requests.with_label_values(&[&route, status.as_str(), tenant, model]).inc();
+    m.request_seconds.with_label_values(&[&route]).observe(seconds);
+    let (status, ms) = (status.as_u16(), seconds * 1e3);
+    if state.server.emit_emf {
+        let tokens = labels.map_or(0, |l| l.tokens);
+        println!("{}", emf_line(&route, status, tenant, model, tokens, ms));
+    }
+    match response.extensions().get::<ErrorCause>() {
+        Some(ErrorCause(cause)) => tracing::error!(status, tenant, model, ms, cause, "request failed"),
+        None => tracing::info!(status, tenant, model, ms, "request"),
+    }
+    response
+}
+
+/// A CloudWatch Embedded Metric Format record: CloudWatch turns this log line into metrics
+/// (Latency, Tokens and Requests by tenant and model, and by route and status).
+fn emf_line(route: &str, status: u16, tenant: &str, model: &str, tokens: usize, ms: f64) -> String {
+    let timestamp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": timestamp,
+            "CloudWatchMetrics": [{
+                "Namespace": "embedserve",
+                "Dimensions": [["tenant", "model"], ["route", "status"]],
+                "Metrics": [
+                    { "Name": "Latency", "Unit": "Milliseconds" },
+                    { "Name": "Tokens", "Unit": "Count" },
+                    { "Name": "Requests", "Unit": "Count" }
+                ]
+            }]
+        },
+        "tenant": tenant,
+        "model": model,
+        "route": route,
+        "status": status.to_string(),
+        "Latency": ms,
+        "Tokens": tokens,
+        "Requests": 1
+    })
+    .to_string()
+}

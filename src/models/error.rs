@@ -1,0 +1,40 @@
+//! What can go wrong between a model id and its vectors, in the model layer's own terms.
+//! `http::error` decides what each case means to a client.
+
+/// A failure of the model layer: the cache, the queue or the backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// No model with this id (or the caller may not use it).
+    #[error("no model `{0}`")]
+    NotFound(String),
+    /// The model could not be loaded; `cause` is for the log, not the client.
+    #[error("model `{model}` could not be loaded: {cause}")]
+    Unavailable { model: String, cause: String, retry_after: u64 },
+    /// The model's queue is full.
+    #[error("the model's queue is full")]
+    QueueFull,
+    /// The tenant already holds its share of the model's queue.
+    #[error("the tenant holds its share of the model's queue")]
+    TenantQueueFull,
+    /// Tokenizing or inference failed; the cause is for the log.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ModelError {
+    pub fn failed(cause: impl std::fmt::Display) -> Self {
+        ModelError::Failed(cause.to_string())
+    }
+
+    /// The same error, naming the model as the client knows it rather than by its cache id
+    /// (`tenant/name` for private models).
+    pub fn for_model(self, name: &str) -> Self {
+        match self {
+            ModelError::Unavailable { cause, retry_after, .. } => {
+                ModelError::Unavailable { model: name.to_owned(), cause, retry_after }
+            }
+            ModelError::NotFound(_) => ModelError::NotFound(name.to_owned()),
+            other => other,
+        }
+    }
+}
