@@ -10,7 +10,7 @@ LAMBDA_ZIP := target/lambda/embedserve.zip
 # cargo-lambda and zig come from PyPI into the venv (tests/requirements.txt).
 WITH_VENV := PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: run test build assets venv bench bench-lambda lambda-zip load-test reference lint
+.PHONY: run test check build assets venv bench bench-lambda lambda-zip load-test reference lint
 
 ## run: fetch pinned assets if missing, build in release, serve config/default.toml on 127.0.0.1:8080
 run: assets build
@@ -25,6 +25,12 @@ test: assets venv lambda-zip
 	# A hung test must fail the run, not stall CI: every test's waits are bounded, and so is the whole.
 	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) timeout --kill-after=30s 30m $(CARGO) test --release
 	$(CARGO) bench --no-run --quiet
+
+## check: the fast loop: fmt, clippy and the fast tests (fake backend: no assets, no ONNX Runtime)
+check:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --all-targets --quiet -- -D warnings
+	$(CARGO) test --release --quiet --lib --test fast
 
 build:
 	$(CARGO) build --release

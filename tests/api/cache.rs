@@ -42,11 +42,11 @@ async fn an_invalid_request_for_an_unloaded_model_does_not_load_it() {
 async fn assert_loads_and_misses(server: &TestServer, loads: f64, misses: f64) {
     let model = "model=\"acme/paraphrase-l3\"";
     assert_eq!(
-        server.metric(&format!("embedserve_model_loads_total{{{model},outcome=\"ok\"}}")).await,
+        server.metric_or_zero(&format!("embedserve_model_loads_total{{{model},outcome=\"ok\"}}")).await,
         loads
     );
     assert_eq!(
-        server.metric(&format!("embedserve_cache_lookups_total{{{model},result=\"miss\"}}")).await,
+        server.metric_or_zero(&format!("embedserve_cache_lookups_total{{{model},result=\"miss\"}}")).await,
         misses
     );
 }
@@ -152,7 +152,8 @@ async fn using_three_models_under_a_budget_for_two_keeps_resident_bytes_within_i
     }
     let mut evictions = 0.0;
     for (_, id) in THREE {
-        evictions += server.metric(&format!("embedserve_model_evictions_total{{model=\"{id}\"}}")).await;
+        evictions +=
+            server.metric_or_zero(&format!("embedserve_model_evictions_total{{model=\"{id}\"}}")).await;
     }
     assert!(evictions >= 2.0, "{evictions} evictions over five uses of three models");
 

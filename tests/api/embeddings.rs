@@ -32,7 +32,8 @@ async fn embeddings_equal_the_independent_reference_for_both_models() {
 async fn an_input_over_the_token_limit_is_truncated_and_counted() {
     let server = TestServer::shared();
     let long = reference()["texts"]["over_limit"].clone();
-    let before = truncated_count(server, "acme/paraphrase-l3").await;
+    // None before the first truncation; the strict read after it catches a misspelling.
+    let before = find_sample(&server.metrics().await, &truncated_sample("acme/paraphrase-l3")).unwrap_or(0.0);
     let (status, body) =
         server.post("/v1/embed", json!({ "model": "paraphrase-l3", "input": [long, "short"] })).await;
     assert_eq!(status, 200, "{body}");
@@ -42,7 +43,11 @@ async fn an_input_over_the_token_limit_is_truncated_and_counted() {
 }
 
 async fn truncated_count(server: &TestServer, model: &str) -> f64 {
-    server.metric(&format!("embedserve_truncated_inputs_total{{model=\"{model}\"}}")).await
+    server.metric(&truncated_sample(model)).await
+}
+
+fn truncated_sample(model: &str) -> String {
+    format!("embedserve_truncated_inputs_total{{model=\"{model}\"}}")
 }
 
 #[tokio::test]

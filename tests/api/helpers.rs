@@ -8,9 +8,7 @@ use std::time::Duration;
 use embedserve::Settings;
 use serde_json::Value;
 
-/// The demo tenants' keys from config/default.toml.
-pub const ACME_KEY: &str = "acme-dev-key";
-pub const GLOBEX_KEY: &str = "globex-dev-key";
+pub use crate::common::*;
 
 /// An HTTP client sending `key` as a bearer token on every request (or no key).
 pub fn client_with_key(key: Option<&str>) -> reqwest::Client {
@@ -106,9 +104,20 @@ impl TestServer {
         client_with_key(key).post(self.url(path)).json(&body).send().await.unwrap()
     }
 
-    /// The value of one Prometheus sample (0 if absent), e.g. `embedserve_model_loads_total{...}`.
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
+
+    /// The value of one Prometheus sample, e.g. `embedserve_model_loads_total{...}`; a missing
+    /// sample fails the test.
     pub async fn metric(&self, sample: &str) -> f64 {
-        metric_value(&self.get("/metrics").await.text().await.unwrap(), sample)
+        metric_value(&self.metrics().await, sample)
+    }
+
+    /// One sample, 0 if not yet counted (see [`metric_or_zero`]).
+    pub async fn metric_or_zero(&self, sample: &str) -> f64 {
+        metric_or_zero(&self.metrics().await, sample)
     }
 
     /// Embeds `input` with the native API and returns the float vectors.
@@ -144,17 +153,6 @@ pub fn norm(a: &[f64]) -> f64 {
     a.iter().map(|x| x * x).sum::<f64>().sqrt()
 }
 
-/// Asserts the service's one error shape and returns the message.
-pub fn assert_error_shape(body: &Value) -> String {
-    let e = &body["error"];
-    assert!(e["message"].is_string(), "no error.message in {body}");
-    assert!(e["type"].is_string(), "no error.type in {body}");
-    assert!(e.get("param").is_some(), "no error.param in {body}");
-    assert!(e["code"].is_string(), "no error.code in {body}");
-    assert_eq!(body.as_object().unwrap().len(), 1, "extra top-level fields in {body}");
-    e["message"].as_str().unwrap().to_owned()
-}
-
 /// The committed reference vectors (scripts/make_reference.py).
 pub fn reference() -> Value {
     let text = std::fs::read_to_string(repo().join("tests/data/reference.json")).unwrap();
@@ -167,13 +165,6 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| repo().join(".venv/bin/python"));
     assert!(p.exists(), "{} not found: run the tests with `make test`, which creates it", p.display());
     p
-}
-
-/// The value of the sample named exactly `sample` (metric name and labels) in Prometheus text.
-pub fn metric_value(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 /// The reference vector of `text_name` for `model`.

@@ -1,5 +1,7 @@
 //! Integration tests: the real router, real ONNX models and a real server on port 0.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod helpers;
 mod spawned;
 

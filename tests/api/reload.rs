@@ -42,7 +42,8 @@ async fn tenants_and_keys_reload_without_restart_and_a_broken_file_is_rejected()
     // A broken file changes nothing; the service keeps serving the running configuration.
     std::fs::write(&server.config, rotated.replace("[tenants.newco]", "[tenants.newco")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while server.metric("embedserve_config_reloads_total{outcome=\"rejected\"}").await < 1.0 {
+    let rejected = "embedserve_config_reloads_total{outcome=\"rejected\"}";
+    while find_sample(&server.metrics().await, rejected).unwrap_or(0.0) < 1.0 {
         assert!(Instant::now() < deadline, "the broken file was never read");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

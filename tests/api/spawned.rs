@@ -93,10 +93,18 @@ impl SpawnedServer {
         format!("{}{path}", self.base)
     }
 
+    pub async fn metrics(&self) -> String {
+        client_with_key(None).get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// One Prometheus sample; a missing one fails the test.
     pub async fn metric(&self, sample: &str) -> f64 {
-        let text =
-            client_with_key(None).get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        metric_value(&text, sample)
+        metric_value(&self.metrics().await, sample)
+    }
+
+    /// One sample, 0 if not yet counted (see [`metric_or_zero`]).
+    pub async fn metric_or_zero(&self, sample: &str) -> f64 {
+        metric_or_zero(&self.metrics().await, sample)
     }
 
     pub async fn post_as(&self, key: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {

@@ -1,0 +1,129 @@
+//! Bad input gets the documented status and the one JSON error shape on both routes, and the
+//! service keeps serving.
+
+use std::time::Duration;
+
+use axum::http::Method;
+use embedserve::models::fake::{FAILING_CHAR, FakeRuntime};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const ROUTES: [&str; 2] = ["/v1/embed", "/v1/embeddings"];
+
+async fn assert_refused(app: &FastApp, route: &str, body: Value, status: u16, param: Option<&str>) {
+    let r = app.post(route, Some(ACME_KEY), body.clone()).await;
+    assert_eq!(r.status, status, "{route} {body} -> {}", r.body);
+    assert_error_shape(&r.body);
+    if let Some(param) = param {
+        assert_eq!(r.body["error"]["param"], param, "{route} {body} -> {}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn invalid_requests_get_422_naming_the_field() {
+    let app = FastApp::default().await;
+    for route in ROUTES {
+        for body in [
+            json!({}),
+            json!({ "input": null }),
+            json!({ "input": [] }),
+            json!({ "input": "" }),
+            json!({ "input": ["ok", " "] }),
+            json!({ "input": ["ok", 42] }),
+            json!({ "input": { "text": "x" } }),
+        ] {
+            assert_refused(&app, route, body, 422, Some("input")).await;
+        }
+        for dims in [0, 385] {
+            assert_refused(&app, route, json!({ "input": "x", "dimensions": dims }), 422, Some("dimensions"))
+                .await;
+        }
+        assert_refused(&app, route, json!({ "input": "x", "encoding_format": "int8" }), 422, None).await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_fields_are_refused_with_422_on_both_routes() {
+    let app = FastApp::default().await;
+    for route in ROUTES {
+        let r = app.post(route, Some(ACME_KEY), json!({ "input": "x", "normalise": true })).await;
+        assert_eq!(r.status, 422, "{route}: {}", r.body);
+        let message = assert_error_shape(&r.body);
+        assert!(message.contains("normalise"), "{message}");
+    }
+    // What each route documents is accepted: OpenAI's `user`, the native `normalize`.
+    assert_eq!(
+        app.post("/v1/embeddings", Some(ACME_KEY), json!({ "input": "x", "user": "u1" })).await.status,
+        200
+    );
+    assert_eq!(
+        app.post("/v1/embed", Some(ACME_KEY), json!({ "input": "x", "normalize": false })).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_gets_400() {
+    let app = FastApp::default().await;
+    for route in ROUTES {
+        for raw in ["{\"input\": ", "not json", "", "{\"input\": \"x\"} trailing"] {
+            let r = app.send(Method::POST, route, Some(ACME_KEY), raw).await;
+            assert_eq!(r.status, 400, "{route} {raw:?} -> {}", r.body);
+            assert_error_shape(&r.body);
+        }
+    }
+}
+
+#[tokio::test]
+async fn too_many_inputs_and_oversized_bodies_get_413() {
+    let app = FastApp::default().await;
+    let inputs: Vec<String> = (0..257).map(|i| format!("t{i}")).collect();
+    let oversized = json!({ "input": "word ".repeat(500_000) }).to_string();
+    for route in ROUTES {
+        assert_refused(&app, route, json!({ "input": inputs }), 413, Some("input")).await;
+        let r = app.send(Method::POST, route, Some(ACME_KEY), oversized.clone()).await;
+        assert_eq!(r.status, 413, "{}", r.body);
+        assert_error_shape(&r.body);
+    }
+}
+
+#[tokio::test]
+async fn unknown_models_routes_and_methods_answer_in_the_error_shape() {
+    let app = FastApp::default().await;
+    for route in ROUTES {
+        assert_refused(&app, route, json!({ "input": "x", "model": "gpt-4" }), 404, Some("model")).await;
+    }
+    let r = app.get("/v2/nothing", None).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body["error"]["code"], "unknown_url");
+    let r = app.get("/v1/embed", Some(ACME_KEY)).await;
+    assert_eq!(r.status, 405);
+    assert_error_shape(&r.body);
+}
+
+#[tokio::test]
+async fn an_inference_failure_is_a_generic_500_and_the_service_keeps_serving() {
+    let app = FastApp::default().await;
+    let failing = format!("breaks {FAILING_CHAR} here");
+    for route in ROUTES {
+        let r = app.post(route, Some(ACME_KEY), json!({ "input": ["fine", failing] })).await;
+        assert_eq!(r.status, 500, "{}", r.body);
+        let message = assert_error_shape(&r.body);
+        assert_eq!(message, "The server had an error while processing your request.");
+        assert!(!r.body.to_string().contains("fake"), "the cause leaked: {}", r.body);
+    }
+    assert_eq!(app.post("/v1/embed", Some(ACME_KEY), json!({ "input": "still here" })).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_request_over_the_timeout_gets_504() {
+    let mut settings = default_settings();
+    settings.server.request_timeout_ms = 50;
+    let app = FastApp::start(settings, FakeRuntime::with_run_delay(Duration::from_millis(300))).await;
+    let r = app.post("/v1/embed", Some(ACME_KEY), json!({ "input": "slow" })).await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "timeout");
+    let sample = "embedserve_refusals_total{model=\"minilm-l6-int8\",reason=\"timeout\"}";
+    assert_eq!(metric_value(&app.metrics(), sample), 1.0);
+}

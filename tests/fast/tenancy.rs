@@ -1,0 +1,131 @@
+//! Keys, isolation between tenants, and each tenant's limits.
+
+use axum::http::Method;
+use embedserve::Settings;
+use futures::future::join_all;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const ROUTES: [&str; 2] = ["/v1/embed", "/v1/embeddings"];
+
+#[tokio::test]
+async fn a_missing_or_unknown_key_is_401_on_every_v1_route() {
+    let app = FastApp::default().await;
+    for route in ROUTES {
+        for key in [None, Some("not-a-key"), Some("")] {
+            let r = app.post(route, key, json!({ "input": "x" })).await;
+            assert_eq!(r.status, 401, "{route} with {key:?}");
+            assert_error_shape(&r.body);
+            assert_eq!(r.body["error"]["type"], "authentication_error");
+        }
+    }
+    assert_eq!(app.get("/v1/models", None).await.status, 401);
+}
+
+#[tokio::test]
+async fn the_key_may_come_as_x_api_key() {
+    let app = FastApp::default().await;
+    let request = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/v1/embed")
+        .header("x-api-key", ACME_KEY)
+        .body(axum::body::Body::from(json!({ "input": "x" }).to_string()))
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(app.router.clone(), request).await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn another_tenants_private_model_is_answered_exactly_like_a_missing_one() {
+    let app = FastApp::default().await;
+    for route in ROUTES {
+        let denied =
+            app.post(route, Some(GLOBEX_KEY), json!({ "input": "x", "model": "paraphrase-l3" })).await;
+        let missing =
+            app.post(route, Some(GLOBEX_KEY), json!({ "input": "x", "model": "no-such-model" })).await;
+        assert_eq!((denied.status, missing.status), (404, 404), "{route}");
+        let normalise = |v: &Value, name: &str| v.to_string().replace(name, "MODEL");
+        assert_eq!(normalise(&denied.body, "paraphrase-l3"), normalise(&missing.body, "no-such-model"));
+    }
+    let ids = |r: Reply| -> Vec<String> {
+        r.body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids(app.get("/v1/models", Some(GLOBEX_KEY)).await), ["minilm-l6-int8"]);
+    assert_eq!(ids(app.get("/v1/models", Some(ACME_KEY)).await), ["minilm-l6-int8", "paraphrase-l3"]);
+    let text = app.metrics();
+    let sample =
+        "embedserve_requests_total{model=\"\",route=\"/v1/models\",status=\"200\",tenant=\"globex\"}";
+    assert_eq!(metric_value(&text, sample), 1.0, "/v1/models is counted with its tenant");
+}
+
+#[tokio::test]
+async fn a_burst_over_a_tenants_limit_gets_429_with_retry_after_and_other_tenants_are_unaffected() {
+    let app = FastApp::default().await;
+    // globex: 5 requests per second, burst 5.
+    let globex =
+        join_all((0..12).map(|_| app.post("/v1/embed", Some(GLOBEX_KEY), json!({ "input": "burst" })))).await;
+    let acme =
+        join_all((0..12).map(|_| app.post("/v1/embed", Some(ACME_KEY), json!({ "input": "steady" })))).await;
+    let refused: Vec<&Reply> = globex.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(globex.iter().filter(|r| r.status == 200).count(), 5, "the burst of 5 is served");
+    assert_eq!(refused.len(), 7);
+    for r in refused {
+        assert_error_shape(&r.body);
+        assert_eq!(r.body["error"]["code"], "rate_limit_exceeded");
+        let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    }
+    assert!(acme.iter().all(|r| r.status == 200), "acme was limited by globex's burst");
+    let sample = "embedserve_rate_limited_total{limit=\"requests\",tenant=\"globex\"}";
+    assert_eq!(metric_value(&app.metrics(), sample), 7.0);
+}
+
+#[tokio::test]
+async fn a_tenants_token_budget_is_enforced_and_a_request_over_a_whole_minute_is_413() {
+    let mut settings = default_settings();
+    settings.tenants.get_mut("globex").unwrap().limits.tokens_per_minute = 20;
+    let app = FastApp::start(settings, Default::default()).await;
+    // The fake tokenizer: "[CLS] a b c [SEP]" is 5 tokens; four fit in 20, the fifth does not.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(app.post("/v1/embed", Some(GLOBEX_KEY), json!({ "input": "abc" })).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429]);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // requests/s refills
+    let over = app.post("/v1/embed", Some(GLOBEX_KEY), json!({ "input": "x".repeat(40) })).await;
+    assert_eq!(over.status, 413, "{}", over.body);
+    assert_error_shape(&over.body);
+}
+
+#[tokio::test]
+async fn a_tenants_max_inputs_is_enforced() {
+    let app = FastApp::default().await;
+    let inputs = |n: usize| json!({ "input": (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>() });
+    assert_eq!(app.post("/v1/embed", Some(GLOBEX_KEY), inputs(64)).await.status, 200);
+    let r = app.post("/v1/embed", Some(GLOBEX_KEY), inputs(65)).await;
+    assert_eq!(r.status, 413, "globex's max_inputs is 64: {}", r.body);
+    assert_eq!(r.body["error"]["param"], "input");
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_running_servers_max_inputs_as_every_tenants_cap() {
+    let dir = std::env::temp_dir().join(format!("embedserve-fast-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    let original = std::fs::read_to_string(repo().join("config/default.toml")).unwrap();
+    let with_cap =
+        |cap: usize| original.replace("max_inputs = 256               #", &format!("max_inputs = {cap} #"));
+    std::fs::write(&path, with_cap(10)).unwrap();
+    let app = FastApp::start(Settings::load(&path).unwrap(), Default::default()).await;
+    let inputs = |n: usize| json!({ "input": (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>() });
+    assert_eq!(app.post("/v1/embed", Some(ACME_KEY), inputs(11)).await.status, 413, "capped at 10");
+
+    // [server] changes on restart only, so the cap stays 10 after a reload raising it.
+    std::fs::write(&path, with_cap(256)).unwrap();
+    app.state.reload().unwrap();
+    assert_eq!(app.post("/v1/embed", Some(ACME_KEY), inputs(11)).await.status, 413, "still capped at 10");
+    assert_eq!(app.post("/v1/embed", Some(ACME_KEY), inputs(10)).await.status, 200);
+    assert_eq!(metric_value(&app.metrics(), "embedserve_config_reloads_total{outcome=\"ok\"}"), 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
