@@ -58,14 +58,16 @@ pub struct ModelCache {
     metrics: Arc<Metrics>,
     /// One load at a time: RSS growth is then one model's, and budget decisions do not race.
     load_lock: tokio::sync::Mutex<()>,
-    epoch: Instant,
+    /// Counts lookups: a slot's `last_used` is the count at its last lookup, so the least
+    /// recently used model is the one with the smallest, with no ties.
+    uses: AtomicU64,
 }
 
 #[derive(Default)]
 struct Slot {
     model: OnceCell<Arc<LoadedModel>>,
     resident: AtomicU64,
-    last_used_ms: AtomicU64,
+    last_used: AtomicU64,
     failure: Mutex<Option<Failure>>,
 }
 
@@ -94,7 +96,7 @@ impl ModelCache {
             options,
             metrics,
             load_lock: tokio::sync::Mutex::new(()),
-            epoch: Instant::now(),
+            uses: AtomicU64::new(0),
         }
     }
 
@@ -110,7 +112,7 @@ impl ModelCache {
         };
         // Clone the slot out so no dashmap guard is held across an await.
         let slot = Arc::clone(self.slots.entry(id.to_owned()).or_default().value());
-        slot.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+        slot.last_used.store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
         if let Some(model) = slot.model.get() {
             self.metrics.cache_lookups.with_label_values(&[id, "hit"]).inc();
             return Ok(Arc::clone(model));
@@ -269,7 +271,7 @@ impl ModelCache {
                 .filter(|s| s.key() != loading && !self.options.pinned.contains(s.key()))
                 .filter_map(|s| {
                     let busy = Arc::strong_count(s.model.get()?) > 1;
-                    Some(((busy, s.last_used_ms.load(Ordering::Relaxed)), s.key().clone()))
+                    Some(((busy, s.last_used.load(Ordering::Relaxed)), s.key().clone()))
                 })
                 .min()
                 .map(|(_, id)| id);
@@ -295,10 +297,6 @@ impl ModelCache {
         self.metrics.model_resident_bytes.with_label_values(&[id]).set(0);
         self.metrics.cache_resident_bytes.set(self.resident_bytes() as i64);
         model
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
     }
 }
 
