@@ -129,14 +129,6 @@ impl TestServer {
     }
 }
 
-pub fn vectors(v: &Value) -> Vec<Vec<f64>> {
-    v.as_array()
-        .expect("array of vectors")
-        .iter()
-        .map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
-        .collect()
-}
-
 pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();

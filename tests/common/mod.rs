@@ -45,6 +45,31 @@ pub fn find_sample(text: &str, sample: &str) -> Option<f64> {
         .map(|v| v.trim().parse().expect("a number"))
 }
 
+/// The float vectors of an `embeddings` array.
+pub fn vectors(v: &Value) -> Vec<Vec<f64>> {
+    v.as_array()
+        .expect("array of vectors")
+        .iter()
+        .map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .collect()
+}
+
+/// Bodies whose `input` is invalid: each must get 422 naming `input`, on both routes.
+pub fn invalid_input_bodies() -> Vec<Value> {
+    use serde_json::json;
+    vec![
+        json!({}),
+        json!({ "input": null }),
+        json!({ "input": [] }),
+        json!({ "input": "" }),
+        json!({ "input": ["ok", ""] }),
+        json!({ "input": ["ok", " "] }),
+        json!({ "input": ["ok", 42] }),
+        json!({ "input": [[1, 2, 3]] }),
+        json!({ "input": { "text": "x" } }),
+    ]
+}
+
 /// Asserts the service's one error shape and returns the message.
 pub fn assert_error_shape(body: &Value) -> String {
     let e = &body["error"];

@@ -87,11 +87,3 @@ impl FastApp {
         self.state.metrics.render()
     }
 }
-
-pub fn vectors(v: &Value) -> Vec<Vec<f64>> {
-    v.as_array()
-        .expect("array of vectors")
-        .iter()
-        .map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
-        .collect()
-}
