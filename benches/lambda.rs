@@ -133,6 +133,8 @@ fn spawn_function(package: &Path, port: u16) -> (Child, std::sync::mpsc::Receive
         .env("AWS_LAMBDA_FUNCTION_NAME", "_")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+        // config/lambda.toml carries the demo tenants; this is a benchmark on loopback.
+        .env("EMBEDSERVE__SERVER__ALLOW_DEMO_KEYS", "true")
         .env("LAMBDA_TASK_ROOT", package)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -39,7 +39,7 @@ fn main() {
 
     let mut colds: Vec<f64> = (0..5)
         .map(|_| {
-            let (ms, mut child, _) = rt.block_on(cold_start(&config));
+            let (ms, mut child, ..) = rt.block_on(cold_start(&config));
             child.kill().ok();
             child.wait().ok();
             ms
@@ -51,8 +51,9 @@ fn main() {
         colds[2], colds[0], colds[4]
     );
 
-    let (_, mut server, port) = rt.block_on(cold_start(&config));
+    let (_, mut server, port, metrics_port) = rt.block_on(cold_start(&config));
     let base = format!("http://127.0.0.1:{port}");
+    let metrics = format!("http://127.0.0.1:{metrics_port}");
     let lat = rt.block_on(latency(&base, 500));
     println!("one short sentence over HTTP, 500 sequential: p50 {:.2} ms, p99 {:.2} ms", lat.0, lat.1);
 
@@ -60,9 +61,9 @@ fn main() {
     println!("throughput, one sentence per request, {THROUGHPUT_SECONDS} s each:");
     let mut server_rates = Vec::new();
     for clients in [1, 8, 32, 64] {
-        let before = rt.block_on(batch_sizes(&base));
+        let before = rt.block_on(batch_sizes(&metrics));
         let rate = rt.block_on(throughput(&base, clients));
-        let after = rt.block_on(batch_sizes(&base));
+        let after = rt.block_on(batch_sizes(&metrics));
         let mean = (after.0 - before.0) / (after.1 - before.1);
         println!(
             "  server, {clients:>2} concurrent clients: {rate:>7.1} embeddings/s ({mean:.1} inputs per run on average)"
@@ -92,8 +93,9 @@ fn free_port() -> u16 {
 
 /// Spawns the release binary and polls `/v1/embed` until it answers 200.
 #[allow(clippy::zombie_processes)] // the caller kills and waits for the child it gets back
-async fn cold_start(config: &Path) -> (f64, Child, u16) {
-    let port = free_port();
+/// Spawns the server and waits for its first 200: (ms, process, port, metrics port).
+async fn cold_start(config: &Path) -> (f64, Child, u16, u16) {
+    let (port, metrics_port) = (free_port(), free_port());
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/v1/embed");
     let started = Instant::now();
@@ -101,6 +103,7 @@ async fn cold_start(config: &Path) -> (f64, Child, u16) {
         .args(["serve", "--config"])
         .arg(config)
         .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-bind", &format!("127.0.0.1:{metrics_port}")])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -110,7 +113,7 @@ async fn cold_start(config: &Path) -> (f64, Child, u16) {
         if let Ok(r) = client.post(&url).bearer_auth(KEY).json(&body).send().await
             && r.status() == 200
         {
-            return (started.elapsed().as_secs_f64() * 1e3, child, port);
+            return (started.elapsed().as_secs_f64() * 1e3, child, port, metrics_port);
         }
         assert!(started.elapsed() < Duration::from_secs(60), "server did not answer within 60 s");
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -179,8 +182,8 @@ async fn throughput(base: &str, clients: usize) -> f64 {
 }
 
 /// The server's `embedserve_batch_size` histogram: (sum, count).
-async fn batch_sizes(base: &str) -> (f64, f64) {
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+async fn batch_sizes(metrics: &str) -> (f64, f64) {
+    let text = reqwest::get(format!("{metrics}/metrics")).await.unwrap().text().await.unwrap();
     let value = |name: &str| {
         text.lines()
             .filter(|l| l.starts_with(name))

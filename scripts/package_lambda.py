@@ -34,8 +34,35 @@ def package_files() -> list[tuple[Path, str]]:
     return out
 
 
+# SHA-256 of the demo keys printed in the README (src/config/mod.rs: DEMO_KEY_HASHES).
+DEMO_KEY_HASHES = {
+    "7f2e6802f17f6ba210bb387707340e4fa6d03de0347ddcc5dd4ece4439694fce",  # acme-dev-key
+    "12cad79350669be6df490bdd33bd12237b1b5c2b917224bf9b70b380e35c3e95",  # globex-dev-key
+}
+
+
+def warn_about_demo_keys() -> None:
+    """The packaged config must not carry the published demo keys into a deployment."""
+    config = tomllib.loads(CONFIG.read_text())
+    demo = sorted(
+        tenant
+        for tenant, t in config.get("tenants", {}).items()
+        if any(k.removeprefix("sha256:").lower() in DEMO_KEY_HASHES for k in t.get("keys", []))
+    )
+    if demo:
+        bar = "!" * 78
+        print(
+            f"{bar}\nWARNING: {CONFIG.relative_to(ROOT)} gives tenants {', '.join(demo)} the demo keys\n"
+            "published in the README. This zip refuses to start on Lambda unless\n"
+            "EMBEDSERVE__SERVER__ALLOW_DEMO_KEYS=true; replace the keys before deploying\n"
+            f"(`embedserve hash-key`).\n{bar}",
+            file=sys.stderr,
+        )
+
+
 def main() -> None:
     bootstrap, target = Path(sys.argv[1]), Path(sys.argv[2])
+    warn_about_demo_keys()
     target.parent.mkdir(parents=True, exist_ok=True)
     entries = [(bootstrap, "bootstrap")] + package_files()
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:

@@ -16,6 +16,7 @@ use crate::config::Settings;
 /// Runs the function until the Lambda runtime stops it.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    settings.refuse_exposed_demo_keys(true)?;
     let app = build_app(settings)?;
     app.warm_up().await?;
     tracing::info!(init_ms = started.elapsed().as_secs_f64() * 1e3, "INIT done: models preloaded");

@@ -28,6 +28,9 @@ enum Command {
         /// Overrides `server.bind`.
         #[arg(long)]
         bind: Option<SocketAddr>,
+        /// Overrides `server.metrics_bind`, the private `/metrics` listener.
+        #[arg(long)]
+        metrics_bind: Option<SocketAddr>,
     },
     /// Validate a configuration file and list every problem, with its file and field.
     CheckConfig {
@@ -60,8 +63,8 @@ fn main() -> ExitCode {
     };
     init_logging(matches!(command, Command::Lambda { .. }));
     let result = match command {
-        Command::Serve { config, bind } => Settings::load(&config).and_then(|settings| {
-            tokio::runtime::Runtime::new()?.block_on(embedserve::server::serve(settings, bind))
+        Command::Serve { config, bind, metrics_bind } => Settings::load(&config).and_then(|settings| {
+            tokio::runtime::Runtime::new()?.block_on(embedserve::server::serve(settings, bind, metrics_bind))
         }),
         Command::CheckConfig { config } => Settings::load(&config).map(|s| {
             let private: usize = s.tenants.values().map(|t| t.private_models.len()).sum();

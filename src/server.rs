@@ -1,37 +1,152 @@
-//! The long-lived server: bind, warm the default model in the background, serve until
-//! SIGTERM or Ctrl-C, then drain in-flight requests.
+//! The long-lived server: bind, warm the preloaded models in the background, serve until
+//! SIGTERM or Ctrl-C, then drain.
+//!
+//! Connections are served by hyper directly (not `axum::serve`) so that every one is bounded:
+//! a client must send a whole request head within `header_read_timeout_ms` of connecting or of
+//! its last response (slowloris, idle sockets and idle keep-alive connections are closed), at
+//! most `max_connections` are open at once (past that the server stops accepting until one
+//! closes), and after a shutdown signal requests in flight get `shutdown_timeout_ms` to finish
+//! before stalled connections are dropped. A request's body must arrive within its
+//! `request_timeout_ms` (504, see `http`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
 use crate::app::{App, build_app};
 use crate::config::Settings;
 
-/// Serves `settings` on `bind` (or the configured address) until a shutdown signal.
-pub async fn serve(settings: Settings, bind: Option<SocketAddr>) -> anyhow::Result<()> {
+/// Serves `settings` on `bind` (or `server.bind`), and `/metrics` on `metrics_bind` (or
+/// `server.metrics_bind`), until a shutdown signal.
+pub async fn serve(
+    settings: Settings,
+    bind: Option<SocketAddr>,
+    metrics_bind: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let addr = bind.unwrap_or(settings.server.bind);
+    settings.refuse_exposed_demo_keys(!addr.ip().is_loopback())?;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot bind {addr}"))?;
+    let metrics_addr = metrics_bind.unwrap_or(settings.server.metrics_bind);
+    let metrics_listener = TcpListener::bind(metrics_addr)
+        .await
+        .with_context(|| format!("cannot bind the metrics listener {metrics_addr} (server.metrics_bind)"))?;
     let app = build_app(settings)?;
+    tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+    let limits = ConnectionLimits::of(&app.state.server);
+    let metrics = crate::http::metrics_router(Arc::clone(&app.state));
+    tokio::spawn(serve_connections(metrics_listener, metrics, limits, std::future::pending()));
     tracing::info!(addr = %listener.local_addr()?, "embedserve listening");
-    run(listener, app).await
+    run(listener, app, shutdown_signal()).await
 }
 
-/// Serves an already bound listener; tests use this with port 0.
-pub async fn run(listener: TcpListener, app: App) -> anyhow::Result<()> {
+/// Serves an already bound listener until `shutdown` completes; tests use this with port 0.
+pub async fn run(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let App { router, state } = app;
-    crate::reload::spawn_watchers(std::sync::Arc::clone(&state));
-    let warm = App { router: router.clone(), state };
+    crate::reload::spawn_watchers(Arc::clone(&state));
+    let warm = App { router: router.clone(), state: Arc::clone(&state) };
     tokio::spawn(async move {
         if let Err(e) = warm.warm_up().await {
             tracing::error!(error = format!("{e:#}"), "preloading failed; /ready stays 503");
         }
     });
-    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await.context("server error")
+
+    serve_connections(listener, router, ConnectionLimits::of(&state.server), shutdown).await;
+    Ok(())
 }
 
-async fn shutdown_signal() {
+/// What bounds each listener's connections (see the module's documentation).
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    header_read_timeout: Duration,
+    max_connections: usize,
+    shutdown_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    fn of(server: &crate::config::ServerSettings) -> Self {
+        Self {
+            header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+            max_connections: server.max_connections,
+            shutdown_timeout: Duration::from_millis(server.shutdown_timeout_ms),
+        }
+    }
+}
+
+/// Accepts and serves connections on `listener` until `shutdown`, then drains them.
+async fn serve_connections(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = match Arc::clone(&connections).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection limit reached: not accepting until a connection closes"
+                );
+                tokio::select! {
+                    permit = Arc::clone(&connections).acquire_owned() => permit.expect("never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, usually: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = router.clone().map_request(move |mut req: axum::extract::Request<_>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
+        let connection =
+            builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutdown signal received; draining");
+    if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown()).await.is_err() {
+        let open = limits.max_connections - connections.available_permits();
+        tracing::warn!(open, "shutdown deadline passed: dropping connections still open");
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -44,5 +159,4 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { () = ctrl_c => {}, () = term => {} }
-    tracing::info!("shutdown signal received; draining");
 }

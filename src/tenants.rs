@@ -139,7 +139,7 @@ impl TenantRegistry {
     /// The tenant owning `key`. Every stored hash is compared, in constant time, whatever
     /// matches, so timing says nothing about which keys exist.
     pub fn authenticate(&self, key: &str) -> Option<Arc<Tenant>> {
-        let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let hash = hash_key_bytes(key);
         let registry = self.current.load();
         let mut found = None;
         for (stored, tenant) in &registry.keys {
@@ -186,5 +186,10 @@ impl Registry {
 
 /// The hash to put in config for `key`, as `embedserve hash-key` prints it.
 pub fn hash_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    hex::encode(hash_key_bytes(key))
+}
+
+/// SHA-256 of `key`, as config stores keys.
+pub fn hash_key_bytes(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }

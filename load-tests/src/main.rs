@@ -200,7 +200,7 @@ async fn ramp(run: &Run) -> anyhow::Result<String> {
     });
     let users = scenario("one sentence", workload, Arc::clone(&recorder), Duration::ZERO)?;
     // The server's inputs per ONNX Runtime run over each hold, read from /metrics as it passes.
-    let base = server.base.clone();
+    let base = server.metrics_base.clone();
     let batches_per_step = tokio::spawn(async move {
         let started = Instant::now();
         let mut means = Vec::new();

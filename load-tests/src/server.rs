@@ -11,6 +11,8 @@ use anyhow::{Context, bail};
 pub struct Server {
     child: Child,
     pub base: String,
+    /// The private listener serving `/metrics`.
+    pub metrics_base: String,
 }
 
 impl Server {
@@ -18,16 +20,22 @@ impl Server {
     pub async fn start(binary: &Path, config_path: &Path, config: &str) -> anyhow::Result<Server> {
         std::fs::write(config_path, config)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let metrics_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = std::fs::File::create(config_path.with_extension("log"))?;
         let child = Command::new(binary)
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--config"])
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-bind", &format!("127.0.0.1:{metrics_port}"), "--config"])
             .arg(config_path)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {} (build it with `make build`)", binary.display()))?;
-        let mut server = Server { child, base: format!("http://127.0.0.1:{port}") };
+        let mut server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            metrics_base: format!("http://127.0.0.1:{metrics_port}"),
+        };
         let client = reqwest_client();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -48,7 +56,7 @@ impl Server {
 
     /// The server's Prometheus text.
     pub async fn metrics(&self) -> anyhow::Result<Metrics> {
-        let text = reqwest_client().get(format!("{}/metrics", self.base)).send().await?.text().await?;
+        let text = reqwest_client().get(format!("{}/metrics", self.metrics_base)).send().await?.text().await?;
         Ok(Metrics(text))
     }
 
@@ -76,8 +84,9 @@ impl Drop for Server {
 }
 
 /// The server's `embedserve_batch_size` histogram as (sum, count); zeros if unreachable.
-pub async fn batch_sizes(base: &str) -> (f64, f64) {
-    let Ok(response) = reqwest_client().get(format!("{base}/metrics")).send().await else {
+/// `metrics_base` is the server's private metrics listener.
+pub async fn batch_sizes(metrics_base: &str) -> (f64, f64) {
+    let Ok(response) = reqwest_client().get(format!("{metrics_base}/metrics")).send().await else {
         return (0.0, 0.0);
     };
     let metrics = Metrics(response.text().await.unwrap_or_default());

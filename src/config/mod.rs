@@ -71,6 +71,23 @@ pub struct ServerSettings {
     /// One CloudWatch Embedded Metric Format line per request on stdout (for Lambda, where
     /// nothing scrapes `/metrics`).
     pub emit_emf: bool,
+    /// A connection that has not sent a whole request head this long after it opened, or
+    /// after its last response (an idle keep-alive connection), is closed.
+    pub header_read_timeout_ms: u64,
+    /// Most open connections; past it the server stops accepting (and logs it) until one closes.
+    pub max_connections: usize,
+    /// After SIGTERM, requests in flight get this long to finish; connections still open
+    /// then (stalled clients) are dropped.
+    pub shutdown_timeout_ms: u64,
+    /// Where Prometheus scrapes `/metrics`: a listener of its own, loopback by default, never the
+    /// public one (`serve --metrics-bind` overrides it).
+    pub metrics_bind: SocketAddr,
+    /// Also serve `/metrics` on the public listener (and on Lambda), to requests bearing the key
+    /// whose SHA-256 this is (`embedserve hash-key`). Unset: not routed there at all.
+    pub metrics_key: Option<String>,
+    /// Serve even though a tenant has one of the demo keys published in this repository while
+    /// bound to a non-loopback address or running on Lambda. Only for tests and benchmarks.
+    pub allow_demo_keys: bool,
 }
 
 impl Default for ServerSettings {
@@ -89,6 +106,12 @@ impl Default for ServerSettings {
             max_tenant_queue_percent: 50,
             reload_poll_ms: 2_000,
             emit_emf: false,
+            header_read_timeout_ms: 10_000,
+            max_connections: 1_024,
+            shutdown_timeout_ms: 30_000,
+            metrics_bind: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            metrics_key: None,
+            allow_demo_keys: false,
         }
     }
 }
@@ -161,6 +184,13 @@ impl Default for Limits {
     }
 }
 
+/// SHA-256 of the demo keys printed in the README and config/*.toml (`acme-dev-key`,
+/// `globex-dev-key`): anyone can use them.
+pub const DEMO_KEY_HASHES: [&str; 2] = [
+    "7f2e6802f17f6ba210bb387707340e4fa6d03de0347ddcc5dd4ece4439694fce",
+    "12cad79350669be6df490bdd33bd12237b1b5c2b917224bf9b70b380e35c3e95",
+];
+
 /// The cache id of a tenant's private model: `tenant/name`. Catalogue ids have no `/`.
 pub fn private_model_id(tenant: &str, name: &str) -> String {
     format!("{tenant}/{name}")
@@ -227,6 +257,31 @@ impl Settings {
             t.private_models.iter().map(move |(name, spec)| (private_model_id(tenant, name), spec.clone()))
         });
         self.models.iter().map(|(id, spec)| (id.clone(), spec.clone())).chain(private).collect()
+    }
+
+    /// Tenants holding a published demo key.
+    pub fn demo_key_tenants(&self) -> Vec<&str> {
+        let demo: Vec<[u8; 32]> = DEMO_KEY_HASHES.iter().filter_map(|h| parse_key_hash(h)).collect();
+        self.tenants
+            .iter()
+            .filter(|(_, t)| t.keys.iter().filter_map(|k| parse_key_hash(k)).any(|k| demo.contains(&k)))
+            .map(|(id, _)| id.as_str())
+            .collect()
+    }
+
+    /// Refuses to serve the demo keys where others can reach them (`exposed`: a non-loopback
+    /// address, or Lambda), unless `server.allow_demo_keys` says so.
+    pub fn refuse_exposed_demo_keys(&self, exposed: bool) -> anyhow::Result<()> {
+        let tenants = self.demo_key_tenants();
+        if exposed && !tenants.is_empty() && !self.server.allow_demo_keys {
+            bail!(
+                "{}: tenants {tenants:?} use the demo keys published in the README, and this server is \
+                 reachable by others; put keys of your own (`embedserve hash-key`), or set \
+                 server.allow_demo_keys = true for a test",
+                self.source.display()
+            );
+        }
+        Ok(())
     }
 
     /// Models loaded at start: `cache.preload` and `cache.pinned`, or the default model.

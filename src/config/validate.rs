@@ -38,10 +38,18 @@ impl Settings {
             ("max_queue_tokens", s.max_queue_tokens),
             ("max_tenant_queue_percent", usize::from(s.max_tenant_queue_percent)),
             ("request_timeout_ms", s.request_timeout_ms as usize),
+            ("header_read_timeout_ms", s.header_read_timeout_ms as usize),
+            ("max_connections", s.max_connections),
         ] {
             if value == 0 {
                 out.push(format!("server.{field}: must be at least 1"));
             }
+        }
+        if s.metrics_key.as_deref().is_some_and(|k| parse_key_hash(k).is_none()) {
+            out.push(
+                "server.metrics_key: not a SHA-256 hash (64 hex digits); `embedserve hash-key` prints one"
+                    .to_owned(),
+            );
         }
         if s.max_tenant_queue_percent > 100 {
             out.push("server.max_tenant_queue_percent: must be between 1 and 100".to_owned());

@@ -21,11 +21,13 @@ pub enum ApiError {
     Invalid { message: String, param: Option<&'static str> },
     #[error("{0}")]
     TooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("Missing or invalid API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.")]
     Unauthorized,
     #[error("{message}")]
     RateLimited { message: String, retry_after: u64 },
-    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    #[error("The model `{}` does not exist or you do not have access to it.", clip(.0))]
     ModelNotFound(String),
     #[error("No route for {0}.")]
     RouteNotFound(String),
@@ -48,6 +50,34 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Longest piece of client text (a model name, a content type) an error message echoes.
+pub const MAX_ECHO: usize = 64;
+
+/// At most [`MAX_ECHO`] characters of client text for an error message, with control and
+/// bidirectional-formatting characters escaped: an echoed name can neither flood a response or
+/// a log nor reorder what a reader sees.
+pub fn clip(text: &str) -> String {
+    clip_to(text, MAX_ECHO)
+}
+
+/// [`clip`] with another length.
+pub fn clip_to(text: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max_chars {
+            out.push('…');
+            break;
+        }
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The cause of a 5xx, attached to the response for the logging middleware to record.
 #[derive(Debug, Clone)]
 pub struct ErrorCause(pub String);
@@ -63,6 +93,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } | ApiError::TenantQueueFull => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
@@ -80,6 +111,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => ("invalid_request_error", "malformed_json"),
             ApiError::Invalid { .. } => ("invalid_request_error", "invalid_value"),
             ApiError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            ApiError::UnsupportedMediaType(_) => ("invalid_request_error", "unsupported_media_type"),
             ApiError::Unauthorized => ("authentication_error", "invalid_api_key"),
             ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             ApiError::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
@@ -173,5 +205,19 @@ impl IntoResponse for ApiError {
             response.extensions_mut().insert(ErrorCause(cause));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoed_text_is_cut_and_escaped() {
+        assert_eq!(clip("minilm"), "minilm");
+        assert_eq!(clip(&"x".repeat(100_000)), format!("{}…", "x".repeat(MAX_ECHO)));
+        assert_eq!(clip("a\u{202e}b\nc"), "a\\u{202e}b\\u{a}c");
+        let message = ApiError::ModelNotFound("m".repeat(500)).to_string();
+        assert!(message.len() < 200, "{message}");
     }
 }

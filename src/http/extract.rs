@@ -1,10 +1,10 @@
-//! A JSON body extractor whose every failure comes back in the service's error shape:
-//! over the body limit 413, not JSON 400, JSON of the wrong shape 422. It reads the body
-//! whatever the `Content-Type` says, as `curl -d` users expect.
+//! A JSON body extractor whose every failure comes back in the service's error shape: a
+//! `Content-Type` other than JSON 415 (none at all is read as JSON), over the body limit 413,
+//! not JSON 400, JSON of the wrong shape 422.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -19,6 +19,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(kind) = req.headers().get(header::CONTENT_TYPE)
+            && !is_json(kind)
+        {
+            let kind = String::from_utf8_lossy(kind.as_bytes());
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Type {} is not JSON; send `Content-Type: application/json`.",
+                super::error::clip(&kind)
+            )));
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::TooLarge("The request body is larger than this server accepts.".to_owned())
@@ -28,6 +37,13 @@ where
         })?;
         parse(&bytes).map(JsonBody)
     }
+}
+
+/// `application/json` or any `+json` type, parameters (`; charset=utf-8`) allowed.
+fn is_json(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else { return false };
+    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -43,10 +59,17 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 fn classify(e: serde_json::Error, path: &str) -> ApiError {
     match e.classify() {
         serde_json::error::Category::Data => {
+            // serde's messages quote the client's field names and values: cut them.
             let message = if path == "." { e.to_string() } else { format!("{path}: {e}") };
-            ApiError::Invalid { message, param: None }
+            ApiError::Invalid {
+                message: super::error::clip_to(&message, 4 * super::error::MAX_ECHO),
+                param: None,
+            }
         }
-        _ => ApiError::MalformedJson(format!("The body is not valid JSON: {e}")),
+        _ => ApiError::MalformedJson(format!(
+            "The body is not valid JSON: {}",
+            super::error::clip_to(&e.to_string(), 4 * super::error::MAX_ECHO)
+        )),
     }
 }
 

@@ -1,29 +1,40 @@
 //! Liveness (`/health`: the process answers), readiness (`/ready`: the preloaded models have
-//! loaded and each served one warm-up run) and `/metrics` (Prometheus text).
+//! loaded and each served one warm-up run), both without a key and naming nothing, and
+//! `/metrics` (Prometheus text): on the metrics listener, or on the public one only to the
+//! bearer of `server.metrics_key`.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::app::AppState;
+use crate::config::parse_key_hash;
+use crate::tenants::hash_key_bytes;
 
 pub async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 pub async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    if state.is_ready() {
-        Ok(Json(json!({ "status": "ready", "loaded_models": state.embedder.models.loaded() })))
-    } else {
-        Err(ApiError::NotReady)
-    }
+    if state.is_ready() { Ok(Json(json!({ "status": "ready" }))) } else { Err(ApiError::NotReady) }
 }
 
-pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+/// `/metrics` on the public listener: only with the metrics key.
+pub async fn protected_metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let expected = state.server.metrics_key.as_deref().and_then(parse_key_hash);
+    let given = super::auth::bearer_or_api_key(&headers).map(|k| hash_key_bytes(k.trim()));
+    match (expected, given) {
+        (Some(expected), Some(given)) if bool::from(expected.ct_eq(&given)) => metrics(State(state)).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
 }

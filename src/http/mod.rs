@@ -5,6 +5,7 @@ mod auth;
 mod embed;
 pub mod error;
 mod extract;
+mod guard;
 mod health;
 mod models;
 mod observe;
@@ -29,22 +30,32 @@ use error::ApiError;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Every route with every layer, ready for `axum::serve` or `lambda_http::run`.
+/// Every public route with every layer, for the server's listener or `lambda_http::run`.
+/// `/metrics` is among them only when `server.metrics_key` is set, and then needs that key.
 pub fn router(state: Arc<AppState>) -> Router {
-    let routes = Router::new()
+    let mut routes = Router::new()
         .route("/v1/embed", post(embed::embed))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(models::list))
         .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics));
+        .route("/ready", get(health::ready));
+    if state.server.metrics_key.is_some() {
+        routes = routes.route("/metrics", get(health::protected_metrics));
+    }
     with_layers(routes, state)
 }
 
-/// The layers every route gets, outermost first: a request id, a tracing span, the id echoed,
-/// then `observe` (metrics and the one log line) around the panic catcher, so a panicking
-/// handler is answered 500 in the error shape, counted and logged exactly once; innermost the
-/// body limit. Unknown routes and methods answer in the error shape too.
+/// The private metrics listener's router: `/metrics` for Prometheus, and nothing else.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    let routes = Router::new().route("/metrics", get(health::metrics));
+    with_layers(routes, state)
+}
+
+/// The layers every route gets, outermost first: a request id (the client's only if it is
+/// short and plain), a tracing span, the id echoed, then `observe` (metrics and the one log
+/// line) around the request deadline and the panic catcher, so a panicking handler is answered
+/// 500 in the error shape, counted and logged exactly once; innermost the body limits, declared
+/// and read. Unknown routes and methods answer in the error shape too.
 pub fn with_layers(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
     let body_limit = state.server.max_body_bytes;
     routes
@@ -52,13 +63,16 @@ pub fn with_layers(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Route
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::from_fn(guard::sanitize_request_id))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
                 // `observe` logs every failure once, with its cause; TraceLayer's own
                 // `on_failure` would log each 5xx a second time.
                 .layer(TraceLayer::new_for_http().make_span_with(request_span).on_failure(()))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(middleware::from_fn_with_state(Arc::clone(&state), observe::observe))
+                .layer(middleware::from_fn_with_state(Arc::clone(&state), guard::deadline))
                 .layer(CatchPanicLayer::custom(|_| ApiError::internal("handler panicked").into_response()))
+                .layer(middleware::from_fn_with_state(Arc::clone(&state), guard::refuse_declared_oversize))
                 .layer(DefaultBodyLimit::max(body_limit)),
         )
         .with_state(state)

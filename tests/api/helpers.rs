@@ -47,6 +47,8 @@ pub fn default_settings() -> Settings {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
+    /// The app's registry: what its private metrics listener would serve.
+    pub registry: std::sync::Arc<embedserve::metrics::Metrics>,
 }
 
 impl TestServer {
@@ -60,16 +62,18 @@ impl TestServer {
                 let addr = listener.local_addr().unwrap();
                 let app = embedserve::build_app(settings).expect("app builds");
                 let state = std::sync::Arc::clone(&app.state);
-                let server = tokio::spawn(embedserve::server::run(listener, app));
+                let registry = std::sync::Arc::clone(&app.state.metrics);
+                let server = tokio::spawn(embedserve::server::run(listener, app, std::future::pending()));
                 while !state.is_ready() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                tx.send(addr).unwrap();
+                tx.send((addr, registry)).unwrap();
                 server.await.unwrap().unwrap();
             });
         });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("server became ready within 60 s");
-        TestServer { addr, client: client_with_key(Some(ACME_KEY)) }
+        let (addr, registry) =
+            rx.recv_timeout(Duration::from_secs(60)).expect("server became ready within 60 s");
+        TestServer { addr, client: client_with_key(Some(ACME_KEY)), registry }
     }
 
     /// The server most tests share: the default configuration.
@@ -104,9 +108,9 @@ impl TestServer {
         client_with_key(key).post(self.url(path)).json(&body).send().await.unwrap()
     }
 
-    /// The Prometheus text of `/metrics`.
+    /// The Prometheus text the private `/metrics` listener serves.
     pub async fn metrics(&self) -> String {
-        self.get("/metrics").await.text().await.unwrap()
+        self.registry.render()
     }
 
     /// The value of one Prometheus sample, e.g. `embedserve_model_loads_total{...}`; a missing

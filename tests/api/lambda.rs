@@ -164,6 +164,8 @@ impl Emulator {
             .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
             .env("EMBEDSERVE_CONFIG", "config/lambda.toml")
+            // config/lambda.toml carries the demo tenants; this is a test on loopback.
+            .env("EMBEDSERVE__SERVER__ALLOW_DEMO_KEYS", "true")
             .stdin(Stdio::null())
             .stdout(log_file(&logs, "function.log"))
             .stderr(log_file(&logs, "function.err"))

@@ -28,7 +28,7 @@ async fn health_ready_and_models_answer() {
 async fn metrics_count_requests_tokens_and_latency() {
     let server = TestServer::shared();
     server.embed("minilm-l6-int8", json!(["count me", "and me"])).await;
-    let text = server.get("/metrics").await.text().await.unwrap();
+    let text = server.metrics().await;
     for needle in [
         "embedserve_requests_total{model=\"minilm-l6-int8\",route=\"/v1/embed\",status=\"200\",tenant=\"acme\"}",
         "embedserve_request_duration_seconds_bucket{route=\"/v1/embed\"",

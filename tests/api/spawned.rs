@@ -12,6 +12,8 @@ use crate::helpers::*;
 pub struct SpawnedServer {
     pub child: Child,
     pub base: String,
+    /// The private listener serving `/metrics`.
+    pub metrics_base: String,
     pub config: PathBuf,
     _dir: TempDir,
 }
@@ -47,7 +49,7 @@ impl SpawnedServer {
         let path = dir.0.join("config.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_embedserve"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+            .args(["serve", "--bind", "127.0.0.1:0", "--metrics-bind", "127.0.0.1:0", "--config"])
             .arg(&path)
             .env("EMBEDSERVE_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
@@ -55,23 +57,31 @@ impl SpawnedServer {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // The address comes from the "listening" log line; the rest of the log is drained.
+        // The addresses come from the "listening" log lines; the rest of the log is drained.
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["message"] == "embedserve listening"
+                    && (v["message"] == "embedserve listening" || v["message"] == "metrics listening")
                 {
-                    let _ = tx.send(v["addr"].as_str().unwrap().to_owned());
+                    let _ = tx
+                        .send((v["message"] == "metrics listening", v["addr"].as_str().unwrap().to_owned()));
                 }
             }
         });
-        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
-            .await
-            .unwrap()
-            .expect("server logged its address");
-        let server = SpawnedServer { child, base: format!("http://{addr}"), config: path, _dir: dir };
+        let (base, metrics_base) = tokio::task::spawn_blocking(move || {
+            let (mut base, mut metrics) = (None, None);
+            while base.is_none() || metrics.is_none() {
+                let (is_metrics, addr) = rx.recv_timeout(Duration::from_secs(30)).ok()?;
+                *(if is_metrics { &mut metrics } else { &mut base }) = Some(format!("http://{addr}"));
+            }
+            Some((base?, metrics?))
+        })
+        .await
+        .unwrap()
+        .expect("server logged both its addresses");
+        let server = SpawnedServer { child, base, metrics_base, config: path, _dir: dir };
         server.wait_ready().await;
         server
     }
@@ -94,7 +104,8 @@ impl SpawnedServer {
     }
 
     pub async fn metrics(&self) -> String {
-        client_with_key(None).get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+        let url = format!("{}/metrics", self.metrics_base);
+        client_with_key(None).get(url).send().await.unwrap().text().await.unwrap()
     }
 
     /// One Prometheus sample; a missing one fails the test.

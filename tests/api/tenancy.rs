@@ -21,10 +21,11 @@ async fn a_missing_or_unknown_key_is_401_on_every_v1_route() {
     }
     let r = client_with_key(None).get(server.url("/v1/models")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    // Health, readiness and metrics stay open for probes and scrapers.
-    for path in ["/health", "/ready", "/metrics"] {
+    // Health and readiness stay open for probes; metrics are not on the public listener.
+    for path in ["/health", "/ready"] {
         assert_eq!(client_with_key(None).get(server.url(path)).send().await.unwrap().status(), 200, "{path}");
     }
+    assert_eq!(client_with_key(None).get(server.url("/metrics")).send().await.unwrap().status(), 404);
 }
 
 #[tokio::test]
