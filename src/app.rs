@@ -10,6 +10,7 @@ use axum::Router;
 
 use crate::config::{CacheSettings, RuntimeSettings, ServerSettings, Settings};
 use crate::embed::Embedder;
+use crate::http::auth::AuthFailures;
 use crate::metrics::Metrics;
 use crate::models::backend::Runtime;
 use crate::models::cache::{CacheOptions, ModelCache};
@@ -32,6 +33,7 @@ pub struct AppState {
     pub tenants: TenantRegistry,
     pub embedder: Embedder,
     pub metrics: Arc<Metrics>,
+    pub auth_failures: AuthFailures,
     preload: Vec<String>,
     ready: AtomicBool,
 }
@@ -82,6 +84,7 @@ pub fn build_app_with(settings: Settings, runtime: Arc<dyn Runtime>) -> App {
     let embedder = Embedder::new(models, Arc::clone(&metrics), s.request_timeout());
     let state = Arc::new(AppState {
         tenants: TenantRegistry::new(&settings),
+        auth_failures: AuthFailures::per_minute(settings.server.auth_failures_per_minute),
         preload: settings.preload(),
         config_path: settings.source.clone(),
         server: settings.server,

@@ -1,7 +1,8 @@
 //! The long-lived server: bind, warm the preloaded models in the background, serve until
 //! SIGTERM or Ctrl-C, then drain.
 //!
-//! Connections are served by hyper directly (not `axum::serve`) so that every one is bounded:
+//! Connections are served by hyper directly, HTTP/1.1 (not `axum::serve`), so that every one is
+//! bounded:
 //! a client must send a whole request head within `header_read_timeout_ms` of connecting or of
 //! its last response (slowloris, idle sockets and idle keep-alive connections are closed), at
 //! most `max_connections` are open at once (past that the server stops accepting until one
@@ -15,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -93,9 +94,10 @@ async fn serve_connections(
     limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/1.1 only: detecting HTTP/2 first would wait for a silent client's first bytes with
+    // no timeout at all. TLS and HTTP/2 end at the proxy or load balancer in front.
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -129,9 +131,8 @@ async fn serve_connections(
             req.extensions_mut().insert(ConnectInfo(peer));
             req
         });
-        let connection =
-            builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
-        let connection = graceful.watch(connection.into_owned());
+        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _ = connection.await;
             drop(permit);

@@ -85,6 +85,9 @@ pub struct ServerSettings {
     /// Also serve `/metrics` on the public listener (and on Lambda), to requests bearing the key
     /// whose SHA-256 this is (`embedserve hash-key`). Unset: not routed there at all.
     pub metrics_key: Option<String>,
+    /// Failed authentications one client address may make per minute (also the burst); past
+    /// that its unauthenticated requests get 429 instead of 401.
+    pub auth_failures_per_minute: u32,
     /// Serve even though a tenant has one of the demo keys published in this repository while
     /// bound to a non-loopback address or running on Lambda. Only for tests and benchmarks.
     pub allow_demo_keys: bool,
@@ -111,6 +114,7 @@ impl Default for ServerSettings {
             shutdown_timeout_ms: 30_000,
             metrics_bind: SocketAddr::from(([127, 0, 0, 1], 9464)),
             metrics_key: None,
+            auth_failures_per_minute: 30,
             allow_demo_keys: false,
         }
     }

@@ -40,6 +40,7 @@ impl Settings {
             ("request_timeout_ms", s.request_timeout_ms as usize),
             ("header_read_timeout_ms", s.header_read_timeout_ms as usize),
             ("max_connections", s.max_connections),
+            ("auth_failures_per_minute", s.auth_failures_per_minute as usize),
         ] {
             if value == 0 {
                 out.push(format!("server.{field}: must be at least 1"));

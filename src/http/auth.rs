@@ -1,13 +1,19 @@
 //! The API key → tenant extractor. Keys come as `Authorization: Bearer <key>` or
-//! `x-api-key: <key>`; a missing or unknown key is 401. Keys are never logged: only the tenant
-//! id they resolve to is recorded on the request's span.
+//! `x-api-key: <key>`; a missing or unknown key is 401, and past
+//! `server.auth_failures_per_minute` failures from one client address, 429. Keys are never
+//! logged: only the tenant id they resolve to is recorded on the request's span.
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::error::ApiError;
 use crate::app::AppState;
@@ -21,8 +27,12 @@ impl FromRequestParts<Arc<AppState>> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let key = bearer_or_api_key(&parts.headers);
-        let tenant =
-            key.map(str::trim).and_then(|k| state.tenants.authenticate(k)).ok_or(ApiError::Unauthorized)?;
+        let Some(tenant) = key.map(str::trim).and_then(|k| state.tenants.authenticate(k)) else {
+            return Err(match client_address(parts) {
+                Some(ip) => state.auth_failures.record(ip),
+                None => ApiError::Unauthorized,
+            });
+        };
         tracing::Span::current().record("tenant", tenant.id.as_str());
         Ok(Authed(tenant))
     }
@@ -35,4 +45,51 @@ pub fn bearer_or_api_key(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+}
+
+/// The client's address: the TCP peer on the server, the Function URL's source IP on Lambda.
+/// Behind a proxy this is the proxy's address (forwarding headers are not trusted).
+fn client_address(parts: &Parts) -> Option<IpAddr> {
+    if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        return Some(peer.ip());
+    }
+    match parts.extensions.get::<lambda_http::request::RequestContext>()? {
+        lambda_http::request::RequestContext::ApiGatewayV2(context) => {
+            context.http.source_ip.as_deref()?.parse().ok()
+        }
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// Failed authentications per client address, so keys cannot be guessed at line rate.
+pub struct AuthFailures {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+/// Addresses remembered before idle ones are forgotten.
+const REMEMBERED_ADDRESSES: usize = 10_000;
+
+impl AuthFailures {
+    pub fn per_minute(failures: u32) -> Self {
+        let n = NonZeroU32::new(failures.max(1)).expect("at least 1");
+        Self { limiter: RateLimiter::keyed(Quota::per_minute(n)) }
+    }
+
+    /// Counts a failure from `ip`: 401 while within the allowance, 429 past it.
+    fn record(&self, ip: IpAddr) -> ApiError {
+        if self.limiter.len() > REMEMBERED_ADDRESSES {
+            self.limiter.retain_recent();
+        }
+        match self.limiter.check_key(&ip) {
+            Ok(()) => ApiError::Unauthorized,
+            Err(wait) => {
+                let wait = wait.wait_time_from(DefaultClock::default().now());
+                ApiError::RateLimited {
+                    message: "Too many failed authentications from your address; retry later.".to_owned(),
+                    retry_after: wait.as_secs() + 1,
+                }
+            }
+        }
+    }
 }

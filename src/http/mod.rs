@@ -1,7 +1,7 @@
 //! Delivery: routes, the layers every request passes through, and the error shape. Handlers
 //! only translate between the wire and the core (`crate::embed`).
 
-mod auth;
+pub mod auth;
 mod embed;
 pub mod error;
 mod extract;

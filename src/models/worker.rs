@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 
 use super::backend::Backend;
 use super::batcher::{FairQueue, Weighed};
+use super::memory;
 use super::queue_budget::QueueBudget;
 use super::tokenize::Encoded;
 use crate::metrics::Metrics;
@@ -69,8 +70,18 @@ pub fn spawn(
     let (tx, rx) = sync_channel(queue_capacity);
     let handle = std::thread::Builder::new().name(format!("infer-{model}")).spawn(move || {
         let queue = FairQueue::new(limits.fair_quantum_tokens);
-        Worker { model, engine, limits, budget, metrics, queue, recent: HashMap::new(), circulating: 0 }
-            .serve(rx)
+        Worker {
+            model,
+            engine,
+            limits,
+            budget,
+            metrics,
+            queue,
+            recent: HashMap::new(),
+            circulating: 0,
+            padded_since_trim: 0,
+        }
+        .serve(rx)
     })?;
     Ok((tx, handle))
 }
@@ -124,13 +135,19 @@ struct Worker {
     recent: HashMap<Arc<str>, Instant>,
     /// Inputs in the last round plus those still queued then.
     circulating: usize,
+    /// Padded tokens run since the heap was last trimmed.
+    padded_since_trim: usize,
 }
+
+/// Padded tokens after which going idle trims the heap (about 64 inputs of 256 tokens).
+const TRIM_AFTER_PADDED_TOKENS: usize = 16_384;
 
 impl Worker {
     fn serve(mut self, rx: Receiver<Job>) {
         let mut open = true;
         while open || !self.queue.is_empty() {
             if self.queue.is_empty() {
+                self.trim_after_heavy_runs();
                 match rx.recv() {
                     Ok(job) => self.push(job),
                     Err(_) => break,
@@ -160,7 +177,8 @@ impl Worker {
                 }
             }
             self.metrics.queue_tokens.with_label_values(&[&self.model]).set(self.budget.queued() as i64);
-            run_round(self.engine.as_mut(), &pieces, self.limits, &self.model, &self.metrics);
+            self.padded_since_trim +=
+                run_round(self.engine.as_mut(), &pieces, self.limits, &self.model, &self.metrics);
         }
         tracing::debug!(model = self.model, "inference worker stopped");
     }
@@ -228,6 +246,15 @@ impl Worker {
         }
     }
 
+    /// Going idle after long runs, hands the heap they freed back to the OS, so a burst of
+    /// long inputs does not leave the process at its peak.
+    fn trim_after_heavy_runs(&mut self) {
+        if self.padded_since_trim >= TRIM_AFTER_PADDED_TOKENS {
+            self.padded_since_trim = 0;
+            memory::release_free_memory();
+        }
+    }
+
     /// Drops the pieces of requests whose clients went away, counting each request once.
     fn forget(&self, pieces: Vec<Piece>) {
         for piece in pieces {
@@ -242,14 +269,15 @@ impl Worker {
 }
 
 /// Runs every input of `pieces`, shortest first, in chunks of similar lengths, and answers
-/// each request as soon as its last piece has run.
+/// each request as soon as its last piece has run. Returns the padded tokens run.
 fn run_round(
     engine: &mut dyn Backend,
     pieces: &[Piece],
     limits: BatchLimits,
     model: &str,
     metrics: &Metrics,
-) {
+) -> usize {
+    let mut padded = 0;
     let mut order: Vec<(usize, usize)> =
         pieces.iter().enumerate().flat_map(|(p, piece)| piece.range.clone().map(move |i| (p, i))).collect();
     let input = |&(p, i): &(usize, usize)| &pieces[p].inputs[i];
@@ -270,6 +298,7 @@ fn run_round(
         metrics.inference_seconds.with_label_values(&[model]).observe(timer.elapsed().as_secs_f64());
         metrics.batch_size.with_label_values(&[model]).observe(batch.len() as f64);
         metrics.batch_tokens.with_label_values(&[model]).observe((width * batch.len()) as f64);
+        padded += width * batch.len();
         match result {
             Ok(vectors) => {
                 for (&(p, i), v) in chunk.iter().zip(vectors) {
@@ -290,6 +319,7 @@ fn run_round(
             }
         }
     }
+    padded
 }
 
 /// How many of `lengths` (sorted ascending) go in the next run: at most `max_batch_size`

@@ -9,6 +9,7 @@ mod batching;
 mod cache;
 mod embeddings;
 mod errors;
+mod hardening;
 mod lambda;
 mod openai_sdk;
 mod operations;

@@ -10,5 +10,6 @@ mod helpers;
 mod batching;
 mod cache;
 mod errors;
+mod hardening;
 mod operations;
 mod tenancy;
