@@ -248,3 +248,41 @@ async fn a_flood_of_maximum_size_inputs_keeps_memory_bounded_and_the_other_tenan
     println!("after the flood, idle: {} MiB", after / 1024);
     assert!(after.saturating_sub(before) / 1024 < AFTER_FLOOD_MIB, "kept {} MiB", (after - before) / 1024);
 }
+
+#[test]
+fn tokenizing_a_prefix_keeps_exactly_the_tokens_truncating_the_whole_text_keeps() {
+    use embedserve::models::tokenize::TextEncoder;
+    use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+
+    let path = repo().join("assets/models/minilm-uncased-tokenizer.json");
+    let windowed = TextEncoder::from_file(&path, 256).unwrap();
+    let mut whole = Tokenizer::from_file(&path).unwrap();
+    whole.with_padding(None::<PaddingParams>);
+    whole.with_truncation(Some(TruncationParams { max_length: 256, ..Default::default() })).unwrap();
+    let reference = reference();
+    let mut texts: Vec<String> =
+        reference["texts"].as_object().unwrap().values().map(|t| t.as_str().unwrap().to_owned()).collect();
+    texts.extend([
+        "!".repeat(100_000),
+        "word ".repeat(5_000),
+        "日本語のテキスト".repeat(2_000),
+        "Ünïcödé naïve café ".repeat(1_000),
+        "supercalifragilistic".repeat(2_000),
+        format!("a{}b", " ".repeat(10_000)),
+        "🙂 emoji and words ".repeat(1_000),
+        "a,b;c.d!e?".repeat(3_000),
+    ]);
+    for text in &texts {
+        let got = &windowed.encode(std::slice::from_ref(text)).unwrap()[0];
+        let want = whole.encode(text.as_str(), true).unwrap();
+        let want_ids: Vec<i64> = want.get_ids().iter().map(|&i| i64::from(i)).collect();
+        let head: String = text.chars().take(30).collect();
+        assert_eq!(got.ids, want_ids, "{head:?} ({} bytes)", text.len());
+        let overflowed = !want.get_overflowing().is_empty();
+        if overflowed || text.len() <= 256 * embedserve::models::tokenize::MAX_BYTES_PER_TOKEN {
+            assert_eq!(got.truncated, overflowed, "{head:?}");
+        } else {
+            assert!(got.truncated, "{head:?}: cut at the cap, so counted as truncated");
+        }
+    }
+}
