@@ -66,13 +66,21 @@ fn main() -> ExitCode {
         Command::Serve { config, bind, metrics_bind } => Settings::load(&config).and_then(|settings| {
             tokio::runtime::Runtime::new()?.block_on(embedserve::server::serve(settings, bind, metrics_bind))
         }),
-        Command::CheckConfig { config } => Settings::load(&config).map(|s| {
+        Command::CheckConfig { config } => Settings::load(&config).and_then(|s| {
+            let problems = s.file_problems();
+            if !problems.is_empty() {
+                let file = config.display();
+                let lines: Vec<String> = problems.iter().map(|p| format!("{file}: {p}")).collect();
+                anyhow::bail!("invalid config {file}: {} problem(s)\n  {}", lines.len(), lines.join("\n  "));
+            }
             let private: usize = s.tenants.values().map(|t| t.private_models.len()).sum();
             let (models, tenants) = (s.models.len(), s.tenants.len());
             println!(
-                "{}: ok ({models} catalogue models, {tenants} tenants, {private} private models)",
+                "{}: ok ({models} catalogue models, {tenants} tenants, {private} private models; \
+                 every tokenizer and ONNX graph opened and checked)",
                 config.display()
             );
+            Ok(())
         }),
         Command::Lambda { config } => Settings::load(&config)
             .and_then(|settings| tokio::runtime::Runtime::new()?.block_on(embedserve::lambda::run(settings))),

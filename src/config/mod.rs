@@ -288,6 +288,23 @@ impl Settings {
         Ok(())
     }
 
+    /// Problems with the models' files (each tokenizer and ONNX graph opened and checked, no
+    /// session built), as `field: message` with each model's config field.
+    pub fn file_problems(&self) -> Vec<String> {
+        let catalogue = self.models.iter().map(|(id, spec)| (format!("models.{id}"), spec));
+        let private = self.tenants.iter().flat_map(|(tenant, t)| {
+            t.private_models
+                .iter()
+                .map(move |(name, spec)| (format!("tenants.{tenant}.private_models.{name}"), spec))
+        });
+        catalogue
+            .chain(private)
+            .flat_map(|(field, spec)| {
+                crate::models::inspect::file_problems(spec).into_iter().map(move |p| format!("{field}.{p}"))
+            })
+            .collect()
+    }
+
     /// Models loaded at start: `cache.preload` and `cache.pinned`, or the default model.
     pub fn preload(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.cache.preload.iter().chain(&self.cache.pinned).cloned().collect();

@@ -95,23 +95,14 @@ impl Engine {
     fn load(env: &Environment, spec: &ModelSpec, options: &SessionOptions) -> anyhow::Result<Self> {
         let session = build_session(env, &spec.onnx, options)
             .map_err(|e| anyhow::anyhow!("cannot load ONNX model {}: {e}", spec.onnx.display()))?;
-        let feeds = spec.feeds();
-        let graph_inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-        for (name, _) in &feeds {
-            if !graph_inputs.contains(&name.as_str()) {
-                bail!("{}: the graph has no input {name:?} (it has {graph_inputs:?})", spec.onnx.display());
-            }
-        }
-        if let Some(missing) = graph_inputs.iter().find(|g| !feeds.iter().any(|(n, _)| n == *g)) {
-            bail!("{}: the graph needs input {missing:?}, which `inputs` does not list", spec.onnx.display());
-        }
-        if !session.outputs().iter().any(|o| o.name() == spec.output) {
-            let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-            bail!("{}: the graph has no output {:?} (it has {names:?})", spec.onnx.display(), spec.output);
+        let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        if let Err(problem) = spec.check_graph(&inputs, &outputs) {
+            bail!("{}: {problem}", spec.onnx.display());
         }
         Ok(Self {
             session,
-            feeds,
+            feeds: spec.feeds(),
             output: spec.output.clone(),
             pooling: spec.pooling,
             dimensions: spec.dimensions,

@@ -82,6 +82,22 @@ impl ModelSpec {
             .collect()
     }
 
+    /// Whether a graph with these inputs and outputs fits the spec: every input the spec feeds
+    /// exists, every input the graph needs is fed, and the output exists.
+    pub fn check_graph(&self, inputs: &[&str], outputs: &[&str]) -> Result<(), String> {
+        let feeds = self.feeds();
+        if let Some((name, _)) = feeds.iter().find(|(name, _)| !inputs.contains(&name.as_str())) {
+            return Err(format!("the graph has no input {name:?} (it has {inputs:?})"));
+        }
+        if let Some(missing) = inputs.iter().find(|g| !feeds.iter().any(|(n, _)| n == *g)) {
+            return Err(format!("the graph needs input {missing:?}, which `inputs` does not list"));
+        }
+        if !outputs.contains(&self.output.as_str()) {
+            return Err(format!("the graph has no output {:?} (it has {outputs:?})", self.output));
+        }
+        Ok(())
+    }
+
     /// Problems with this spec that need no file access, as `field: message`.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();

@@ -202,3 +202,47 @@ fn check_config_names_the_file_and_field_of_every_problem() {
         .unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
+
+#[test]
+fn check_config_opens_every_models_files_and_names_what_is_wrong() {
+    let dir = crate::spawned::TempDir::new("check-config-files");
+    let garbage = dir.0.join("garbage.onnx");
+    std::fs::write(&garbage, b"this is not an ONNX graph").unwrap();
+    let bad_tokenizer = dir.0.join("tokenizer.json");
+    std::fs::write(&bad_tokenizer, b"{\"not\": \"a tokenizer\"}").unwrap();
+    let text = crate::spawned::default_config_text()
+        .replace(
+            &format!("onnx = \"{}/assets/models/paraphrase-l3/model.onnx\"", repo().display()),
+            &format!("onnx = \"{}\"", garbage.display()),
+        )
+        .replace("output = \"last_hidden_state\"", "output = \"no_such_output\"")
+        .replace(
+            "[tenants.globex]",
+            &format!(
+                "[tenants.globex.private_models.missing]\nonnx = \"{0}/nope.onnx\"\ntokenizer = \"{1}\"\n\
+                 output = \"x\"\npooling = \"mean\"\nmax_tokens = 16\ndimensions = 8\n\n[tenants.globex]",
+                dir.0.display(),
+                bad_tokenizer.display()
+            ),
+        );
+    let path = dir.0.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_embedserve"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for needle in [
+        "models.minilm-l6-int8.onnx:",
+        "the graph has no output \"no_such_output\"",
+        "tenants.acme.private_models.paraphrase-l3.onnx:",
+        "not an ONNX model",
+        "tenants.globex.private_models.missing.onnx:",
+        "cannot read",
+        "tenants.globex.private_models.missing.tokenizer:",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} not in:\n{stderr}");
+    }
+}
