@@ -263,4 +263,48 @@ mod tests {
         let bytes = STANDARD.decode(s).unwrap();
         assert_eq!(bytes, [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                ".{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,4}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Any JSON is either refused with a named reason or accepted as 1..=max non-empty
+            /// strings, in order.
+            #[test]
+            fn any_json_input_is_refused_or_gives_non_empty_texts(input in json_value(), max in 1usize..5) {
+                match parse_input(Some(&input), max) {
+                    Ok(texts) => {
+                        prop_assert!(!texts.is_empty() && texts.len() <= max);
+                        prop_assert!(texts.iter().all(|t| !t.trim().is_empty()));
+                        let expected = match &input {
+                            Value::String(s) => vec![s.clone()],
+                            Value::Array(items) => items.iter().map(|i| i.as_str().unwrap().to_owned()).collect(),
+                            other => return Err(TestCaseError::fail(format!("accepted {other}"))),
+                        };
+                        prop_assert_eq!(texts, expected);
+                    }
+                    Err(EmbedError::Invalid { param, .. }) => prop_assert_eq!(param, "input"),
+                    Err(EmbedError::TooManyInputs(_)) => prop_assert!(input.as_array().is_some_and(|a| a.len() > max)),
+                    Err(other) => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
+                }
+            }
+        }
+    }
 }

@@ -93,4 +93,24 @@ mod tests {
         assert!(message.starts_with("n: invalid type"), "{message}");
         assert!(matches!(parse::<Body>(b"{}"), Err(ApiError::Invalid { .. })));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any bytes at all are a 400 or a 422 (or a body), never a panic, and what is
+            /// echoed back stays short.
+            #[test]
+            fn any_body_is_parsed_or_refused_in_the_error_shape(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+                match parse::<Body>(&bytes) {
+                    Ok(_) => {}
+                    Err(e @ (ApiError::MalformedJson(_) | ApiError::Invalid { .. })) => {
+                        prop_assert!(e.to_string().chars().count() < 400, "{}", e);
+                    }
+                    Err(other) => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
+                }
+            }
+        }
+    }
 }

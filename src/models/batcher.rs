@@ -219,4 +219,46 @@ mod tests {
         assert_eq!(q.next_batch(32).len(), 1);
         assert!(q.is_empty());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever is queued, draining never loses, repeats or reorders a tenant's jobs,
+            /// never returns an empty batch while jobs wait, and keeps to the batch size
+            /// unless a single job is larger.
+            #[test]
+            fn draining_keeps_every_job_once_in_lane_order_within_the_batch_size(
+                jobs in prop::collection::vec((0u8..5, 1usize..700, 1usize..9), 1..120),
+                quantum in 1usize..1024,
+                max_inputs in 1usize..40,
+            ) {
+                let mut q = FairQueue::new(quantum);
+                for (n, &(tenant, tokens, inputs)) in jobs.iter().enumerate() {
+                    // The job's position is its token count's tiebreak: (tokens * 1000 + n).
+                    q.push(J(Arc::from(format!("t{tenant}")), tokens * 1000 + n, inputs));
+                }
+                let mut seen = Vec::new();
+                let mut rounds = 0;
+                while !q.is_empty() {
+                    let batch = q.next_batch(max_inputs);
+                    prop_assert!(!batch.is_empty());
+                    let inputs: usize = batch.iter().map(|j| j.2).sum();
+                    prop_assert!(inputs <= max_inputs || batch.len() == 1, "{inputs} inputs in {} jobs", batch.len());
+                    seen.extend(batch.into_iter().map(|j| (j.0.to_string(), j.1 % 1000)));
+                    rounds += 1;
+                    prop_assert!(rounds <= jobs.len(), "more rounds than jobs");
+                }
+                prop_assert_eq!(q.inputs(), 0);
+                let mut order: Vec<usize> = seen.iter().map(|(_, n)| *n).collect();
+                order.sort_unstable();
+                prop_assert_eq!(order, (0..jobs.len()).collect::<Vec<_>>());
+                for tenant in 0..5 {
+                    let lane: Vec<usize> = seen.iter().filter(|(t, _)| *t == format!("t{tenant}")).map(|(_, n)| *n).collect();
+                    prop_assert!(lane.windows(2).all(|w| w[0] < w[1]), "t{} out of order: {:?}", tenant, lane);
+                }
+            }
+        }
+    }
 }
