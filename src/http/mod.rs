@@ -38,7 +38,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(models::list))
         .route("/health", get(health::health))
-        .route("/ready", get(health::ready));
+        .route("/ready", get(health::ready))
+        .route("/openapi.json", get(openapi));
     if state.server.metrics_key.is_some() {
         routes = routes.route("/metrics", get(health::protected_metrics));
     }
@@ -89,6 +90,12 @@ fn with_labels(labels: Labels, result: Result<Response, ApiError>) -> Response {
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     response.extensions_mut().insert(labels);
     response
+}
+
+/// The OpenAPI document of the public routes (`src/http/openapi.json`); schemathesis checks
+/// the service against it in `make test`.
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

@@ -14,4 +14,5 @@ mod lambda;
 mod openai_sdk;
 mod operations;
 mod reload;
+mod schemathesis;
 mod tenancy;
