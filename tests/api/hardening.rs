@@ -286,3 +286,71 @@ fn tokenizing_a_prefix_keeps_exactly_the_tokens_truncating_the_whole_text_keeps(
         }
     }
 }
+
+#[tokio::test]
+async fn past_max_connections_the_server_stops_accepting_says_so_and_recovers() {
+    let config = config_with("max_connections = 8")
+        .replace("[server]\n", "[server]\nheader_read_timeout_ms = 1_500\n");
+    let server = SpawnedServer::start("max-connections", &config).await;
+    // Hold every connection with sockets that send nothing.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(TcpStream::connect(addr(&server)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let r = client_with_key(None).get(server.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "served once the idle sockets timed out");
+    assert!(started.elapsed() >= Duration::from_millis(800), "answered at once: the limit did not hold");
+    assert!(server.log_text().contains("connection limit reached"), "no log line:\n{}", server.log_text());
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let server = SpawnedServer::start("keep-alive", &config_with("header_read_timeout_ms = 1_000")).await;
+    let mut s = TcpStream::connect(addr(&server)).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    assert!(read_until_closed(&mut s, Duration::from_secs(4)).await.is_some(), "still open after 4 s");
+    assert!(started.elapsed() >= Duration::from_millis(800), "closed too early: {:?}", started.elapsed());
+}
+
+#[test]
+fn the_demo_keys_are_refused_on_a_non_loopback_address_unless_allowed() {
+    let serve = |allow: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_embedserve"));
+        command
+            .args([
+                "serve",
+                "--config",
+                "config/default.toml",
+                "--bind",
+                "0.0.0.0:0",
+                "--metrics-bind",
+                "127.0.0.1:0",
+            ])
+            .current_dir(repo())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if allow {
+            command.env("EMBEDSERVE__SERVER__ALLOW_DEMO_KEYS", "true");
+        }
+        command.spawn().unwrap()
+    };
+    let refused = serve(false).wait_with_output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("demo keys") && stderr.contains("acme"), "{stderr}");
+
+    // Allowed explicitly, it starts (and is stopped at once: no traffic is sent to it).
+    let mut allowed = serve(true);
+    let stderr = std::io::BufReader::new(allowed.stderr.take().unwrap());
+    let started =
+        std::io::BufRead::lines(stderr).map_while(Result::ok).any(|l| l.contains("embedserve listening"));
+    let _ = allowed.kill();
+    let _ = allowed.wait();
+    assert!(started, "it did not start with allow_demo_keys");
+}

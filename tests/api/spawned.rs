@@ -15,6 +15,8 @@ pub struct SpawnedServer {
     /// The private listener serving `/metrics`.
     pub metrics_base: String,
     pub config: PathBuf,
+    /// Every log line the server has written so far.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _dir: TempDir,
 }
 
@@ -60,8 +62,11 @@ impl SpawnedServer {
         // The addresses come from the "listening" log lines; the rest of the log is drained.
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&logs);
         std::thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                     && (v["message"] == "embedserve listening" || v["message"] == "metrics listening")
                 {
@@ -81,7 +86,7 @@ impl SpawnedServer {
         .await
         .unwrap()
         .expect("server logged both its addresses");
-        let server = SpawnedServer { child, base, metrics_base, config: path, _dir: dir };
+        let server = SpawnedServer { child, base, metrics_base, config: path, logs, _dir: dir };
         server.wait_ready().await;
         server
     }
@@ -101,6 +106,11 @@ impl SpawnedServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The server's log so far, one line each.
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
     }
 
     pub async fn metrics(&self) -> String {

@@ -99,3 +99,23 @@ async fn a_panicking_handler_is_a_500_in_the_error_shape_counted_and_logged_once
 async fn panics() -> &'static str {
     panic!("a bug in a handler")
 }
+
+#[tokio::test]
+async fn api_keys_never_reach_the_logs() {
+    let app = FastApp::default().await;
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    app.embed(json!({ "input": "logged request" })).await;
+    app.post("/v1/embed", Some("a-wrong-secret-key"), json!({ "input": "x" })).await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("\"tenant\":\"acme\""), "the request was not logged:\n{text}");
+    for secret in [ACME_KEY, "a-wrong-secret-key"] {
+        assert!(!text.contains(secret), "{secret} is in the log");
+    }
+}
