@@ -180,14 +180,7 @@ fn check_config_names_the_file_and_field_of_every_problem() {
         )
         .replace("limits = { requests_per_second = 5,", "limits = { requests_per_second = 0,")
         .replace("[tenants.globex]", "[tenants.globex]\ndefault_model = \"paraphrase-l3\"");
-    std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_embedserve"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let stderr = check_config_fails(&path, &text);
     for field in [
         "tenants.globex.keys[0]",
         "tenants.globex.limits.requests_per_second",
@@ -226,14 +219,7 @@ fn check_config_opens_every_models_files_and_names_what_is_wrong() {
             ),
         );
     let path = dir.0.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_embedserve"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let stderr = check_config_fails(&path, &text);
     for needle in [
         "models.minilm-l6-int8.onnx:",
         "the graph has no output \"no_such_output\"",
@@ -245,4 +231,17 @@ fn check_config_opens_every_models_files_and_names_what_is_wrong() {
     ] {
         assert!(stderr.contains(needle), "{needle:?} not in:\n{stderr}");
     }
+}
+
+/// Writes `text` to `path`, runs `embedserve check-config` on it, asserts it fails and returns
+/// what it printed.
+fn check_config_fails(path: &std::path::Path, text: &str) -> String {
+    std::fs::write(path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_embedserve"))
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8(out.stderr).unwrap()
 }
