@@ -113,14 +113,26 @@ impl Embedder {
     }
 
     /// Checks `tenant`'s limits, validates, embeds and shapes. `labels.model` is set as soon as
-    /// the model is known, and `labels.tokens` once counted, for the request's metrics.
+    /// the model is known, `labels.tokens` once counted, and `labels.limits` always: the state
+    /// of the tenant's buckets after this request, succeeded or not.
     pub async fn embed(
         &self,
         tenant: &Tenant,
         params: EmbedParams<'_>,
         labels: &mut Labels,
     ) -> Result<EmbedOutput, EmbedError> {
-        tenant.check_request().inspect_err(|_| self.count_limited(tenant, "requests"))?;
+        let result = self.embed_checked(tenant, params, labels).await;
+        tenant.peek_limits(&mut labels.limits);
+        result
+    }
+
+    async fn embed_checked(
+        &self,
+        tenant: &Tenant,
+        params: EmbedParams<'_>,
+        labels: &mut Labels,
+    ) -> Result<EmbedOutput, EmbedError> {
+        tenant.check_request(&mut labels.limits).inspect_err(|_| self.count_limited(tenant, "requests"))?;
         let texts = parse_input(params.input, tenant.max_inputs())?;
         let (name, model_id) =
             tenant.resolve(params.model).map_err(|n| EmbedError::ModelNotFound(n.to_owned()))?;
@@ -151,12 +163,13 @@ impl Embedder {
             };
             self.metrics.refusals.with_label_values(&[model_id, reason]).inc();
         };
+        let limits = &mut labels.limits;
         let work = async {
             model.admits(&tenant.id).inspect_err(count_refusal)?;
             let inputs = model.tokenize(texts).await?;
             let tokens: usize = inputs.iter().map(|e| e.len()).sum();
             let truncated = inputs.iter().filter(|e| e.truncated).count();
-            tenant.check_tokens(tokens).inspect_err(|_| self.count_limited(tenant, "tokens"))?;
+            tenant.check_tokens(tokens, limits).inspect_err(|_| self.count_limited(tenant, "tokens"))?;
             let vectors = model.infer(&tenant.id, inputs).await.inspect_err(count_refusal)?;
             Ok::<_, EmbedError>((vectors, tokens, truncated))
         };

@@ -12,6 +12,7 @@ pub mod config;
 pub mod embed;
 pub mod http;
 pub mod lambda;
+pub mod limits;
 pub mod metrics;
 pub mod models;
 pub mod reload;

@@ -6,7 +6,8 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Who a request was for, for the `tenant` and `model` labels of its request metrics.
+/// What the core learned of a request, for the layers that count and answer it: the `tenant`
+/// and `model` labels of its metrics, and its tenant's rate-limit state for the headers.
 #[derive(Debug, Clone, Default)]
 pub struct Labels {
     pub tenant: String,
@@ -14,6 +15,7 @@ pub struct Labels {
     pub model: String,
     /// Tokens processed, for per-request metric lines.
     pub tokens: usize,
+    pub limits: crate::tenants::LimitHeaders,
 }
 
 pub struct Metrics {

@@ -4,16 +4,15 @@
 //! by the running server's `max_inputs`, which, like all of `[server]`, changes on restart only.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Limits, Settings, parse_key_hash, private_model_id};
+use crate::limits::{Gcra, LimitState, Refusal};
 
 /// A request refused by its tenant's limits.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +25,13 @@ pub enum LimitError {
     OverBudget(String),
 }
 
+/// The tenant's two buckets after a request, for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitHeaders {
+    pub requests: Option<LimitState>,
+    pub tokens: Option<LimitState>,
+}
+
 /// A tenant as requests see it.
 pub struct Tenant {
     pub id: String,
@@ -36,20 +42,18 @@ pub struct Tenant {
     limiter: Arc<Limiter>,
 }
 
-/// A tenant's rate limiters: requests per second with a burst, tokens per minute.
+/// A tenant's rate limits: requests per second with a burst, tokens per minute (a minute's
+/// worth may be spent at once).
 struct Limiter {
-    requests: DefaultDirectRateLimiter,
-    tokens: DefaultDirectRateLimiter,
+    requests: Gcra,
+    tokens: Gcra,
 }
 
 impl Limiter {
     fn new(limits: &Limits) -> Self {
-        let nz = |n: u32| NonZeroU32::new(n.max(1)).expect("at least 1");
         Self {
-            requests: RateLimiter::direct(
-                Quota::per_second(nz(limits.requests_per_second)).allow_burst(nz(limits.burst)),
-            ),
-            tokens: RateLimiter::direct(Quota::per_minute(nz(limits.tokens_per_minute))),
+            requests: Gcra::new(limits.requests_per_second, Duration::from_secs(1), limits.burst),
+            tokens: Gcra::new(limits.tokens_per_minute, Duration::from_secs(60), limits.tokens_per_minute),
         }
     }
 }
@@ -72,35 +76,51 @@ impl Tenant {
         self.limits.max_inputs
     }
 
-    /// Takes one request from the tenant's request budget, or says when to retry.
-    pub fn check_request(&self) -> Result<(), LimitError> {
-        self.limiter.requests.check().map_err(|wait| LimitError::RateLimited {
-            message: format!(
+    /// Takes one request from the tenant's request budget, or says when to retry; either way
+    /// records the bucket's state in `headers`.
+    pub fn check_request(&self, headers: &mut LimitHeaders) -> Result<(), LimitError> {
+        let message = || {
+            format!(
                 "Rate limit reached for tenant {}: {} requests per second (burst {}).",
                 self.id, self.limits.requests_per_second, self.limits.burst
-            ),
-            retry_after: retry_after(wait.wait_time_from(DefaultClock::default().now())),
-        })
+            )
+        };
+        let (result, state) = decide(self.limiter.requests.take(1), message);
+        headers.requests = Some(state);
+        result
     }
 
-    /// Takes `tokens` from the tenant's tokens-per-minute budget, or says when to retry.
-    pub fn check_tokens(&self, tokens: usize) -> Result<(), LimitError> {
+    /// Takes `tokens` from the tenant's tokens-per-minute budget, or says when to retry (or that
+    /// a request this large never fits); either way records the bucket's state in `headers`.
+    pub fn check_tokens(&self, tokens: usize, headers: &mut LimitHeaders) -> Result<(), LimitError> {
         let message = || {
             format!(
                 "Token rate limit reached for tenant {}: {} tokens per minute; this request has {tokens}.",
                 self.id, self.limits.tokens_per_minute
             )
         };
-        let n = NonZeroU32::new(u32::try_from(tokens).unwrap_or(u32::MAX).max(1)).expect("at least 1");
-        match self.limiter.tokens.check_n(n) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(wait)) => Err(LimitError::RateLimited {
-                message: message(),
-                retry_after: retry_after(wait.wait_time_from(DefaultClock::default().now())),
-            }),
-            // More tokens than a whole minute's budget: waiting will never help.
-            Err(_) => Err(LimitError::OverBudget(message())),
+        let (result, state) = decide(self.limiter.tokens.take(tokens as u64), message);
+        headers.tokens = Some(state);
+        result
+    }
+
+    /// Fills in the buckets a request did not reach, without taking from them.
+    pub fn peek_limits(&self, headers: &mut LimitHeaders) {
+        headers.requests.get_or_insert_with(|| self.limiter.requests.peek());
+        headers.tokens.get_or_insert_with(|| self.limiter.tokens.peek());
+    }
+}
+
+fn decide(
+    taken: Result<LimitState, Refusal>,
+    message: impl Fn() -> String,
+) -> (Result<(), LimitError>, LimitState) {
+    match taken {
+        Ok(state) => (Ok(()), state),
+        Err(Refusal::RetryAfter(wait, state)) => {
+            (Err(LimitError::RateLimited { message: message(), retry_after: retry_after(wait) }), state)
         }
+        Err(Refusal::Never(state)) => (Err(LimitError::OverBudget(message())), state),
     }
 }
 

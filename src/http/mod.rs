@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderName, Method, Uri};
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -85,9 +85,24 @@ fn request_span(req: &Request) -> tracing::Span {
     tracing::info_span!("request", %method, path, request_id = id, tenant = tracing::field::Empty)
 }
 
-/// Attaches the request's labels to its response, success or error, for `observe`.
+/// Attaches the request's labels to its response, success or error, for `observe`, and its
+/// tenant's rate-limit state as OpenAI's headers: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
+/// (reset as seconds, e.g. `0.2s`: until the bucket is full again).
 fn with_labels(labels: Labels, result: Result<Response, ApiError>) -> Response {
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    let headers = response.headers_mut();
+    for (kind, state) in [("requests", labels.limits.requests), ("tokens", labels.limits.tokens)] {
+        let Some(state) = state else { continue };
+        let reset = format!("{:.3}", state.reset.as_secs_f64());
+        let reset = format!("{}s", reset.trim_end_matches('0').trim_end_matches('.'));
+        for (name, value) in
+            [("limit", state.limit.to_string()), ("remaining", state.remaining.to_string()), ("reset", reset)]
+        {
+            let name =
+                HeaderName::try_from(format!("x-ratelimit-{name}-{kind}")).expect("a valid header name");
+            headers.insert(name, HeaderValue::try_from(value).expect("digits are a valid header value"));
+        }
+    }
     response.extensions_mut().insert(labels);
     response
 }

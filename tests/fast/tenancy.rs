@@ -129,3 +129,45 @@ async fn a_reload_keeps_the_running_servers_max_inputs_as_every_tenants_cap() {
     assert_eq!(metric_value(&app.metrics(), "embedserve_config_reloads_total{outcome=\"ok\"}"), 1.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn header(r: &Reply, name: &str) -> String {
+    r.headers.get(name).unwrap_or_else(|| panic!("no {name}")).to_str().unwrap().to_owned()
+}
+
+fn seconds(value: &str) -> f64 {
+    value.strip_suffix('s').unwrap_or_else(|| panic!("{value} is not in seconds")).parse().unwrap()
+}
+
+#[tokio::test]
+async fn every_embedding_response_reports_the_tenants_limits_as_openai_does() {
+    let app = FastApp::default().await;
+    // globex: 5 requests per second (burst 5), 100,000 tokens per minute.
+    let mut tokens_left = 100_000;
+    for (i, route) in ["/v1/embed", "/v1/embeddings", "/v1/embed"].iter().enumerate() {
+        let r = app.post(route, Some(GLOBEX_KEY), json!({ "input": "abc" })).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(header(&r, "x-ratelimit-limit-requests"), "5");
+        assert_eq!(header(&r, "x-ratelimit-remaining-requests"), (4 - i).to_string(), "counts down");
+        let reset = seconds(&header(&r, "x-ratelimit-reset-requests"));
+        assert!(reset > 0.0 && reset <= 1.0, "{reset}");
+        assert_eq!(header(&r, "x-ratelimit-limit-tokens"), "100000");
+        tokens_left -= r.body["usage"]["total_tokens"].as_i64().unwrap();
+        let remaining: i64 = header(&r, "x-ratelimit-remaining-tokens").parse().unwrap();
+        assert!((tokens_left..=tokens_left + 1).contains(&remaining), "{remaining} vs {tokens_left}");
+        assert!(seconds(&header(&r, "x-ratelimit-reset-tokens")) > 0.0);
+    }
+    // A refused request and a rejected one carry them too.
+    let replies = futures::future::join_all(
+        (0..4).map(|_| app.post("/v1/embed", Some(GLOBEX_KEY), json!({ "input": "x" }))),
+    )
+    .await;
+    let refused = replies.iter().find(|r| r.status == 429).expect("the burst ran out");
+    assert_eq!(header(refused, "x-ratelimit-remaining-requests"), "0");
+    let retry: f64 = header(refused, "retry-after").parse().unwrap();
+    assert!(seconds(&header(refused, "x-ratelimit-reset-requests")) <= retry + 1.0);
+    assert!(refused.headers.contains_key("x-ratelimit-remaining-tokens"));
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    let invalid = app.post("/v1/embed", Some(GLOBEX_KEY), json!({ "input": "" })).await;
+    assert_eq!(invalid.status, 422);
+    assert!(invalid.headers.contains_key("x-ratelimit-remaining-requests"));
+}
