@@ -7,8 +7,8 @@
 //! its last response (slowloris, idle sockets and idle keep-alive connections are closed), at
 //! most `max_connections` are open at once (past that the server stops accepting until one
 //! closes), and after a shutdown signal requests in flight get `shutdown_timeout_ms` to finish
-//! before stalled connections are dropped. A request's body must arrive within its
-//! `request_timeout_ms` (504, see `http`).
+//! before stalled connections are dropped. A request, body included, must be answered within
+//! `request_timeout_ms` + 1 s (504, see `http::guard`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

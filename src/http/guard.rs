@@ -1,9 +1,10 @@
 //! Request hygiene before any handler: a client's request id is echoed only when it is short
 //! and plain, a declared body over the limit is refused before it is read (so
 //! `Expect: 100-continue` gets 413, not `100 Continue`), and the whole request, body read
-//! included, must finish within `request_timeout_ms`.
+//! included, must finish within `request_timeout_ms` + 1 s.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
@@ -54,10 +55,14 @@ pub async fn refuse_declared_oversize(
     }
 }
 
-/// 504 for a request not answered within `request_timeout_ms`, however far it got: a body that
-/// stalls halfway is bounded like slow inference.
+/// The outer deadline's margin over `request_timeout_ms`, which bounds (and counts, per model)
+/// the embedding itself: this one catches what happens outside it, such as a stalled body.
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
+/// 504 for a request not answered within `request_timeout_ms` + 1 s, however far it got: a
+/// body that stalls halfway is bounded like slow inference.
 pub async fn deadline(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let limit = state.server.request_timeout();
+    let limit = state.server.request_timeout() + DEADLINE_GRACE;
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout(format!(

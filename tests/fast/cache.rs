@@ -11,7 +11,9 @@ const PRIVATE: &str = "model=\"acme/paraphrase-l3\"";
 
 #[tokio::test]
 async fn fifty_concurrent_first_requests_cause_exactly_one_load() {
-    let app = &FastApp::default().await; // preloads minilm-l6-int8 only
+    // Loading takes 50 ms (the warm-up run's delay): all 50 requests arrive during the load.
+    let fake = FakeRuntime::with_run_delay(std::time::Duration::from_millis(50));
+    let app = &FastApp::start(default_settings(), fake).await; // preloads minilm-l6-int8 only
     assert_eq!(app.fake.loads(), 1);
     let replies = join_all((0..50).map(|i| {
         app.post(
