@@ -26,11 +26,12 @@ test: assets venv lambda-zip
 	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) timeout --kill-after=30s 30m $(CARGO) test --release
 	$(CARGO) bench --no-run --quiet
 
-## check: the fast loop: fmt, clippy and the fast tests (fake backend: no assets, no ONNX Runtime)
+## check: the fast loop: fmt, clippy and the fast tests (fake backend: no assets, no ONNX Runtime),
+## on the dev profile: no LTO to wait for after an edit
 check:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --release --all-targets --quiet -- -D warnings
-	$(CARGO) test --release --quiet --lib --test fast
+	$(CARGO) clippy --all-targets --quiet -- -D warnings
+	$(CARGO) test --quiet --lib --test fast
 
 build:
 	$(CARGO) build --release
