@@ -101,14 +101,24 @@ async fn serve_connections(
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    // One log line when the limit is reached and one when it is left, not one per connection:
+    // a client holding the server at its limit must not also flood its log.
+    let mut saturated = false;
     loop {
         let permit = match Arc::clone(&connections).try_acquire_owned() {
-            Ok(permit) => permit,
+            Ok(permit) => {
+                if std::mem::take(&mut saturated) {
+                    tracing::info!("below the connection limit again: accepting");
+                }
+                permit
+            }
             Err(_) => {
-                tracing::warn!(
-                    max_connections = limits.max_connections,
-                    "connection limit reached: not accepting until a connection closes"
-                );
+                if !std::mem::replace(&mut saturated, true) {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection limit reached: not accepting until a connection closes"
+                    );
+                }
                 tokio::select! {
                     permit = Arc::clone(&connections).acquire_owned() => permit.expect("never closed"),
                     () = &mut shutdown => break,
