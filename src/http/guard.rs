@@ -1,6 +1,6 @@
 //! Request hygiene before any handler: a client's request id is echoed only when it is short
-//! and plain, a declared body over the limit is refused before it is read (so
-//! `Expect: 100-continue` gets 413, not `100 Continue`), and the whole request, body read
+//! and plain, `Expect: 100-continue` with a declared body over the limit gets 413, not
+//! `100 Continue`, and the whole request, body read
 //! included, must finish within `request_timeout_ms` + 1 s.
 
 use std::sync::Arc;
@@ -34,15 +34,20 @@ fn is_plain_id(value: &HeaderValue) -> bool {
         && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(b))
 }
 
-/// 413 for a body whose declared length is over the limit, before any of it is read.
+/// 413 before any of the body is read, for a client that waits for `100 Continue` with a
+/// declared length over the limit. A client already sending its body gets the 413 from the body
+/// limit instead: answering it early would close the connection under its upload, and it would
+/// see a broken pipe rather than the answer.
 pub async fn refuse_declared_oversize(
     State(state): State<Arc<AppState>>,
     req: Request,
     next: Next,
 ) -> Response {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
+    let waits =
+        req.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let declared = waits
+        .then(|| req.headers().get(header::CONTENT_LENGTH))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {

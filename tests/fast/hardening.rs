@@ -76,7 +76,7 @@ async fn a_body_that_is_not_json_by_its_content_type_gets_415() {
 }
 
 #[tokio::test]
-async fn a_declared_body_over_the_limit_is_413_before_it_is_read() {
+async fn a_client_expecting_100_continue_with_a_body_over_the_limit_gets_413_before_sending_it() {
     let app = FastApp::default().await;
     let request = Request::builder()
         .method(Method::POST)
