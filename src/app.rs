@@ -16,7 +16,9 @@ use crate::models::backend::Runtime;
 use crate::models::cache::{CacheOptions, ModelCache};
 use crate::models::onnx::{OrtRuntime, SessionOptions};
 use crate::models::worker::BatchLimits;
+use crate::store::LimitStore;
 use crate::tenants::TenantRegistry;
+use crate::usage::UsageLedger;
 
 /// Jobs each model's channel holds before new requests get 503 (the token bound,
 /// `server.max_queue_tokens`, usually binds first).
@@ -58,12 +60,12 @@ pub fn build_app(settings: Settings) -> anyhow::Result<App> {
         SessionOptions { intra_threads: settings.intra_threads(), cpu_arena: settings.runtime.cpu_arena };
     let runtime = OrtRuntime::new(settings.onnxruntime_path().as_deref(), options)?;
     tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "ONNX Runtime loaded");
-    Ok(build_app_with(settings, Arc::new(runtime)))
+    build_app_with(settings, Arc::new(runtime))
 }
 
 /// Builds the router over any model [`Runtime`]: ONNX Runtime in the service, a fake in the
-/// fast tests.
-pub fn build_app_with(settings: Settings, runtime: Arc<dyn Runtime>) -> App {
+/// fast tests. Needs a Tokio runtime (a Redis store starts its probe task).
+pub fn build_app_with(settings: Settings, runtime: Arc<dyn Runtime>) -> anyhow::Result<App> {
     let metrics = Arc::new(Metrics::new());
     let s = &settings.server;
     let options = CacheOptions {
@@ -81,7 +83,15 @@ pub fn build_app_with(settings: Settings, runtime: Arc<dyn Runtime>) -> App {
         pinned: settings.cache.pinned.iter().cloned().collect(),
     };
     let models = ModelCache::new(runtime, settings.all_models(), options, Arc::clone(&metrics));
-    let embedder = Embedder::new(models, Arc::clone(&metrics), s.request_timeout());
+    let limits = LimitStore::new(&settings.limits, Arc::clone(&metrics))?;
+    let flush_after = Duration::from_millis(settings.limits.usage_flush_ms);
+    let usage = UsageLedger::new(
+        limits.redis().cloned(),
+        flush_after,
+        settings.limits.usage_buffer_keys,
+        Arc::clone(&metrics),
+    );
+    let embedder = Embedder::new(models, limits, usage, Arc::clone(&metrics), s.request_timeout());
     let state = Arc::new(AppState {
         tenants: TenantRegistry::new(&settings),
         auth_failures: AuthFailures::per_minute(settings.server.auth_failures_per_minute),
@@ -94,12 +104,14 @@ pub fn build_app_with(settings: Settings, runtime: Arc<dyn Runtime>) -> App {
         metrics,
         ready: AtomicBool::new(false),
     });
-    App { router: crate::http::router(Arc::clone(&state)), state }
+    Ok(App { router: crate::http::router(Arc::clone(&state)), state })
 }
 
 impl App {
-    /// Loads the preloaded (and pinned) models, then reports ready.
+    /// Says where limits are kept (connecting to Redis if configured), loads the preloaded
+    /// (and pinned) models, then reports ready.
     pub async fn warm_up(&self) -> anyhow::Result<()> {
+        self.state.embedder.limits.announce().await;
         for id in &self.state.preload {
             self.state.embedder.models.get(id).await.map_err(|e| anyhow::anyhow!("preloading {id}: {e}"))?;
         }

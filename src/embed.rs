@@ -15,7 +15,9 @@ use crate::metrics::{Labels, Metrics};
 use crate::models::ModelError;
 use crate::models::cache::ModelCache;
 use crate::models::pooling::shape_vector;
-use crate::tenants::{LimitError, Tenant};
+use crate::store::LimitStore;
+use crate::tenants::{Bucket, LimitError, Tenant};
+use crate::usage::UsageLedger;
 
 /// Why a request produced no vectors.
 #[derive(Debug, thiserror::Error)]
@@ -99,17 +101,25 @@ pub struct Usage {
     pub total_tokens: usize,
 }
 
-/// Embeds for tenants through the shared model cache.
+/// Embeds for tenants through the shared model cache, within their limits, counting usage.
 pub struct Embedder {
     pub models: ModelCache,
+    pub limits: LimitStore,
+    pub usage: Arc<UsageLedger>,
     metrics: Arc<Metrics>,
     timeout: Duration,
 }
 
 impl Embedder {
     /// `timeout` bounds each request from the model's queue to its vectors.
-    pub fn new(models: ModelCache, metrics: Arc<Metrics>, timeout: Duration) -> Self {
-        Self { models, metrics, timeout }
+    pub fn new(
+        models: ModelCache,
+        limits: LimitStore,
+        usage: Arc<UsageLedger>,
+        metrics: Arc<Metrics>,
+        timeout: Duration,
+    ) -> Self {
+        Self { models, limits, usage, metrics, timeout }
     }
 
     /// Checks `tenant`'s limits, validates, embeds and shapes. `labels.model` is set as soon as
@@ -122,7 +132,7 @@ impl Embedder {
         labels: &mut Labels,
     ) -> Result<EmbedOutput, EmbedError> {
         let result = self.embed_checked(tenant, params, labels).await;
-        tenant.peek_limits(&mut labels.limits);
+        self.limits.peek(tenant, &mut labels.limits);
         result
     }
 
@@ -132,8 +142,12 @@ impl Embedder {
         params: EmbedParams<'_>,
         labels: &mut Labels,
     ) -> Result<EmbedOutput, EmbedError> {
-        tenant.check_request(&mut labels.limits).inspect_err(|_| self.count_limited(tenant, "requests"))?;
+        // A tenant with no request left is refused before it costs a model load or tokenizing.
+        self.limits
+            .refuse_early(tenant, &mut labels.limits)
+            .inspect_err(|e| self.count_limited(tenant, e))?;
         let texts = parse_input(params.input, tenant.max_inputs())?;
+        let inputs_count = texts.len();
         let (name, model_id) =
             tenant.resolve(params.model).map_err(|n| EmbedError::ModelNotFound(n.to_owned()))?;
         labels.model = model_id.to_owned();
@@ -169,7 +183,8 @@ impl Embedder {
             let inputs = model.tokenize(texts).await?;
             let tokens: usize = inputs.iter().map(|e| e.len()).sum();
             let truncated = inputs.iter().filter(|e| e.truncated).count();
-            tenant.check_tokens(tokens, limits).inspect_err(|_| self.count_limited(tenant, "tokens"))?;
+            // Both limits at once, now that the tokens are known: one round trip to a shared store.
+            self.limits.admit(tenant, tokens, limits).await.inspect_err(|e| self.count_limited(tenant, e))?;
             let vectors = model.infer(&tenant.id, inputs).await.inspect_err(count_refusal)?;
             Ok::<_, EmbedError>((vectors, tokens, truncated))
         };
@@ -184,6 +199,7 @@ impl Embedder {
         m.tokens.with_label_values(&[&tenant.id, model_id]).inc_by(tokens as u64);
         m.embeddings.with_label_values(&[&tenant.id, model_id]).inc_by(vectors.len() as u64);
         m.truncated_inputs.with_label_values(&[model_id]).inc_by(truncated as u64);
+        self.usage.record(&tenant.id, name, inputs_count, tokens);
 
         let vectors = vectors
             .into_iter()
@@ -193,7 +209,11 @@ impl Embedder {
         Ok(EmbedOutput { model: name.to_owned(), dimensions, vectors, usage })
     }
 
-    fn count_limited(&self, tenant: &Tenant, limit: &str) {
+    fn count_limited(&self, tenant: &Tenant, e: &LimitError) {
+        let limit = match e.limit() {
+            Bucket::Requests => "requests",
+            Bucket::Tokens => "tokens",
+        };
         self.metrics.rate_limited.with_label_values(&[&tenant.id, limit]).inc();
     }
 }

@@ -44,6 +44,21 @@ impl Gcra {
         Self { interval, limit: u64::from(burst.max(1)), tat: Mutex::new(0), epoch: Instant::now() }
     }
 
+    /// Time one unit takes to refill.
+    pub fn interval(&self) -> Duration {
+        Duration::from_nanos(self.interval)
+    }
+
+    /// Units the full bucket holds.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The state of a bucket whose arrival time is `debt` ahead of now, wherever it is kept.
+    pub fn state_for_debt(&self, debt: Duration) -> LimitState {
+        self.state(debt.as_nanos() as u64, 0)
+    }
+
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
@@ -62,17 +77,55 @@ impl Gcra {
     pub fn take(&self, n: u64) -> Result<LimitState, Refusal> {
         let mut tat = self.tat.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.now();
-        if n > self.limit {
-            return Err(Refusal::Never(self.state(*tat, now)));
+        let next = self.decide(*tat, now, n)?;
+        *tat = next;
+        Ok(self.state(next, now))
+    }
+
+    /// Takes `a_n` from `a` and `b_n` from `b`, or nothing from either: a request is admitted by
+    /// all of its limits at once or refused by the first that says no (`Err(true)` for `a`).
+    /// The state of both buckets comes back either way.
+    pub fn take_both(
+        a: &Gcra,
+        a_n: u64,
+        b: &Gcra,
+        b_n: u64,
+    ) -> (Result<(), (bool, Refusal)>, LimitState, LimitState) {
+        // Always `a` before `b`: callers pass the buckets in one order (requests, tokens).
+        let mut a_tat = a.tat.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b_tat = b.tat.lock().unwrap_or_else(|e| e.into_inner());
+        let (a_now, b_now) = (a.now(), b.now());
+        let decided = a.decide(*a_tat, a_now, a_n).map_err(|r| (true, r)).and_then(|a_next| {
+            b.decide(*b_tat, b_now, b_n).map(|b_next| (a_next, b_next)).map_err(|r| (false, r))
+        });
+        match decided {
+            Ok((a_next, b_next)) => {
+                *a_tat = a_next;
+                *b_tat = b_next;
+                (Ok(()), a.state(a_next, a_now), b.state(b_next, b_now))
+            }
+            Err(refusal) => (Err(refusal), a.state(*a_tat, a_now), b.state(*b_tat, b_now)),
         }
-        let next = (*tat).max(now) + n * self.interval;
+    }
+
+    /// The new arrival time if `n` units can be taken at `now` from a bucket at `tat`.
+    fn decide(&self, tat: u64, now: u64, n: u64) -> Result<u64, Refusal> {
+        if n > self.limit {
+            return Err(Refusal::Never(self.state(tat, now)));
+        }
+        let next = tat.max(now) + n * self.interval;
         let capacity = self.interval * self.limit;
         if next - now > capacity {
             let wait = Duration::from_nanos(next - now - capacity);
-            return Err(Refusal::RetryAfter(wait, self.state(*tat, now)));
+            return Err(Refusal::RetryAfter(wait, self.state(tat, now)));
         }
-        *tat = next;
-        Ok(self.state(next, now))
+        Ok(next)
+    }
+
+    /// Would `n` units be refused now? Takes nothing.
+    pub fn would_refuse(&self, n: u64) -> Option<Refusal> {
+        let tat = *self.tat.lock().unwrap_or_else(|e| e.into_inner());
+        self.decide(tat, self.now(), n).err()
     }
 
     /// The state now, taking nothing.
@@ -104,6 +157,30 @@ mod tests {
         let bucket = Gcra::new(20, Duration::from_secs(60), 20);
         assert!(matches!(bucket.take(21), Err(Refusal::Never(_))));
         assert_eq!(bucket.take(20).unwrap().remaining, 0);
+    }
+
+    #[test]
+    fn two_buckets_take_all_or_nothing() {
+        let requests = Gcra::new(10, Duration::from_secs(1), 10);
+        let tokens = Gcra::new(100, Duration::from_secs(60), 100);
+        let (ok, r, t) = Gcra::take_both(&requests, 1, &tokens, 60);
+        assert!(ok.is_ok());
+        assert_eq!((r.remaining, t.remaining), (9, 40));
+        // The tokens refuse: the request is not taken either.
+        let (refused, r, t) = Gcra::take_both(&requests, 1, &tokens, 60);
+        assert!(matches!(refused, Err((false, Refusal::RetryAfter(..)))));
+        assert_eq!((r.remaining, t.remaining), (9, 40));
+        assert!(matches!(Gcra::take_both(&requests, 1, &tokens, 101).0, Err((false, Refusal::Never(_)))));
+        assert_eq!(requests.peek().remaining, 9);
+    }
+
+    #[test]
+    fn state_for_debt_matches_the_local_state() {
+        let bucket = Gcra::new(5, Duration::from_secs(1), 5);
+        bucket.take(2).unwrap();
+        let here = bucket.peek();
+        let there = bucket.state_for_debt(here.reset);
+        assert_eq!((there.limit, there.remaining), (5, 3));
     }
 
     #[test]

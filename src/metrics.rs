@@ -3,7 +3,8 @@
 //! [`Labels`] carry a request's tenant and model from the core to the middleware that counts it.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// What the core learned of a request, for the layers that count and answer it: the `tenant`
@@ -54,6 +55,17 @@ pub struct Metrics {
     /// Model loads by model and outcome (`ok` | `error`).
     pub model_loads: IntCounterVec,
     pub model_load_seconds: HistogramVec,
+    /// 1 while the shared store (Redis) answers, 0 while limits fall back to this process.
+    pub store_up: IntGauge,
+    /// Shared-store calls that failed or timed out, by operation (`limits`, `usage_write`,
+    /// `usage_read`, `probe`).
+    pub store_failures: IntCounterVec,
+    /// Limit decisions by where they were made (`shared` | `local`).
+    pub limit_decisions: IntCounterVec,
+    /// Usage counters held in memory, not yet written to the shared store.
+    pub usage_held: IntGauge,
+    /// Requests whose usage was not counted because the held counters were at their bound.
+    pub usage_dropped: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -188,6 +200,33 @@ impl Metrics {
                 "Work refused or dropped by model and reason (queue_full, tenant_queue_share, client_gone, timeout).",
                 &["model", "reason"],
             ),
+            store_up: scalar(
+                "embedserve_store_up",
+                "1 while the shared limit store answers; 0 while limits hold per process.",
+            ),
+            store_failures: counter(
+                "embedserve_store_failures_total",
+                "Shared-store calls that failed or timed out, by operation.",
+                &["operation"],
+            ),
+            limit_decisions: counter(
+                "embedserve_limit_decisions_total",
+                "Rate-limit decisions by where they were made (shared or local).",
+                &["store"],
+            ),
+            usage_held: scalar(
+                "embedserve_usage_held",
+                "Usage counters held in memory, not yet written to the shared store.",
+            ),
+            usage_dropped: {
+                let c = IntCounter::new(
+                    "embedserve_usage_dropped_total",
+                    "Requests whose usage was dropped because the held counters were at their bound.",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(c.clone())).expect("metric registered once");
+                c
+            },
             registry,
         }
     }

@@ -66,6 +66,13 @@ pub async fn run(
     });
 
     serve_connections(listener, router, ConnectionLimits::of(&state.server), shutdown).await;
+    // The last requests' usage, before the process goes: bounded, as a stop must be.
+    if let Some(store) = state.embedder.limits.redis() {
+        let flushed = tokio::time::timeout(Duration::from_secs(2), state.embedder.usage.flush()).await;
+        if !matches!(flushed, Ok(true)) {
+            tracing::warn!(up = store.is_up(), "usage not yet written to Redis is lost with this process");
+        }
+    }
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 //! by the running server's `max_inputs`, which, like all of `[server]`, changes on restart only.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
@@ -19,10 +19,20 @@ use crate::limits::{Gcra, LimitState, Refusal};
 pub enum LimitError {
     /// Over requests per second or tokens per minute; waiting `retry_after` seconds helps.
     #[error("{message}")]
-    RateLimited { message: String, retry_after: u64 },
+    RateLimited { message: String, retry_after: u64, limit: Bucket },
     /// More tokens than a whole minute's budget: waiting never helps.
     #[error("{0}")]
     OverBudget(String),
+}
+
+impl LimitError {
+    /// The limit that refused.
+    pub fn limit(&self) -> Bucket {
+        match self {
+            LimitError::RateLimited { limit, .. } => *limit,
+            LimitError::OverBudget(_) => Bucket::Tokens,
+        }
+    }
 }
 
 /// The tenant's two buckets after a request, for the `x-ratelimit-*` headers.
@@ -43,10 +53,22 @@ pub struct Tenant {
 }
 
 /// A tenant's rate limits: requests per second with a burst, tokens per minute (a minute's
-/// worth may be spent at once).
+/// worth may be spent at once). The buckets are the process's own: the limits with the local
+/// store, the fallback with a shared one. `shared` remembers the shared store's last word.
 struct Limiter {
     requests: Gcra,
     tokens: Gcra,
+    shared: Mutex<SharedMemo>,
+}
+
+/// What this process last heard from the shared store about a tenant.
+#[derive(Default)]
+struct SharedMemo {
+    /// The shared request bucket refused until then: no process can be admitted earlier, so
+    /// requests before it are refused here without tokenizing or asking the store.
+    refused_until: Option<Instant>,
+    /// The buckets' state at the last decision, for requests that never reach the limits.
+    last: Option<(Instant, LimitHeaders)>,
 }
 
 impl Limiter {
@@ -54,8 +76,33 @@ impl Limiter {
         Self {
             requests: Gcra::new(limits.requests_per_second, Duration::from_secs(1), limits.burst),
             tokens: Gcra::new(limits.tokens_per_minute, Duration::from_secs(60), limits.tokens_per_minute),
+            shared: Mutex::default(),
         }
     }
+}
+
+/// A shared store's decision on one request, as the time the buckets owe (their theoretical
+/// arrival time less now) after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedVerdict {
+    pub refused: Option<Bucket>,
+    /// With `refused`: how long until the request would fit; `None`: it never fits.
+    pub wait: Option<Duration>,
+    pub requests_debt: Duration,
+    pub tokens_debt: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    Requests,
+    Tokens,
+}
+
+/// A bucket's parameters, as a shared store needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketParams {
+    pub interval: Duration,
+    pub limit: u64,
 }
 
 impl Tenant {
@@ -76,52 +123,127 @@ impl Tenant {
         self.limits.max_inputs
     }
 
-    /// Takes one request from the tenant's request budget, or says when to retry; either way
-    /// records the bucket's state in `headers`.
-    pub fn check_request(&self, headers: &mut LimitHeaders) -> Result<(), LimitError> {
-        let message = || {
-            format!(
-                "Rate limit reached for tenant {}: {} requests per second (burst {}).",
-                self.id, self.limits.requests_per_second, self.limits.burst
-            )
-        };
-        let (result, state) = decide(self.limiter.requests.take(1), message);
-        headers.requests = Some(state);
-        result
+    /// The request and token buckets' parameters.
+    pub fn bucket_params(&self) -> (BucketParams, BucketParams) {
+        let params = |g: &Gcra| BucketParams { interval: g.interval(), limit: g.limit() };
+        (params(&self.limiter.requests), params(&self.limiter.tokens))
     }
 
-    /// Takes `tokens` from the tenant's tokens-per-minute budget, or says when to retry (or that
-    /// a request this large never fits); either way records the bucket's state in `headers`.
-    pub fn check_tokens(&self, tokens: usize, headers: &mut LimitHeaders) -> Result<(), LimitError> {
-        let message = || {
-            format!(
-                "Token rate limit reached for tenant {}: {} tokens per minute; this request has {tokens}.",
-                self.id, self.limits.tokens_per_minute
-            )
-        };
-        let (result, state) = decide(self.limiter.tokens.take(tokens as u64), message);
-        headers.tokens = Some(state);
-        result
+    /// Refuses a request that cannot be admitted whatever its size, before it costs a model
+    /// load or tokenizing: the request bucket is empty (here, or in the shared store as last
+    /// heard, when `shared`). Takes nothing.
+    pub fn refuse_early(&self, shared: bool, headers: &mut LimitHeaders) -> Result<(), LimitError> {
+        if shared {
+            let memo = self.limiter.shared.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let Some(until) = memo.refused_until.filter(|&t| t > now) else { return Ok(()) };
+            *headers = aged(memo.last, now).unwrap_or_default();
+            return Err(self.refusal(Bucket::Requests, Some(until - now), 0));
+        }
+        match self.limiter.requests.would_refuse(1) {
+            None => Ok(()),
+            Some(refusal) => {
+                headers.requests = Some(self.limiter.requests.peek());
+                Err(self.refused_by(Bucket::Requests, refusal, 0))
+            }
+        }
     }
 
-    /// Fills in the buckets a request did not reach, without taking from them.
-    pub fn peek_limits(&self, headers: &mut LimitHeaders) {
+    /// Admits a request of `tokens` by this process's own buckets, taking one request and
+    /// `tokens` from them, or nothing if either refuses; either way records both buckets' state.
+    pub fn admit_locally(&self, tokens: usize, headers: &mut LimitHeaders) -> Result<(), LimitError> {
+        let (result, requests, token_state) =
+            Gcra::take_both(&self.limiter.requests, 1, &self.limiter.tokens, tokens as u64);
+        *headers = LimitHeaders { requests: Some(requests), tokens: Some(token_state) };
+        result.map_err(|(is_requests, refusal)| {
+            let bucket = if is_requests { Bucket::Requests } else { Bucket::Tokens };
+            self.refused_by(bucket, refusal, tokens)
+        })
+    }
+
+    /// Applies a shared store's decision on a request of `tokens`: records both buckets' state
+    /// (and remembers it), and refuses as the store did.
+    pub fn admit_shared(
+        &self,
+        verdict: SharedVerdict,
+        tokens: usize,
+        headers: &mut LimitHeaders,
+    ) -> Result<(), LimitError> {
+        *headers = LimitHeaders {
+            requests: Some(self.limiter.requests.state_for_debt(verdict.requests_debt)),
+            tokens: Some(self.limiter.tokens.state_for_debt(verdict.tokens_debt)),
+        };
+        let now = Instant::now();
+        let mut memo = self.limiter.shared.lock().unwrap_or_else(|e| e.into_inner());
+        memo.last = Some((now, *headers));
+        let Some(bucket) = verdict.refused else { return Ok(()) };
+        if let (Bucket::Requests, Some(wait)) = (bucket, verdict.wait) {
+            memo.refused_until = Some(now + wait);
+        }
+        Err(self.refusal(bucket, verdict.wait, tokens))
+    }
+
+    /// Fills in the buckets a request did not reach, without taking from them: this process's
+    /// buckets, or the shared store's state as last heard (aged since).
+    pub fn peek_limits(&self, shared: bool, headers: &mut LimitHeaders) {
+        if shared {
+            let memo = self.limiter.shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(last) = aged(memo.last, Instant::now()) {
+                headers.requests.get_or_insert(last.requests.unwrap_or(self.limiter.requests.peek()));
+                headers.tokens.get_or_insert(last.tokens.unwrap_or(self.limiter.tokens.peek()));
+            }
+            return;
+        }
         headers.requests.get_or_insert_with(|| self.limiter.requests.peek());
         headers.tokens.get_or_insert_with(|| self.limiter.tokens.peek());
     }
+
+    fn refused_by(&self, bucket: Bucket, refusal: Refusal, tokens: usize) -> LimitError {
+        match refusal {
+            Refusal::RetryAfter(wait, _) => self.refusal(bucket, Some(wait), tokens),
+            Refusal::Never(_) => self.refusal(bucket, None, tokens),
+        }
+    }
+
+    /// The error for a refusal by `bucket`: retry after `wait`, or never (`None`).
+    fn refusal(&self, bucket: Bucket, wait: Option<Duration>, tokens: usize) -> LimitError {
+        let l = &self.limits;
+        let message = match bucket {
+            Bucket::Requests => format!(
+                "Rate limit reached for tenant {}: {} requests per second (burst {}).",
+                self.id, l.requests_per_second, l.burst
+            ),
+            Bucket::Tokens => format!(
+                "Token rate limit reached for tenant {}: {} tokens per minute; this request has {tokens}.",
+                self.id, l.tokens_per_minute
+            ),
+        };
+        match wait {
+            Some(wait) => LimitError::RateLimited { message, retry_after: retry_after(wait), limit: bucket },
+            None => LimitError::OverBudget(message),
+        }
+    }
 }
 
-fn decide(
-    taken: Result<LimitState, Refusal>,
-    message: impl Fn() -> String,
-) -> (Result<(), LimitError>, LimitState) {
-    match taken {
-        Ok(state) => (Ok(()), state),
-        Err(Refusal::RetryAfter(wait, state)) => {
-            (Err(LimitError::RateLimited { message: message(), retry_after: retry_after(wait) }), state)
-        }
-        Err(Refusal::Never(state)) => (Err(LimitError::OverBudget(message())), state),
-    }
+/// A remembered state as it stands now: resets shortened by the time since, and what refilled
+/// meanwhile added back.
+fn aged(last: Option<(Instant, LimitHeaders)>, now: Instant) -> Option<LimitHeaders> {
+    let (at, headers) = last?;
+    let elapsed = now.saturating_duration_since(at);
+    let age = |s: Option<LimitState>| {
+        s.map(|s| {
+            let reset = s.reset.saturating_sub(elapsed);
+            let owed = s.limit - s.remaining;
+            // Units owed refill evenly over the reset time.
+            let refilled = if s.reset.is_zero() {
+                owed
+            } else {
+                (owed as f64 * (1.0 - reset.as_secs_f64() / s.reset.as_secs_f64())) as u64
+            };
+            LimitState { limit: s.limit, remaining: (s.remaining + refilled).min(s.limit), reset }
+        })
+    };
+    Some(LimitHeaders { requests: age(headers.requests), tokens: age(headers.tokens) })
 }
 
 fn retry_after(wait: std::time::Duration) -> u64 {

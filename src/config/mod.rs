@@ -31,6 +31,9 @@ pub struct Settings {
     pub models: BTreeMap<String, ModelSpec>,
     #[serde(default)]
     pub cache: CacheSettings,
+    /// Where tenants' limits and usage live: this process, or a Redis every replica shares.
+    #[serde(default)]
+    pub limits: StoreSettings,
     /// Tenants by id.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
@@ -153,6 +156,53 @@ pub struct CacheSettings {
     pub pinned: Vec<String>,
 }
 
+/// Where limits and usage are kept (`[limits]`); like `[server]`, read at start only.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    pub store: StoreKind,
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. Put the password in
+    /// `EMBEDSERVE__LIMITS__REDIS_URL` (a Secret), not in the file.
+    pub redis_url: Option<String>,
+    /// PEM root certificate(s) that sign the Redis server's TLS certificate, when not a public CA.
+    pub redis_ca_file: Option<PathBuf>,
+    /// A store call unanswered this long counts as a failure: this request (and those after it,
+    /// until Redis answers a probe) are decided by the process's own limiter.
+    pub timeout_ms: u64,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Usage counts are summed in memory and written this often (0: after every request, as on
+    /// Lambda, where a frozen instance runs no timers).
+    pub usage_flush_ms: u64,
+    /// Most (tenant, model, day) counters held unwritten while Redis is unreachable; counts
+    /// for further ones are dropped and counted in `embedserve_usage_dropped_total`.
+    pub usage_buffer_keys: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In this process: limits hold per process and usage lives in memory.
+    #[default]
+    Local,
+    /// In Redis, shared by every process pointing at it; this process's limiter is the fallback.
+    Redis,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            store: StoreKind::Local,
+            redis_url: None,
+            redis_ca_file: None,
+            timeout_ms: 50,
+            key_prefix: "embedserve".to_owned(),
+            usage_flush_ms: 1_000,
+            usage_buffer_keys: 100_000,
+        }
+    }
+}
+
 /// One tenant, from a `[tenants.<id>]` table.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -246,6 +296,9 @@ impl Settings {
             }
         };
         if let Some(p) = self.runtime.onnxruntime.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.limits.redis_ca_file.as_mut() {
             resolve(p);
         }
         let private = self.tenants.values_mut().flat_map(|t| t.private_models.values_mut());

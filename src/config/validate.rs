@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Settings, parse_key_hash};
+use super::{Settings, StoreKind, parse_key_hash};
 
 impl Settings {
     /// Every problem, each as `field: message`, so `check-config` can list them all at once.
@@ -52,8 +52,39 @@ impl Settings {
                     .to_owned(),
             );
         }
+        out.extend(self.store_problems());
         if s.max_tenant_queue_percent > 100 {
             out.push("server.max_tenant_queue_percent: must be between 1 and 100".to_owned());
+        }
+        out
+    }
+
+    fn store_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let l = &self.limits;
+        match (&l.store, &l.redis_url) {
+            (StoreKind::Redis, None) => out.push(
+                "limits.redis_url: store = \"redis\" needs redis_url (redis://host:port or rediss://host:port)"
+                    .to_owned(),
+            ),
+            (_, Some(url)) => {
+                if let Err(e) = crate::store::redis::parse_url(url) {
+                    out.push(format!("limits.redis_url: {e}"));
+                }
+            }
+            (StoreKind::Local, None) => {}
+        }
+        if l.timeout_ms == 0 {
+            out.push("limits.timeout_ms: must be at least 1".to_owned());
+        }
+        if l.usage_buffer_keys == 0 {
+            out.push("limits.usage_buffer_keys: must be at least 1".to_owned());
+        }
+        if !valid_id(&l.key_prefix) {
+            out.push("limits.key_prefix: use only a-z, 0-9, '-', '_' and '.'".to_owned());
+        }
+        if let Some(ca) = l.redis_ca_file.as_deref().filter(|p| !p.is_file()) {
+            out.push(format!("limits.redis_ca_file: {} is not a file", ca.display()));
         }
         out
     }

@@ -45,6 +45,9 @@ pub enum ApiError {
     Timeout(String),
     #[error("The service is not ready yet.")]
     NotReady,
+    /// The shared store could not answer a read (limits never fail on it: they fall back).
+    #[error("The usage store is unreachable; retry shortly.")]
+    StoreUnavailable(String),
     /// Anything else; the client sees a generic message.
     #[error("The server had an error while processing your request.")]
     Internal(String),
@@ -98,9 +101,10 @@ impl ApiError {
             ApiError::RateLimited { .. } | ApiError::TenantQueueFull => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::ModelUnavailable { .. } | ApiError::Overloaded | ApiError::NotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::ModelUnavailable { .. }
+            | ApiError::Overloaded
+            | ApiError::NotReady
+            | ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -122,6 +126,7 @@ impl ApiError {
             ApiError::TenantQueueFull => ("rate_limit_error", "tenant_queue_full"),
             ApiError::Timeout(_) => ("server_error", "timeout"),
             ApiError::NotReady => ("server_error", "not_ready"),
+            ApiError::StoreUnavailable(_) => ("server_error", "store_unavailable"),
             ApiError::Internal(_) => ("server_error", "internal_error"),
         }
     }
@@ -141,13 +146,16 @@ impl ApiError {
                 Some(*retry_after)
             }
             ApiError::Overloaded | ApiError::TenantQueueFull | ApiError::NotReady => Some(1),
+            ApiError::StoreUnavailable(_) => Some(1),
             _ => None,
         }
     }
 
     fn cause(&self) -> Option<String> {
         match self {
-            ApiError::ModelUnavailable { cause, .. } | ApiError::Internal(cause) => Some(cause.clone()),
+            ApiError::ModelUnavailable { cause, .. }
+            | ApiError::Internal(cause)
+            | ApiError::StoreUnavailable(cause) => Some(cause.clone()),
             _ => None,
         }
     }
@@ -169,7 +177,7 @@ impl From<EmbedError> for ApiError {
 impl From<LimitError> for ApiError {
     fn from(e: LimitError) -> Self {
         match e {
-            LimitError::RateLimited { message, retry_after } => {
+            LimitError::RateLimited { message, retry_after, .. } => {
                 ApiError::RateLimited { message, retry_after }
             }
             LimitError::OverBudget(message) => ApiError::TooLarge(message),

@@ -38,7 +38,7 @@ pub struct FastApp {
 impl FastApp {
     /// Builds the app and loads its preloaded models, as the server does before `/ready`.
     pub async fn start(settings: Settings, fake: FakeRuntime) -> FastApp {
-        let app = embedserve::build_app_with(settings, Arc::new(fake.clone()));
+        let app = embedserve::build_app_with(settings, Arc::new(fake.clone())).expect("the app builds");
         app.warm_up().await.expect("preloading on the fake backend");
         let App { router, state } = app;
         FastApp { router, state, fake }
