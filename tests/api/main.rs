@@ -1,5 +1,6 @@
 //! Integration tests: the real router, real ONNX models and a real server on port 0.
 
+mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 mod helpers;
@@ -14,5 +15,6 @@ mod lambda;
 mod openai_sdk;
 mod operations;
 mod reload;
+mod scale_out;
 mod schemathesis;
 mod tenancy;

@@ -1,0 +1,223 @@
+//! Real Redis and HAProxy (Debian's `redis-server` and `haproxy`, which `make test` installs),
+//! each started on a free loopback port in a folder of its own and stopped on drop.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+use crate::spawned::{SpawnedServer, TempDir, default_config_text};
+
+/// A client keeping its connections alive, as real clients of a load balancer do (within one
+/// test's runtime only).
+pub fn pooled_client(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).timeout(REQUEST_TIMEOUT).build().unwrap()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Redis {
+    /// A Redis that writes every change to its append-only file before answering, so a stop
+    /// and a restart lose nothing, as a managed Redis would not.
+    pub fn start(name: &str) -> Redis {
+        let mut redis = Redis { child: None, port: free_port(), dir: TempDir::new(&format!("redis-{name}")) };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts (again) on the same port and folder; returns once it answers PING.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(&self.dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (make test installs Debian's redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.answers() {
+            assert!(Instant::now() < deadline, "redis-server did not answer PING within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it at once, as a crash or a lost network would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The shipped `deploy/haproxy/haproxy.cfg` in front of three replicas.
+pub struct Haproxy {
+    child: Child,
+    pub base: String,
+    pub stats: String,
+    _dir: TempDir,
+}
+
+impl Haproxy {
+    pub async fn start(name: &str, replicas: [&SpawnedServer; 3]) -> Haproxy {
+        let dir = TempDir::new(&format!("haproxy-{name}"));
+        let (port, stats_port) = (free_port(), free_port());
+        let mut command = Command::new("haproxy");
+        command
+            .args(["-db", "-f"])
+            .arg(repo().join("deploy/haproxy/haproxy.cfg"))
+            .env("HAPROXY_BIND", format!("127.0.0.1:{port}"))
+            .env("HAPROXY_STATS_BIND", format!("127.0.0.1:{stats_port}"))
+            .env("HAPROXY_STATS_SOCKET", dir.0.join("admin.sock"))
+            .stdout(if std::env::var_os("HAPROXY_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .stderr(Stdio::null());
+        for (i, replica) in replicas.iter().enumerate() {
+            command.env(format!("EMBEDSERVE_{}", i + 1), replica.base.trim_start_matches("http://"));
+        }
+        let child = command.spawn().expect("haproxy runs (make test installs Debian's haproxy)");
+        let haproxy = Haproxy {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            stats: format!("http://127.0.0.1:{stats_port}/stats;csv"),
+            _dir: dir,
+        };
+        // Up when every replica has passed its health checks.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(rows) = haproxy.servers().await
+                && rows.len() == 3
+                && rows.iter().all(|r| r.status == "UP")
+            {
+                return haproxy;
+            }
+            assert!(Instant::now() < deadline, "haproxy never saw three healthy replicas");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Each replica's row of HAProxy's statistics.
+    pub async fn servers(&self) -> Result<Vec<ServerStats>, reqwest::Error> {
+        let text = client_with_key(None).get(&self.stats).send().await?.text().await?;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or("").trim_start_matches("# ").split(',').collect();
+        let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        let (px, sv, status, smax, total) =
+            (column("pxname"), column("svname"), column("status"), column("smax"), column("stot"));
+        Ok(lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f[px] == "embedserve" && f[sv].starts_with("replica"))
+            .map(|f| ServerStats {
+                name: f[sv].to_owned(),
+                status: f[status].to_owned(),
+                max_sessions: f[smax].parse().unwrap_or(0),
+                total_sessions: f[total].parse().unwrap_or(0),
+            })
+            .collect())
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct ServerStats {
+    pub name: String,
+    pub status: String,
+    /// Most requests it held at once.
+    pub max_sessions: u64,
+    pub total_sessions: u64,
+}
+
+/// A tenant of the test clusters: its id, key and limits.
+pub struct TestTenant {
+    pub id: String,
+    pub key: String,
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub tokens_per_minute: u32,
+    /// With a private model of its own (paraphrase-L3's files) as its default.
+    pub private_model: bool,
+}
+
+impl TestTenant {
+    pub fn new(id: &str, requests_per_second: u32, burst: u32, tokens_per_minute: u32) -> Self {
+        TestTenant {
+            id: id.to_owned(),
+            key: format!("{id}-test-key"),
+            requests_per_second,
+            burst,
+            tokens_per_minute,
+            private_model: false,
+        }
+    }
+}
+
+/// config/default.toml with the limits in `redis_url` (if any) and `tenants` added.
+pub fn cluster_config(redis_url: Option<&str>, tenants: &[TestTenant]) -> String {
+    let mut text = default_config_text();
+    if let Some(url) = redis_url {
+        text.push_str(&format!(
+            "\n[limits]\nstore = \"redis\"\nredis_url = \"{url}\"\nusage_flush_ms = 200\n"
+        ));
+    }
+    let assets = repo().join("assets/models");
+    for t in tenants {
+        text.push_str(&format!(
+            "\n[tenants.{id}]\nkeys = [\"{hash}\"]\nmodels = [\"minilm-l6-int8\"]\n\
+             limits = {{ requests_per_second = {rps}, burst = {burst}, tokens_per_minute = {tpm}, max_inputs = 64 }}\n",
+            id = t.id,
+            hash = embedserve::tenants::hash_key(&t.key),
+            rps = t.requests_per_second,
+            burst = t.burst,
+            tpm = t.tokens_per_minute,
+        ));
+        if t.private_model {
+            text.push_str(&format!(
+                "default_model = \"own\"\n[tenants.{id}.private_models.own]\n\
+                 onnx = \"{onnx}\"\ntokenizer = \"{tok}\"\ninputs = [\"input_ids\", \"attention_mask\"]\n\
+                 output = \"461\"\npooling = \"none\"\nnormalize = true\nmax_tokens = 128\ndimensions = 384\n",
+                id = t.id,
+                onnx = assets.join("paraphrase-l3/model.onnx").display(),
+                tok = assets.join("minilm-uncased-tokenizer.json").display(),
+            ));
+        }
+    }
+    text
+}
