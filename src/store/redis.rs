@@ -27,7 +27,7 @@ use crate::usage::{Counts, UsageKey};
 /// theoretical arrival time (TAT) in microseconds of Redis's clock, so every process agrees on
 /// "now". KEYS: the request bucket, the token bucket. ARGV: each bucket's interval (µs per
 /// unit) and size, then the request's tokens. Returns the refusing bucket (0 none, 1 requests,
-/// 2 tokens), the wait in µs (-1: never fits), and both buckets' debt (TAT - now) in µs after
+/// 2 tokens), the wait in ns (-1: never fits), and both buckets' debt (TAT - now) in ns after
 /// the decision. Keys expire when their bucket is full again: an idle tenant costs nothing.
 const ADMIT: &str = r"
 local t = redis.call('TIME')
@@ -55,7 +55,8 @@ else
   end
   r_tat, k_tat = r_next, k_next
 end
-return {refused, math.ceil(wait), math.ceil(r_tat - now), math.ceil(k_tat - now)}
+-- In nanoseconds: a microsecond is many tokens of a large tokens-per-minute limit.
+return {refused, math.ceil(wait * 1000), math.ceil((r_tat - now) * 1000), math.ceil((k_tat - now) * 1000)}
 ";
 
 /// A batch of usage increments, applied once: KEYS[1] marks the batch as written (for a day),
@@ -189,16 +190,16 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let reply: (i64, i64, i64, i64) = self.bounded("limits", invocation.invoke_async(&mut conn)).await?;
         let (refused, wait, requests_debt, tokens_debt) = reply;
-        let us = |v: i64| Duration::from_micros(v.max(0) as u64);
+        let ns = |v: i64| Duration::from_nanos(v.max(0) as u64);
         Some(SharedVerdict {
             refused: match refused {
                 1 => Some(Bucket::Requests),
                 2 => Some(Bucket::Tokens),
                 _ => None,
             },
-            wait: (wait >= 0).then(|| us(wait)),
-            requests_debt: us(requests_debt),
-            tokens_debt: us(tokens_debt),
+            wait: (wait >= 0).then(|| ns(wait)),
+            requests_debt: ns(requests_debt),
+            tokens_debt: ns(tokens_debt),
         })
     }
 

@@ -87,7 +87,7 @@ fn the_lambda_package_config_is_valid_and_carries_the_demo_tenants() {
 /// The emulator holds a Function URL request until a function takes it, so a function that
 /// died would hang every request: each wait here is bounded, checks that both processes are
 /// alive, and a failure prints both logs (kept under target/test-tmp until the test ends).
-struct Emulator {
+pub struct Emulator {
     emulator: Child,
     function: Child,
     base: String,
@@ -109,12 +109,17 @@ fn log_file(dir: &TempDir, name: &str) -> std::fs::File {
 
 impl Emulator {
     async fn start() -> Emulator {
+        Emulator::start_with(&[]).await
+    }
+
+    /// The function with `env` added to its environment (configuration overrides).
+    pub async fn start_with(env: &[(&str, &str)]) -> Emulator {
         // A port picked here may be taken before the emulator binds it, and a function that
         // polls before the emulator's Runtime API is up exits: each failure is printed with
         // both logs, and the whole start is tried again with fresh processes.
         let mut failures = Vec::new();
         for attempt in 1..=3 {
-            match Emulator::try_start(attempt).await {
+            match Emulator::try_start(attempt, env).await {
                 Ok(emulator) => return emulator,
                 Err(failure) => {
                     eprintln!("emulator start, attempt {attempt}: {failure}");
@@ -125,8 +130,10 @@ impl Emulator {
         panic!("the function never served under the emulator in 3 attempts:\n{}", failures.join("\n\n"));
     }
 
-    async fn try_start(attempt: u32) -> Result<Emulator, String> {
-        let logs = TempDir::new(&format!("lambda-emulator-{attempt}"));
+    async fn try_start(attempt: u32, env: &[(&str, &str)]) -> Result<Emulator, String> {
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let logs = TempDir::new(&format!("lambda-emulator-{start}-{attempt}"));
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let cargo_lambda = python().parent().unwrap().join("cargo-lambda");
         let mut emulator = Command::new(cargo_lambda)
@@ -166,6 +173,7 @@ impl Emulator {
             .env("EMBEDSERVE_CONFIG", "config/lambda.toml")
             // config/lambda.toml carries the demo tenants; this is a test on loopback.
             .env("EMBEDSERVE__SERVER__ALLOW_DEMO_KEYS", "true")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file(&logs, "function.log"))
             .stderr(log_file(&logs, "function.err"))
@@ -220,7 +228,7 @@ impl Emulator {
         (r.status().as_u16(), r.json().await.unwrap())
     }
 
-    async fn post_json(&self, key: Option<&str>, path: &str, body: Value) -> (u16, Value) {
+    pub async fn post_json(&self, key: Option<&str>, path: &str, body: Value) -> (u16, Value) {
         self.post(key, path, body.to_string().into(), "application/json").await
     }
 }

@@ -398,3 +398,41 @@ async fn haproxy_keeps_each_tenant_on_one_replica_and_moves_it_when_its_replica_
         assert_ne!(header(&r, "x-served-by"), "replica1");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_lambda_instances_sharing_redis_hold_one_limit() {
+    let redis = Redis::start("lambda");
+    let url = redis.url();
+    // globex in config/lambda.toml: 5 requests per second, burst 5.
+    let env = [("EMBEDSERVE__LIMITS__STORE", "redis"), ("EMBEDSERVE__LIMITS__REDIS_URL", url.as_str())];
+    let first = crate::lambda::Emulator::start_with(&env).await;
+    let second = crate::lambda::Emulator::start_with(&env).await;
+    let started = Instant::now();
+    let mut accepted = 0;
+    let mut refused = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let (a, b) = tokio::join!(
+            first.post_json(Some(GLOBEX_KEY), "/v1/embed", json!({ "input": "x" })),
+            second.post_json(Some(GLOBEX_KEY), "/v1/embed", json!({ "input": "x" })),
+        );
+        for (status, body) in [a, b] {
+            match status {
+                200 => accepted += 1,
+                429 => refused += 1,
+                other => panic!("{other}: {body}"),
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let expected = 5.0 + 5.0 * seconds;
+    println!(
+        "two Lambda instances: {accepted} accepted, {refused} refused in {seconds:.1} s ({expected:.0} expected)"
+    );
+    // One bucket for both: about burst + rate x time, not twice that.
+    assert!(
+        (accepted as f64) <= expected * 1.1 + 1.0,
+        "{accepted} accepted: the limit did not hold across instances"
+    );
+    assert!((accepted as f64) >= expected * 0.9 - 1.0, "{accepted} accepted of {expected:.0}");
+    assert!(refused > 0);
+}
