@@ -72,9 +72,11 @@ $(VENV)/.installed: tests/requirements.txt
 	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 	touch $@
 
-## bench: cold start, latency and throughput figures on this machine
-bench: assets
+## bench: cold start, latency and throughput figures on this machine, then what the Redis
+## limit store adds (local vs Redis in alternating rounds)
+bench: assets servers
 	$(CARGO) bench --bench serve
+	$(CARGO) bench --bench store
 
 ## load-test: the goose load scenarios against the release binary (SCENARIOS="ramp spike" runs some);
 ## summary in load-tests/results/summary.md, HTML reports in load-tests/reports/

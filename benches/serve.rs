@@ -12,23 +12,17 @@
 //! The load generator shares the machine's cores with the server, as any one-machine
 //! benchmark does; the ratio to the in-process ceiling is the figure to compare.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use embedserve::Settings;
-use serde_json::json;
 use support::ceiling::{SENTENCES, embeddings_per_second};
+use support::http::{MODEL, THROUGHPUT_SECONDS, cold_start, cpu_seconds, latency, throughput};
 
 mod support {
     pub mod ceiling;
+    pub mod http;
 }
-
-const MODEL: &str = "minilm-l6-int8";
-const THROUGHPUT_SECONDS: u64 = 6;
-/// The demo tenant with limits that never bind (config/default.toml).
-const KEY: &str = "acme-dev-key";
 
 fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -62,11 +56,14 @@ fn main() {
     let mut server_rates = Vec::new();
     for clients in [1, 8, 32, 64] {
         let before = rt.block_on(batch_sizes(&metrics));
+        let (cpu, started) = (cpu_seconds(server.id()), std::time::Instant::now());
         let rate = rt.block_on(throughput(&base, clients));
+        let cpu_ms = (cpu_seconds(server.id()) - cpu) / (rate * started.elapsed().as_secs_f64()) * 1e3;
         let after = rt.block_on(batch_sizes(&metrics));
         let mean = (after.0 - before.0) / (after.1 - before.1);
         println!(
-            "  server, {clients:>2} concurrent clients: {rate:>7.1} embeddings/s ({mean:.1} inputs per run on average)"
+            "  server, {clients:>2} concurrent clients: {rate:>7.1} embeddings/s, server CPU {cpu_ms:.2} ms per embedding \
+             ({mean:.1} inputs per run on average)"
         );
         server_rates.push((clients, rate));
     }
@@ -85,100 +82,6 @@ fn main() {
     }
     println!();
     println!("server peak resident memory (VmHWM): {rss:.0} MiB");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Spawns the release binary and polls `/v1/embed` until it answers 200.
-#[allow(clippy::zombie_processes)] // the caller kills and waits for the child it gets back
-/// Spawns the server and waits for its first 200: (ms, process, port, metrics port).
-async fn cold_start(config: &Path) -> (f64, Child, u16, u16) {
-    let (port, metrics_port) = (free_port(), free_port());
-    let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/v1/embed");
-    let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_embedserve"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--bind", &format!("127.0.0.1:{port}")])
-        .args(["--metrics-bind", &format!("127.0.0.1:{metrics_port}")])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("embedserve starts");
-    loop {
-        let body = json!({ "input": SENTENCES[0], "model": MODEL });
-        if let Ok(r) = client.post(&url).bearer_auth(KEY).json(&body).send().await
-            && r.status() == 200
-        {
-            return (started.elapsed().as_secs_f64() * 1e3, child, port, metrics_port);
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "server did not answer within 60 s");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-async fn latency(base: &str, n: usize) -> (f64, f64) {
-    let client = reqwest::Client::new();
-    let url = format!("{base}/v1/embed");
-    let mut ms = Vec::with_capacity(n);
-    for i in 0..n + 20 {
-        let t = Instant::now();
-        let r = client
-            .post(&url)
-            .bearer_auth(KEY)
-            .json(&json!({ "input": SENTENCES[i % SENTENCES.len()] }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.bytes().await.unwrap();
-        if i >= 20 {
-            ms.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    ms.sort_by(f64::total_cmp);
-    (percentile(&ms, 0.50), percentile(&ms, 0.99))
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
-}
-
-async fn throughput(base: &str, clients: usize) -> f64 {
-    let url = format!("{base}/v1/embed");
-    let deadline = Instant::now() + Duration::from_secs(THROUGHPUT_SECONDS);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                let mut done = 0u64;
-                while Instant::now() < deadline {
-                    let text = SENTENCES[(c + done as usize) % SENTENCES.len()];
-                    let r = client
-                        .post(&url)
-                        .bearer_auth(KEY)
-                        .json(&json!({ "input": text }))
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(r.status(), 200);
-                    r.bytes().await.unwrap();
-                    done += 1;
-                }
-                done
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.unwrap();
-    }
-    total as f64 / started.elapsed().as_secs_f64()
 }
 
 /// The server's `embedserve_batch_size` histogram: (sum, count).
