@@ -189,8 +189,8 @@ impl Tenant {
         if shared {
             let memo = self.limiter.shared.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(last) = aged(memo.last, Instant::now()) {
-                headers.requests.get_or_insert(last.requests.unwrap_or(self.limiter.requests.peek()));
-                headers.tokens.get_or_insert(last.tokens.unwrap_or(self.limiter.tokens.peek()));
+                headers.requests = headers.requests.or(last.requests);
+                headers.tokens = headers.tokens.or(last.tokens);
             }
             return;
         }

@@ -48,7 +48,7 @@ impl Counts {
         }
     }
 
-    fn add(&mut self, other: Counts) {
+    pub fn add(&mut self, other: Counts) {
         self.requests += other.requests;
         self.inputs += other.inputs;
         self.tokens += other.tokens;

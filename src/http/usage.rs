@@ -42,9 +42,7 @@ pub async fn usage(
         let data: Vec<Value> = days
             .into_iter()
             .map(|((day, model), counts)| {
-                total.requests += counts.requests;
-                total.inputs += counts.inputs;
-                total.tokens += counts.tokens;
+                total.add(counts);
                 json!({
                     "date": day.to_string(),
                     "model": model,

@@ -63,7 +63,7 @@ impl LimitStore {
         tokens: usize,
         headers: &mut LimitHeaders,
     ) -> Result<(), LimitError> {
-        if let Some(store) = self.shared.as_ref().filter(|s| s.is_up()) {
+        if let Some(store) = &self.shared {
             let (requests, token_bucket) = tenant.bucket_params();
             if let Some(verdict) = store.admit(&tenant.id, requests, token_bucket, tokens as u64).await {
                 self.metrics.limit_decisions.with_label_values(&["shared"]).inc();

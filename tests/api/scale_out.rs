@@ -73,6 +73,15 @@ async fn usage_once_written(base: &str, key: &str, requests: u64) -> Value {
     }
 }
 
+/// Waits until `server`'s `embedserve_store_up` gauge reads `up`; fails after `within`.
+async fn wait_for_store(server: &SpawnedServer, up: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while server.metric("embedserve_store_up").await != up {
+        assert!(Instant::now() < deadline, "embedserve_store_up never became {up} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn header(r: &reqwest::Response, name: &str) -> String {
     r.headers().get(name).unwrap_or_else(|| panic!("no {name}")).to_str().unwrap().to_owned()
 }
@@ -84,7 +93,7 @@ async fn three_replicas_sharing_redis_hold_each_tenants_limits_and_usage_across_
         TestTenant::new("rps", 10, 10, 1_000_000_000),
         // 600 tokens a minute: 10 a second refill, a minute's worth at once.
         TestTenant::new("tpm", 100_000, 100_000, 600),
-        TestTenant::new("headers", 5, 5, 100_000),
+        TestTenant::new("headers", 1, 5, 100_000),
         TestTenant::new("usage-a", 100_000, 100_000, 1_000_000_000),
         TestTenant::new("usage-b", 100_000, 100_000, 1_000_000_000),
     ];
@@ -95,40 +104,35 @@ async fn three_replicas_sharing_redis_hold_each_tenants_limits_and_usage_across_
     }
     let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
 
-    // Headers: the shared bucket counts down whichever replica answers.
-    for (i, base) in bases.iter().cycle().take(5).enumerate() {
-        let r = client_with_key(Some("headers-test-key"))
+    // Headers: the shared bucket (burst 5, one request a second back) counts down whichever
+    // replica answers; at most one request per second since the first has refilled meanwhile.
+    let client = client_with_key(Some("headers-test-key"));
+    let first = Instant::now();
+    let mut refused = None;
+    for (i, base) in bases.iter().cycle().take(20).enumerate() {
+        let r = client
             .post(format!("{base}/v1/embed"))
             .json(&json!({ "input": "hello world" }))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200);
         assert_eq!(header(&r, "x-ratelimit-limit-requests"), "5");
+        let reset: f64 = header(&r, "x-ratelimit-reset-requests").strip_suffix('s').unwrap().parse().unwrap();
+        assert!(reset > 0.0 && reset <= 5.0, "{reset}");
+        if r.status() == 429 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), 200);
         let remaining: u64 = header(&r, "x-ratelimit-remaining-requests").parse().unwrap();
-        // 4, 3, 2, 1, 0, give or take one refilled while the requests ran.
-        assert!((4 - i as u64..=5 - i as u64).contains(&remaining), "request {i}: {remaining} left");
-        let reset = header(&r, "x-ratelimit-reset-requests");
-        let reset: f64 = reset.strip_suffix('s').unwrap().parse().unwrap();
-        assert!(reset > 0.0 && reset <= 1.0, "{reset}");
+        let refilled = first.elapsed().as_secs_f64().ceil() as u64;
+        let least = 4u64.saturating_sub(i as u64);
+        assert!((least..=(least + refilled).min(4)).contains(&remaining), "request {i}: {remaining} left");
     }
-    let refused = client_with_key(Some("headers-test-key"))
-        .post(format!("{}/v1/embed", bases[0]))
-        .json(&json!({ "input": "hello world" }))
-        .send()
-        .await
-        .unwrap();
-    if refused.status() == 429 {
-        assert_eq!(header(&refused, "x-ratelimit-remaining-requests"), "0");
-        let retry: f64 = header(&refused, "retry-after").parse().unwrap();
-        let reset: f64 =
-            header(&refused, "x-ratelimit-reset-requests").trim_end_matches('s').parse().unwrap();
-        assert!(reset <= 1.0 && retry >= 1.0, "reset {reset}, retry-after {retry}");
-    } else {
-        // Only if a unit refilled meanwhile: then it was the last.
-        assert_eq!(refused.status(), 200);
-        assert_eq!(header(&refused, "x-ratelimit-remaining-requests"), "0");
-    }
+    let refused = refused.expect("the burst ran out within 20 requests");
+    assert_eq!(header(&refused, "x-ratelimit-remaining-requests"), "0");
+    let retry: u64 = header(&refused, "retry-after").parse().unwrap();
+    assert!(retry >= 1, "retry-after {retry}");
 
     // Ten seconds of both tenants hammering all three replicas.
     let stop = Arc::new(AtomicBool::new(false));
@@ -241,11 +245,7 @@ async fn a_redis_outage_fails_no_request_loses_no_usage_and_shared_limits_resume
     let outage = Instant::now();
     // Both fall back: the gauge says so, and decisions are made locally.
     for server in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while server.metric("embedserve_store_up").await != 0.0 {
-            assert!(Instant::now() < deadline, "the store was never marked down");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_store(server, 0.0, Duration::from_secs(5)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     for server in [&a, &b] {
@@ -258,11 +258,7 @@ async fn a_redis_outage_fails_no_request_loses_no_usage_and_shared_limits_resume
     // Back to the shared store within seconds, without a restart.
     let back = Instant::now();
     for server in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server.metric("embedserve_store_up").await != 1.0 {
-            assert!(Instant::now() < deadline, "the store never came back");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_store(server, 1.0, Duration::from_secs(10)).await;
     }
     println!("shared again after {:.2} s", back.elapsed().as_secs_f64());
     let shared_before = a.metric(r#"embedserve_limit_decisions_total{store="shared"}"#).await;
