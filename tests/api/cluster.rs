@@ -191,10 +191,20 @@ impl TestTenant {
 
 /// config/default.toml with the limits in `redis_url` (if any) and `tenants` added.
 pub fn cluster_config(redis_url: Option<&str>, tenants: &[TestTenant]) -> String {
+    cluster_config_with_timeout(redis_url, tenants, 50)
+}
+
+/// [`cluster_config`] with the Redis call timeout (after which a replica falls back to local
+/// limits) set to `timeout_ms`.
+pub fn cluster_config_with_timeout(
+    redis_url: Option<&str>,
+    tenants: &[TestTenant],
+    timeout_ms: u64,
+) -> String {
     let mut text = default_config_text();
     if let Some(url) = redis_url {
         text.push_str(&format!(
-            "\n[limits]\nstore = \"redis\"\nredis_url = \"{url}\"\nusage_flush_ms = 200\n"
+            "\n[limits]\nstore = \"redis\"\nredis_url = \"{url}\"\nusage_flush_ms = 200\ntimeout_ms = {timeout_ms}\n"
         ));
     }
     let assets = repo().join("assets/models");

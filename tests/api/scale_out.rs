@@ -97,7 +97,10 @@ async fn three_replicas_sharing_redis_hold_each_tenants_limits_and_usage_across_
         TestTenant::new("usage-a", 100_000, 100_000, 1_000_000_000),
         TestTenant::new("usage-b", 100_000, 100_000, 1_000_000_000),
     ];
-    let config = cluster_config(Some(&redis.url()), &tenants);
+    // What this test measures is sharing, so a Redis call slowed by the suite's CPU load (seen
+    // in CI past 50 ms) must wait rather than fall back to per-process limits; the fallback has
+    // its own test below.
+    let config = cluster_config_with_timeout(Some(&redis.url()), &tenants, 2_000);
     let mut replicas = Vec::new();
     for i in 0..3 {
         replicas.push(SpawnedServer::start(&format!("shared-limits-{i}"), &config).await);
@@ -150,6 +153,13 @@ async fn three_replicas_sharing_redis_hold_each_tenants_limits_and_usage_across_
     for statuses in [&rps_statuses, &tpm_statuses] {
         assert!(statuses.keys().all(|s| *s == 200 || *s == 429), "{statuses:?}");
     }
+    // Every decision was shared: a local one would give that replica its own bucket.
+    for replica in &replicas {
+        let shared = replica.metric(r#"embedserve_limit_decisions_total{store="shared"}"#).await;
+        let local = replica.metric_or_zero(r#"embedserve_limit_decisions_total{store="local"}"#).await;
+        println!("{}: {shared} shared, {local} local decisions", replica.base);
+        assert!(shared > 0.0 && local == 0.0, "{shared} shared, {local} local decisions");
+    }
     // Burst 10 plus 10 a second, across all three: about 110 (3 times that if per process).
     let accepted = rps_statuses[&200] as f64;
     let expected = 10.0 + 10.0 * seconds;
@@ -160,13 +170,6 @@ async fn three_replicas_sharing_redis_hold_each_tenants_limits_and_usage_across_
         (tokens - expected_tokens).abs() <= 0.1 * expected_tokens,
         "{tokens} tokens accepted, {expected_tokens:.0} expected"
     );
-    // Shared decisions throughout; under the whole suite's CPU load a Redis call can pass the
-    // 50 ms timeout and fall back once (seen in CI: 1 of ~11,000), which is the design.
-    for replica in &replicas {
-        let shared = replica.metric(r#"embedserve_limit_decisions_total{store="shared"}"#).await;
-        let local = replica.metric_or_zero(r#"embedserve_limit_decisions_total{store="local"}"#).await;
-        assert!(shared > 0.0 && local <= shared / 100.0, "{shared} shared, {local} local decisions");
-    }
 
     // Usage: a known workload spread over the three.
     let (mut requests, mut inputs, mut tokens) = (0, 0, 0);
