@@ -5,8 +5,10 @@
 //! - embeddings/s at 1, 8, 32 and 64 concurrent one-sentence clients, beside an in-process loop
 //!   over the same ONNX Runtime session at batch 1 and 32 (the ceiling), and their ratio;
 //! - the server's peak resident memory;
-//! all for the previous default model (int8 weights stored, fp32 compute) and the int8-compute
-//! default, one after the other in the same run, with their ratios.
+//! - 20 tenants with a private copy of the model each under the 1 GiB cache.
+//!
+//! All of it for the previous default model (int8 weights stored, fp32 compute) and the
+//! int8-compute default, one after the other in the same run, with their ratios.
 //!
 //! The scenarios under load (many tenants, a noisy neighbour, a spike, mixed lengths) are
 //! the load tests' (`make load-test`).
