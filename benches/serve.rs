@@ -170,7 +170,7 @@ fn capacity(rt: &tokio::runtime::Runtime, repo: &Path, onnx: &str) -> (usize, f6
     };
     let sizes: Vec<f64> =
         samples("embedserve_model_resident_bytes").into_iter().filter(|b| *b > 0.0).collect();
-    let evictions: f64 = samples("embedserve_model_evictions_total").iter().sum();
+    let evictions = samples("embedserve_model_evictions_total").iter().sum::<f64>() + 0.0;
     let mean = sizes.iter().sum::<f64>() / sizes.len().max(1) as f64 / 1048576.0;
     (sizes.len(), evictions, mean, rss)
 }

@@ -12,7 +12,9 @@ assets does):
   - minilm-l6-fp32: the shipped MiniLM-L6 graph with its original fp32 weights put back (the
     shipped file stores int8 weights but computes in fp32);
   - minilm-l6-int8: that model quantized for int8 compute by scripts/quantize.py's default
-    recipe, with the committed smoothing exponents (scripts/minilm-l6-smoothing.json).
+    recipe, with the committed smoothing exponents (scripts/minilm-l6-smoothing.json);
+  - paraphrase-l3-int8: the fp32 paraphrase-MiniLM-L3 the same way
+    (scripts/paraphrase-l3-smoothing.json).
 
 Usage: scripts/fetch_assets.py [--dest assets] [--only runtime,minilm-l6-int8,...]
 """
@@ -123,6 +125,13 @@ def build_int8(root: Path, out: Path) -> None:
     quantize.recipe_smooth_per_token(root / "models/minilm-l6-fp32/model.onnx", out, exponents=exponents)
 
 
+def build_paraphrase_int8(root: Path, out: Path) -> None:
+    import quantize
+
+    exponents = json.loads((SCRIPTS / "paraphrase-l3-smoothing.json").read_text())
+    quantize.recipe_smooth_per_token(root / "models/paraphrase-l3/model.onnx", out, exponents=exponents)
+
+
 BUILT = [
     Built("minilm-l6-fp32", "6b1952614e982879cbfe037acbc15fd57eb10ff6cc1b8f210fcd0bf7a83c2d90",
           "models/minilm-l6-fp32/model.onnx", build_fp32,
@@ -130,6 +139,8 @@ BUILT = [
     Built("minilm-l6-int8", "a6dc5a11ca711be39e23df72be17a4da04afddc5e233bf0730085ce7db85f208",
           "models/minilm-l6-int8/model.onnx", build_int8,
           ("minilm-l6-fp32",)),
+    Built("paraphrase-l3-int8", "d08c29fdfa787da6e92179a8982ff9f6400c5c5c45ea0fa551099d9e3e23748e",
+          "models/paraphrase-l3-int8/model.onnx", build_paraphrase_int8, ("paraphrase-l3",)),
 ]
 
 

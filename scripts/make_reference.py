@@ -34,7 +34,7 @@ TEXTS = {
 MODELS = {
     # id: (onnx file, inputs, max tokens, how to pool)
     "minilm-l6-int8": ("minilm-l6-int8/model.onnx", ["input_ids", "attention_mask", "token_type_ids"], 256, "mean"),
-    "paraphrase-l3": ("paraphrase-l3/model.onnx", ["input_ids", "attention_mask"], 128, "461"),
+    "paraphrase-l3": ("paraphrase-l3-int8/model.onnx", ["input_ids", "attention_mask"], 128, "461"),
 }
 
 

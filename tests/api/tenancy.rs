@@ -205,7 +205,7 @@ fn check_config_opens_every_models_files_and_names_what_is_wrong() {
     std::fs::write(&bad_tokenizer, b"{\"not\": \"a tokenizer\"}").unwrap();
     let text = crate::spawned::default_config_text()
         .replace(
-            &format!("onnx = \"{}/assets/models/paraphrase-l3/model.onnx\"", repo().display()),
+            &format!("onnx = \"{}/assets/models/paraphrase-l3-int8/model.onnx\"", repo().display()),
             &format!("onnx = \"{}\"", garbage.display()),
         )
         .replace("output = \"last_hidden_state\"", "output = \"no_such_output\"")
