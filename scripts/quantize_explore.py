@@ -4,7 +4,7 @@ the fp32 MiniLM-L6 that make assets restores, and print the table in docs/quanti
 quality against the fp32 sentence-transformers reference, file size, session memory, session
 build time, one-sentence latency and batch-of-32 throughput, all in one run so that they compare.
 
-    .venv/bin/python scripts/quantize_explore.py [--threads 2] [--only a,b]
+    .venv-models/bin/python scripts/quantize_explore.py [--threads 2] [--only a,b]
 """
 
 from __future__ import annotations

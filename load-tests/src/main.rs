@@ -291,9 +291,9 @@ async fn multi_tenant(run: &Run) -> anyhow::Result<String> {
     const SECONDS: u64 = 40;
     // Zipf (s = 1) over the three models: weights 1, 1/2, 1/3.
     const MODELS: [&str; 3] = ["minilm-l6-int8", "paraphrase-l3", "minilm-l6-int8-cls"];
-    // Two of the int8 sessions (about 35 MiB for MiniLM-L6, 25 for paraphrase-L3, as the cache
-    // measures them) fit, all three do not.
-    let budget: u64 = 80 << 20;
+    // Two of the int8 sessions fit, all three do not: the cache measures each at load (about
+    // 35-45 MiB for MiniLM-L6, 25-35 for paraphrase-L3, more when loads overlap under load).
+    let budget: u64 = 100 << 20;
     let models = run.repo.models();
     let model = |onnx: &str, inputs: &str, output: &str, pooling: &str, max_tokens: u32| {
         format!(
