@@ -77,7 +77,8 @@ lambda-zip: assets venv
 	$(WITH_VENV) cargo-lambda lambda build --release --x86-64 --bin embedserve
 	$(PYTHON) scripts/package_lambda.py target/lambda/embedserve/bootstrap $(LAMBDA_ZIP)
 
-## bench-lambda: the package under the Lambda emulator: INIT, first and warm invocations, cost per million
+## bench-lambda: the package under the Lambda emulator at 512/1024/1769/3008 MB with their CPU share and memory
+## limit (cgroups: needs root): the power-tuning table of INIT, warm duration, peak memory and cost per million
 bench-lambda: lambda-zip
 	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) $(CARGO) bench --bench lambda
 

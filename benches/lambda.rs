@@ -1,24 +1,62 @@
 //! `make bench-lambda`: the deployment zip, unpacked as Lambda unpacks it into /var/task, run
-//! against the real emulator (`cargo lambda watch --only-lambda-apis`). Prints INIT, the first
-//! invocation, warm invocations and the cost per million requests at 1024 MB.
+//! against the real emulator (`cargo lambda watch --only-lambda-apis`) at several Lambda memory
+//! sizes, each with the CPU share that size buys (1,769 MB = one vCPU) and its memory limit,
+//! enforced with cgroups around the function process (as `../shared/bench/lambda_like.sh`
+//! does; it needs root). Prints a power-tuning table: INIT, first invocation, cold start, warm
+//! function duration (what Lambda bills: the handler's own time from its EMF lines, not the
+//! emulator's round trip), peak memory, and the cost per million requests at each size, marking
+//! the cheapest size whose warm p99 meets the target.
 //!
-//! Emulator timings on this machine estimate Lambda; they do not measure it. Lambda's CPU share
-//! at 1024 MB is below one of these cores, and its network and storage differ.
+//! Emulator timings on this machine estimate Lambda; they do not measure it: other CPUs, no
+//! Firecracker, and the cgroup quota slices CPU time differently from Lambda's scheduler.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 const KEY: &str = "acme-dev-key";
+const SIZES_MB: [u64; 4] = [512, 1024, 1769, 3008];
 const COLD_RUNS: usize = 5;
 const WARM_INVOCATIONS: usize = 300;
-/// Public x86_64 Lambda prices.
+/// The latency the recommendation must meet: warm function duration p99.
+const P99_TARGET_MS: f64 = 50.0;
+/// Public x86_64 Lambda prices (us-east-1), first pricing tier.
 const PRICE_PER_GB_SECOND: f64 = 0.000_016_666_7;
 const PRICE_PER_MILLION_REQUESTS: f64 = 0.20;
-const MEMORY_GB: f64 = 1.0;
+
+/// One memory size's figures.
+struct Size {
+    mb: u64,
+    init_ms: f64,
+    first_ms: f64,
+    cold_ms: f64,
+    warm_p50_ms: f64,
+    warm_p99_ms: f64,
+    round_trip_p50_ms: f64,
+    peak_mib: f64,
+    /// Mean billed milliseconds of a warm invocation (each rounded up to 1 ms, as Lambda bills).
+    billed_ms: f64,
+}
+
+impl Size {
+    fn gb(&self) -> f64 {
+        self.mb as f64 / 1024.0
+    }
+
+    fn per_million_warm(&self) -> f64 {
+        1e6 * self.billed_ms / 1e3 * self.gb() * PRICE_PER_GB_SECOND + PRICE_PER_MILLION_REQUESTS
+    }
+
+    /// What one cold start adds: INIT is billed for a custom runtime (`provided.al2023`), and
+    /// since August 2025 for every on-demand function.
+    fn per_cold_start(&self) -> f64 {
+        self.init_ms.ceil() / 1e3 * self.gb() * PRICE_PER_GB_SECOND
+    }
+}
 
 fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -28,15 +66,8 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join(".venv/bin/python"));
     let mut emulator = Command::new(python.parent().unwrap().join("cargo-lambda"))
-        .args([
-            "lambda",
-            "watch",
-            "--only-lambda-apis",
-            "--invoke-address",
-            "127.0.0.1",
-            "--invoke-port",
-            &port.to_string(),
-        ])
+        .args(["lambda", "watch", "--only-lambda-apis", "--invoke-address", "127.0.0.1"])
+        .args(["--invoke-port", &port.to_string()])
         .current_dir(repo)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -60,55 +91,111 @@ fn main() {
     };
 
     println!("embedserve on the Lambda emulator: the package from target/lambda/embedserve.zip");
-    let (mut inits, mut firsts, mut colds) = (Vec::new(), Vec::new(), Vec::new());
-    let mut function = None;
-    for _ in 0..COLD_RUNS {
-        if let Some(mut f) = function.take() {
-            stop(&mut f);
+    println!(
+        "each size: {COLD_RUNS} cold starts, then {WARM_INVOCATIONS} warm one-sentence invocations, under a cgroup \
+         with size/1769 of a vCPU and the size's memory limit"
+    );
+    let mut sizes = Vec::new();
+    for mb in SIZES_MB {
+        let cgroup = Cgroup::new(mb);
+        let (mut inits, mut firsts, mut colds) = (Vec::new(), Vec::new(), Vec::new());
+        let mut function: Option<Function> = None;
+        for _ in 0..COLD_RUNS {
+            if let Some(f) = function.take() {
+                f.stop();
+            }
+            let started = Instant::now();
+            let f = Function::spawn(&package, port, mb, &cgroup);
+            // The request waits in the emulator until the function asks for its first event.
+            rt.block_on(invoke("The first request after a cold start."));
+            colds.push(started.elapsed().as_secs_f64() * 1e3);
+            inits.push(f.init_ms.recv_timeout(Duration::from_secs(5)).unwrap_or(f64::NAN));
+            firsts.push(f.durations.recv_timeout(Duration::from_secs(5)).unwrap_or(f64::NAN));
+            function = Some(f);
         }
-        let started = Instant::now();
-        let (child, init_ms) = spawn_function(&package, port);
-        // The request waits in the emulator until the function asks for its first event.
-        let total = rt.block_on(invoke("The first request after a cold start."));
-        let cold = started.elapsed().as_secs_f64() * 1e3;
-        let init = init_ms.recv_timeout(Duration::from_secs(5)).unwrap_or(f64::NAN);
-        inits.push(init);
-        firsts.push(total.min(cold - init));
-        colds.push(cold);
-        function = Some(child);
-    }
-    let mut warm: Vec<f64> = (0..WARM_INVOCATIONS).map(|_| rt.block_on(invoke("A warm request."))).collect();
-    if let Some(mut f) = function.take() {
-        stop(&mut f);
+        let f = function.take().unwrap();
+        let mut round_trips: Vec<f64> =
+            (0..WARM_INVOCATIONS).map(|_| rt.block_on(invoke("A warm request."))).collect();
+        let mut warm: Vec<f64> = (0..WARM_INVOCATIONS)
+            .map(|_| f.durations.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        let peak_mib = cgroup.peak_bytes() as f64 / 1048576.0;
+        f.stop();
+        for v in [&mut inits, &mut firsts, &mut colds, &mut warm, &mut round_trips] {
+            v.sort_by(f64::total_cmp);
+        }
+        let size = Size {
+            mb,
+            init_ms: median(&inits),
+            first_ms: median(&firsts),
+            cold_ms: median(&colds),
+            warm_p50_ms: percentile(&warm, 0.5),
+            warm_p99_ms: percentile(&warm, 0.99),
+            round_trip_p50_ms: percentile(&round_trips, 0.5),
+            peak_mib,
+            billed_ms: warm.iter().map(|ms| ms.ceil().max(1.0)).sum::<f64>() / warm.len() as f64,
+        };
+        println!(
+            "  {mb} MB: INIT {:.0} ms, first invocation {:.1} ms, cold start {:.0} ms; warm p50 {:.2} ms, p99 {:.2} ms \
+             (round trip p50 {:.2} ms); peak {:.0} MiB",
+            size.init_ms,
+            size.first_ms,
+            size.cold_ms,
+            size.warm_p50_ms,
+            size.warm_p99_ms,
+            size.round_trip_p50_ms,
+            size.peak_mib
+        );
+        sizes.push(size);
     }
     let _ = emulator.kill();
     let _ = emulator.wait();
 
-    for v in [&mut inits, &mut firsts, &mut colds, &mut warm] {
-        v.sort_by(f64::total_cmp);
+    let cheapest = sizes
+        .iter()
+        .filter(|s| s.warm_p99_ms <= P99_TARGET_MS)
+        .min_by(|a, b| a.per_million_warm().total_cmp(&b.per_million_warm()))
+        .map(|s| s.mb);
+    println!();
+    println!(
+        "| memory | vCPU | INIT ms | first invocation ms | cold start ms | warm p50 / p99 ms | peak MiB (of limit) | \
+         $ per million warm | $ per million cold starts (INIT) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for s in &sizes {
+        let mark = if Some(s.mb) == cheapest { " **cheapest with p99 ≤ 50 ms**" } else { "" };
+        println!(
+            "| {} MB{mark} | {:.2} | {:.0} | {:.1} | {:.0} | {:.2} / {:.2} | {:.0} ({:.0}%) | ${:.3} | ${:.2} |",
+            s.mb,
+            s.mb as f64 / 1769.0,
+            s.init_ms,
+            s.first_ms,
+            s.cold_ms,
+            s.warm_p50_ms,
+            s.warm_p99_ms,
+            s.peak_mib,
+            100.0 * s.peak_mib / s.mb as f64,
+            s.per_million_warm(),
+            1e6 * s.per_cold_start()
+        );
     }
-    let median = |v: &[f64]| v[v.len() / 2];
-    let pct = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    println!();
     println!(
-        "  INIT (config, ONNX Runtime, preloaded model), median of {COLD_RUNS}: {:.0} ms",
-        median(&inits)
-    );
-    println!("  first invocation after INIT, median: {:.1} ms", median(&firsts));
-    println!("  cold start (process start -> first response), median: {:.0} ms", median(&colds));
-    println!(
-        "  warm invocations ({WARM_INVOCATIONS}, one sentence): p50 {:.2} ms, p99 {:.2} ms",
-        pct(&warm, 0.5),
-        pct(&warm, 0.99)
-    );
-    let billed_ms = pct(&warm, 0.5).ceil();
-    let per_million = 1e6 * billed_ms / 1e3 * MEMORY_GB * PRICE_PER_GB_SECOND + PRICE_PER_MILLION_REQUESTS;
-    println!(
-        "  cost per million warm requests at 1024 MB: ${per_million:.2} ({billed_ms:.0} ms billed each at ${PRICE_PER_GB_SECOND}/GB-s, plus ${PRICE_PER_MILLION_REQUESTS:.2} per million requests)"
+        "warm cost: mean billed ms (each invocation rounded up to 1 ms) x GB x ${PRICE_PER_GB_SECOND}/GB-s, \
+         plus ${PRICE_PER_MILLION_REQUESTS:.2} per million requests; a cold start adds its INIT at the same rate"
     );
     println!(
-        "  for comparison, our users' Python handler on Lambda: about $12 per million, about 500 ms cold start"
+        "for comparison, our users' Python handler on Lambda: about $12 per million, about 500 ms cold start"
     );
-    println!("  (emulator timings on this machine estimate Lambda; they do not measure it)");
+    println!("(emulator timings on this machine estimate Lambda; they do not measure it)");
+}
+
+fn median(v: &[f64]) -> f64 {
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Unpacks the zip into target/lambda/package, as Lambda unpacks it into /var/task.
@@ -125,36 +212,115 @@ fn unpack(repo: &Path) -> PathBuf {
     dir
 }
 
-/// Starts `bootstrap` as Lambda does; the receiver gets INIT's duration from its log.
-fn spawn_function(package: &Path, port: u16) -> (Child, std::sync::mpsc::Receiver<f64>) {
-    let mut child = Command::new(package.join("bootstrap"))
-        .current_dir(package)
-        .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt"))
-        .env("AWS_LAMBDA_FUNCTION_NAME", "_")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
-        // config/lambda.toml carries the demo tenants; this is a benchmark on loopback.
-        .env("EMBEDSERVE__SERVER__ALLOW_DEMO_KEYS", "true")
-        .env("LAMBDA_TASK_ROOT", package)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
+/// A CPU quota and memory limit around the function: cgroup v1 (`cpu` and `memory`
+/// hierarchies) or v2 (one unified hierarchy), whichever the machine mounts.
+struct Cgroup {
+    /// Where to write the function's pid.
+    procs: Vec<PathBuf>,
+    peak: PathBuf,
+    dirs: Vec<PathBuf>,
+}
+
+impl Cgroup {
+    fn new(mb: u64) -> Cgroup {
+        let root = Path::new("/sys/fs/cgroup");
+        let name = format!("embedserve-bench-{mb}");
+        let quota = mb * 100_000 / 1769;
+        let write = |path: PathBuf, value: String| {
+            std::fs::write(&path, &value).unwrap_or_else(|e| {
+                panic!(
+                    "cannot write {value} to {}: {e} (make bench-lambda needs root and cgroups)",
+                    path.display()
+                )
+            })
+        };
+        if root.join("cgroup.controllers").exists() {
+            let dir = root.join(&name);
+            std::fs::create_dir_all(&dir).unwrap();
+            write(dir.join("cpu.max"), format!("{quota} 100000"));
+            write(dir.join("memory.max"), format!("{}", mb << 20));
+            Cgroup { procs: vec![dir.join("cgroup.procs")], peak: dir.join("memory.peak"), dirs: vec![dir] }
+        } else {
+            let (cpu, memory) = (root.join("cpu").join(&name), root.join("memory").join(&name));
+            for dir in [&cpu, &memory] {
+                std::fs::create_dir_all(dir).unwrap_or_else(|e| {
+                    panic!("cannot create {}: {e} (make bench-lambda needs root)", dir.display())
+                });
+            }
+            write(cpu.join("cpu.cfs_period_us"), "100000".into());
+            write(cpu.join("cpu.cfs_quota_us"), quota.to_string());
+            write(memory.join("memory.limit_in_bytes"), (mb << 20).to_string());
+            write(memory.join("memory.max_usage_in_bytes"), "0".into());
+            Cgroup {
+                procs: vec![cpu.join("cgroup.procs"), memory.join("cgroup.procs")],
+                peak: memory.join("memory.max_usage_in_bytes"),
+                dirs: vec![cpu, memory],
+            }
+        }
+    }
+
+    fn peak_bytes(&self) -> u64 {
+        std::fs::read_to_string(&self.peak).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// `bootstrap` started as Lambda starts it, inside `cgroup`.
+struct Function {
+    child: Child,
+    /// INIT's duration, from its log line.
+    init_ms: Receiver<f64>,
+    /// Each invocation's duration inside the handler, from its EMF line.
+    durations: Receiver<f64>,
+}
+
+impl Function {
+    fn spawn(package: &Path, port: u16, mb: u64, cgroup: &Cgroup) -> Function {
+        // The shell joins the cgroup, then becomes the function: its whole life is limited.
+        let join: String = cgroup.procs.iter().map(|p| format!("echo $$ > {} && ", p.display())).collect();
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("{join}exec ./bootstrap")])
+            .current_dir(package)
+            .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt"))
+            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", mb.to_string())
+            // config/lambda.toml carries the demo tenants; this is a benchmark on loopback.
+            .env("EMBEDSERVE__SERVER__ALLOW_DEMO_KEYS", "true")
+            .env("LAMBDA_TASK_ROOT", package)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let init_ms = read_lines(child.stderr.take().unwrap(), "init_ms");
+        let durations = read_lines(child.stdout.take().unwrap(), "Latency");
+        Function { child, init_ms, durations }
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The numbers under `key` in the JSON lines `from` prints.
+fn read_lines(from: impl std::io::Read + Send + 'static, key: &'static str) -> Receiver<f64> {
+    let (tx, rx) = channel();
     std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && let Some(ms) = v["init_ms"].as_f64()
+                && let Some(ms) = v[key].as_f64()
             {
                 let _ = tx.send(ms);
             }
         }
     });
-    (child, rx)
-}
-
-fn stop(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+    rx
 }
