@@ -297,7 +297,7 @@ async fn multi_tenant(run: &Run) -> anyhow::Result<String> {
     let models = run.repo.models();
     let model = |onnx: &str, inputs: &str, output: &str, pooling: &str, max_tokens: u32| {
         format!(
-            "onnx = \"{m}/{onnx}\"\ntokenizer = \"{m}/minilm-uncased-tokenizer.json\"\ninputs = [{inputs}]\noutput = \"{output}\"\npooling = \"{pooling}\"\nmax_tokens = {max_tokens}\ndimensions = 384\n\n",
+            "onnx = \"{m}/{onnx}\"\ntokenizer = \"{m}/minilm-uncased-tokenizer.json\"\ninputs = [{inputs}]\noutput = \"{output}\"\npooling = \"{pooling}\"\nmax_tokens = {max_tokens}\ndimensions = 384\ngraph_optimization = \"none\"\n\n",
             m = models.display()
         )
     };

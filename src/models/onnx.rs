@@ -14,7 +14,7 @@ use ort::value::TensorRef;
 
 use super::backend::{Backend, Runtime};
 use super::pooling;
-use super::spec::{InputRole, ModelSpec, Pooling};
+use super::spec::{GraphOptimization, InputRole, ModelSpec, Pooling};
 use super::tokenize::{Encoded, TextEncoder};
 
 /// Loads ONNX Runtime from `path` and creates the environment every session shares. ONNX
@@ -55,7 +55,10 @@ pub struct OrtRuntime {
 impl OrtRuntime {
     /// Loads the ONNX Runtime library at `library` (see [`init_runtime`]).
     pub fn new(library: Option<&Path>, options: SessionOptions) -> anyhow::Result<Self> {
-        Ok(Self { env: init_runtime(library)?, options })
+        let started = std::time::Instant::now();
+        let env = init_runtime(library)?;
+        tracing::info!(ms = started.elapsed().as_secs_f64() * 1e3, "ONNX Runtime loaded");
+        Ok(Self { env, options })
     }
 }
 
@@ -63,11 +66,15 @@ impl Runtime for OrtRuntime {
     fn load(&self, spec: &ModelSpec) -> anyhow::Result<(TextEncoder, Box<dyn Backend>)> {
         // The tokenizer parses while ONNX Runtime builds the session: a load pays for the
         // slower of the two, not both.
-        let (encoder, engine) = std::thread::scope(|scope| {
-            let tokenizer = scope.spawn(|| TextEncoder::from_file(&spec.tokenizer, spec.max_tokens));
-            let engine = Engine::load(&self.env, spec, &self.options);
+        let started = std::time::Instant::now();
+        let since = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
+        let ((encoder, tokenizer_ms), (engine, session_ms)) = std::thread::scope(|scope| {
+            let tokenizer =
+                scope.spawn(|| (TextEncoder::from_file(&spec.tokenizer, spec.max_tokens), since(started)));
+            let engine = (Engine::load(&self.env, spec, &self.options), since(started));
             (tokenizer.join().expect("tokenizer thread panicked"), engine)
         });
+        tracing::info!(onnx = %spec.onnx.display(), tokenizer_ms, session_ms, "session built");
         Ok((encoder?, Box::new(engine?)))
     }
 }
@@ -93,7 +100,7 @@ impl Engine {
     /// Creates the session and checks the graph against the spec, so a wrong config fails
     /// at load with a message rather than at the first request.
     fn load(env: &Environment, spec: &ModelSpec, options: &SessionOptions) -> anyhow::Result<Self> {
-        let session = build_session(env, &spec.onnx, options)
+        let session = build_session(env, spec, options)
             .map_err(|e| anyhow::anyhow!("cannot load ONNX model {}: {e}", spec.onnx.display()))?;
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
@@ -148,12 +155,21 @@ impl Backend for Engine {
 }
 
 // Builder errors carry the (non-Send) builder; `?` in an `ort::Result` function drops it.
-fn build_session(env: &Environment, path: &Path, options: &SessionOptions) -> ort::Result<Session> {
+fn build_session(env: &Environment, spec: &ModelSpec, options: &SessionOptions) -> ort::Result<Session> {
+    use ort::session::builder::GraphOptimizationLevel as Level;
+    let path = &spec.onnx;
     if !path.is_file() {
         return Err(ort::Error::new(format!("file {} not found", path.display())));
     }
+    let level = match spec.graph_optimization {
+        GraphOptimization::None => Level::Disable,
+        GraphOptimization::Basic => Level::Level1,
+        GraphOptimization::Extended => Level::Level2,
+        GraphOptimization::All => Level::All,
+    };
     Session::builder(env)?
         .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(options.cpu_arena).build()])?
         .with_intra_threads(options.intra_threads)?
+        .with_optimization_level(level)?
         .commit_from_file(path)
 }

@@ -35,6 +35,22 @@ pub struct ModelSpec {
     /// at load (see the cache).
     #[serde(default)]
     pub resident_bytes: Option<u64>,
+    /// How much of ONNX Runtime's graph optimisation runs when the session is built. Graphs
+    /// already in their final form (the int8 ones `scripts/quantize.py` writes) build faster and
+    /// run faster with `none`.
+    #[serde(default)]
+    pub graph_optimization: GraphOptimization,
+}
+
+/// ONNX Runtime's graph optimisation levels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphOptimization {
+    None,
+    Basic,
+    Extended,
+    #[default]
+    All,
 }
 
 /// A tensor an embedding graph may take; all are int64 `[batch, seq]`.
