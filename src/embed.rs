@@ -3,6 +3,7 @@
 //! Nothing here knows HTTP: `http/embed.rs` and `http/openai.rs` translate wire formats to
 //! [`EmbedParams`] and [`EmbedOutput`] back, and `http::error` maps [`EmbedError`] to statuses.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,91 @@ pub enum EncodingFormat {
 pub enum Vector {
     Float(Vec<f32>),
     Base64(String),
+    Int8(Vec<i8>),
+    Uint8(Vec<u8>),
+}
+
+/// An output type of `/v1/embed`'s `embedding_types`, as Cohere and sentence-transformers
+/// define them, computed from the final vector (after `dimensions` and normalisation):
+/// - `int8`: `round(127 x)`, clamped to -127..=127 (a normalised vector's values are in -1..=1);
+/// - `uint8`: that plus 128 (1..=255);
+/// - `ubinary`: one bit per value, 1 where the value is positive, eight to a byte, first value
+///   in the highest bit;
+/// - `binary`: those bytes minus 128, as int8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingType {
+    Float,
+    Int8,
+    Uint8,
+    Binary,
+    Ubinary,
+}
+
+impl EmbeddingType {
+    fn packs_bits(self) -> bool {
+        matches!(self, EmbeddingType::Binary | EmbeddingType::Ubinary)
+    }
+
+    fn encode(self, v: &[f32]) -> Vector {
+        let int8 = |x: f32| (x * 127.0).round().clamp(-127.0, 127.0) as i8;
+        let signs = || -> Vec<u8> {
+            v.chunks(8)
+                .map(|c| {
+                    c.iter().enumerate().fold(0u8, |byte, (i, &x)| byte | (u8::from(x > 0.0) << (7 - i)))
+                })
+                .collect()
+        };
+        match self {
+            EmbeddingType::Float => Vector::Float(v.to_vec()),
+            EmbeddingType::Int8 => Vector::Int8(v.iter().map(|&x| int8(x)).collect()),
+            EmbeddingType::Uint8 => {
+                Vector::Uint8(v.iter().map(|&x| (i16::from(int8(x)) + 128) as u8).collect())
+            }
+            EmbeddingType::Ubinary => Vector::Uint8(signs()),
+            EmbeddingType::Binary => {
+                Vector::Int8(signs().into_iter().map(|b| (i16::from(b) - 128) as i8).collect())
+            }
+        }
+    }
+}
+
+/// How the client wants its vectors.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// One list in one encoding (both routes).
+    Format(EncodingFormat),
+    /// One list per type (`/v1/embed`'s `embedding_types`).
+    Types(Vec<EmbeddingType>),
+}
+
+/// A response's vectors: one list, or one per requested type (Cohere's shape).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Embeddings {
+    List(Vec<Vector>),
+    ByType(BTreeMap<EmbeddingType, Vec<Vector>>),
+}
+
+impl Embeddings {
+    fn new(vectors: Vec<Vec<f32>>, output: &Output) -> Self {
+        match output {
+            Output::Format(format) => {
+                Embeddings::List(vectors.into_iter().map(|v| Vector::encode(v, *format)).collect())
+            }
+            Output::Types(types) => Embeddings::ByType(
+                types.iter().map(|&t| (t, vectors.iter().map(|v| t.encode(v)).collect())).collect(),
+            ),
+        }
+    }
+
+    /// The one list of an [`Output::Format`] request.
+    pub fn into_list(self) -> Vec<Vector> {
+        match self {
+            Embeddings::List(list) => list,
+            Embeddings::ByType(_) => unreachable!("asked for one format, answered with types"),
+        }
+    }
 }
 
 impl Vector {
@@ -83,14 +169,14 @@ pub struct EmbedParams<'a> {
     pub model: Option<&'a str>,
     pub normalize: Option<bool>,
     pub dimensions: Option<usize>,
-    pub format: EncodingFormat,
+    pub output: Output,
 }
 
 pub struct EmbedOutput {
     /// The model as the client named it.
     pub model: String,
     pub dimensions: usize,
-    pub vectors: Vec<Vector>,
+    pub vectors: Embeddings,
     pub usage: Usage,
 }
 
@@ -166,6 +252,23 @@ impl Embedder {
                 ));
             }
         };
+        if let Output::Types(types) = &params.output {
+            if types.is_empty() {
+                return Err(EmbedError::invalid(
+                    "embedding_types",
+                    "embedding_types must list at least one of float, int8, uint8, binary, ubinary",
+                ));
+            }
+            if types.iter().any(|t| t.packs_bits()) && dimensions % 8 != 0 {
+                return Err(EmbedError::invalid(
+                    "embedding_types",
+                    format!(
+                        "binary and ubinary pack eight values to a byte: they need dimensions that are a \
+                         multiple of 8, got {dimensions}"
+                    ),
+                ));
+            }
+        }
         let normalize = params.normalize.unwrap_or(spec.normalize);
         let model = self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
 
@@ -201,10 +304,8 @@ impl Embedder {
         m.truncated_inputs.with_label_values(&[model_id]).inc_by(truncated as u64);
         self.usage.record(&tenant.id, name, inputs_count, tokens);
 
-        let vectors = vectors
-            .into_iter()
-            .map(|v| Vector::encode(shape_vector(v, dimensions, normalize), params.format))
-            .collect();
+        let shaped = vectors.into_iter().map(|v| shape_vector(v, dimensions, normalize)).collect();
+        let vectors = Embeddings::new(shaped, &params.output);
         let usage = Usage { prompt_tokens: tokens, total_tokens: tokens };
         Ok(EmbedOutput { model: name.to_owned(), dimensions, vectors, usage })
     }
@@ -297,9 +398,47 @@ mod tests {
         assert_eq!(bytes, [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat());
     }
 
+    #[test]
+    fn output_types_are_cohere_s_and_sentence_transformers_quantizations() {
+        let v = [1.0, -1.0, 0.5, 0.0, 2.0, -0.004, 0.004, -3.0];
+        let encode = |t: EmbeddingType| serde_json::to_value(t.encode(&v)).unwrap();
+        assert_eq!(encode(EmbeddingType::Float), json!(v));
+        assert_eq!(encode(EmbeddingType::Int8), json!([127, -127, 64, 0, 127, -1, 1, -127]));
+        assert_eq!(encode(EmbeddingType::Uint8), json!([255, 1, 192, 128, 255, 127, 129, 1]));
+        // Positive values: the 1st, 3rd, 5th and 7th, first value in the highest bit.
+        assert_eq!(encode(EmbeddingType::Ubinary), json!([0b1010_1010]));
+        assert_eq!(encode(EmbeddingType::Binary), json!([0b1010_1010 - 128]));
+        // Nine values: the last byte holds one bit, in its highest place.
+        let nine = [1.0; 9];
+        assert_eq!(serde_json::to_value(EmbeddingType::Ubinary.encode(&nine)).unwrap(), json!([255, 128]));
+    }
+
+    #[test]
+    fn several_types_answer_one_list_each() {
+        let out = Embeddings::new(
+            vec![vec![0.6, -0.8], vec![-0.6, 0.8]],
+            &Output::Types(vec![EmbeddingType::Int8, EmbeddingType::Float]),
+        );
+        assert_eq!(
+            serde_json::to_value(out).unwrap(),
+            json!({ "float": [[0.6f32, -0.8f32], [-0.6f32, 0.8f32]], "int8": [[76, -102], [-76, 102]] })
+        );
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
+
+        proptest! {
+            /// int8 and uint8 round a value in -1..=1 to within half a step of 1/127.
+            #[test]
+            fn int8_and_uint8_are_within_half_a_step(x in -1.0f32..=1.0) {
+                let Vector::Int8(i) = EmbeddingType::Int8.encode(&[x]) else { panic!() };
+                let Vector::Uint8(u) = EmbeddingType::Uint8.encode(&[x]) else { panic!() };
+                prop_assert!((f32::from(i[0]) / 127.0 - x).abs() <= 0.5 / 127.0 + 1e-6);
+                prop_assert_eq!(i16::from(u[0]) - 128, i16::from(i[0]));
+            }
+        }
 
         fn json_value() -> impl Strategy<Value = Value> {
             let leaf = prop_oneof![

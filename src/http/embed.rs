@@ -12,7 +12,7 @@ use super::auth::Authed;
 use super::error::ApiError;
 use super::extract::JsonBody;
 use crate::app::AppState;
-use crate::embed::{EmbedParams, EncodingFormat, Usage, Vector};
+use crate::embed::{EmbedError, EmbedParams, EmbeddingType, Embeddings, EncodingFormat, Output, Usage};
 use crate::metrics::Labels;
 
 /// Unknown fields are refused (422), on this route as on `/v1/embeddings`.
@@ -25,13 +25,15 @@ pub struct EmbedRequest {
     dimensions: Option<usize>,
     #[serde(default)]
     encoding_format: EncodingFormat,
+    /// Several output types at once, answered as `{"embeddings": {"float": [...], "int8": [...]}}`.
+    embedding_types: Option<Vec<EmbeddingType>>,
 }
 
 #[derive(Debug, Serialize)]
 struct EmbedResponse {
     model: String,
     dimensions: usize,
-    embeddings: Vec<Vector>,
+    embeddings: Embeddings,
     usage: Usage,
 }
 
@@ -41,12 +43,22 @@ pub async fn embed(
     JsonBody(req): JsonBody<EmbedRequest>,
 ) -> Response {
     let mut labels = Labels { tenant: tenant.id.clone(), ..Labels::default() };
+    let output = match req.embedding_types {
+        Some(_) if req.encoding_format == EncodingFormat::Base64 => {
+            let message = "embedding_types and encoding_format \"base64\" cannot be combined: \
+                           embedding_types answers JSON arrays";
+            let e = EmbedError::Invalid { message: message.into(), param: "embedding_types" };
+            return super::with_labels(labels, Err(ApiError::from(e)));
+        }
+        Some(types) => Output::Types(types),
+        None => Output::Format(req.encoding_format),
+    };
     let params = EmbedParams {
         input: req.input.as_ref(),
         model: req.model.as_deref(),
         normalize: req.normalize,
         dimensions: req.dimensions,
-        format: req.encoding_format,
+        output,
     };
     let result = state.embedder.embed(&tenant, params, &mut labels).await.map(|out| {
         let response = EmbedResponse {

@@ -14,7 +14,7 @@ use super::auth::Authed;
 use super::error::ApiError;
 use super::extract::JsonBody;
 use crate::app::AppState;
-use crate::embed::{EmbedParams, EncodingFormat, Usage, Vector};
+use crate::embed::{EmbedParams, EncodingFormat, Output, Usage, Vector};
 use crate::metrics::Labels;
 
 #[derive(Debug, Deserialize)]
@@ -56,11 +56,12 @@ pub async fn embeddings(
         model: req.model.as_deref(),
         normalize: None,
         dimensions: req.dimensions,
-        format: req.encoding_format,
+        output: Output::Format(req.encoding_format),
     };
     let result = state.embedder.embed(&tenant, params, &mut labels).await.map(|out| {
         let data = out
             .vectors
+            .into_list()
             .into_iter()
             .enumerate()
             .map(|(index, embedding)| EmbeddingObject { object: "embedding", index, embedding })

@@ -258,12 +258,21 @@ async fn under_the_lambda_emulator_the_function_answers_exactly_like_the_server(
     assert_eq!(status, 200, "{openai}");
     assert!(openai["data"][0]["embedding"].is_string());
 
+    // Quantized output types: the same bytes as the server's.
+    let body = json!({ "input": texts, "embedding_types": ["ubinary", "int8"] });
+    let (status, from_lambda) = lambda.post_json(Some(ACME_KEY), "/v1/embed", body.clone()).await;
+    assert_eq!(status, 200, "{from_lambda}");
+    let (_, from_server) = server.post("/v1/embed", body).await;
+    assert_eq!(from_lambda["embeddings"]["ubinary"], from_server["embeddings"]["ubinary"]);
+    assert_eq!(vectors(&from_lambda["embeddings"]["int8"]).len(), texts.len());
+
     // Errors, statuses and auth: the same answers as the server.
     let cases = [
         (None, json!({ "input": "x" })),
         (Some("wrong-key"), json!({ "input": "x" })),
         (Some(ACME_KEY), json!({ "input": "" })),
         (Some(ACME_KEY), json!({ "input": "x", "dimensions": 0 })),
+        (Some(ACME_KEY), json!({ "input": "x", "dimensions": 12, "embedding_types": ["binary"] })),
         (Some(ACME_KEY), json!({ "input": "x", "model": "nope" })),
         (Some(GLOBEX_KEY), json!({ "input": "x", "model": "paraphrase-l3" })),
         (Some(ACME_KEY), json!({ "input": (0..257).map(|i| i.to_string()).collect::<Vec<_>>() })),

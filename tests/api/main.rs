@@ -14,6 +14,7 @@ mod hardening;
 mod lambda;
 mod openai_sdk;
 mod operations;
+mod output_types;
 mod quality;
 mod reload;
 mod scale_out;
