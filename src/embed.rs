@@ -12,10 +12,13 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::echo::clip;
 use crate::metrics::{Labels, Metrics};
 use crate::models::ModelError;
 use crate::models::cache::ModelCache;
 use crate::models::pooling::shape_vector;
+use crate::models::spec::ModelSpec;
+use crate::models::tokenize::{Direction, EncodeOptions, Tokens};
 use crate::store::LimitStore;
 use crate::tenants::{Bucket, LimitError, Tenant};
 use crate::usage::UsageLedger;
@@ -162,6 +165,70 @@ impl Vector {
     }
 }
 
+/// How texts become tokens, as a request may choose: the model's prompt and truncation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextParams<'a> {
+    /// Cohere's and Voyage's name for the prompt (`"query"`, `"document"`, `"search_query"`...).
+    pub input_type: Option<&'a str>,
+    /// Text Embeddings Inference's name for it.
+    pub prompt_name: Option<&'a str>,
+    /// Cut over-long inputs (the default) or refuse them with 413.
+    pub truncate: Option<bool>,
+    pub truncation_direction: Option<Direction>,
+}
+
+/// Input types that mean nothing to a model without prompts: it embeds them all alike.
+const GENERIC_INPUT_TYPES: [&str; 7] =
+    ["query", "document", "passage", "search_query", "search_document", "classification", "clustering"];
+
+impl TextParams<'_> {
+    /// The model's prompt and truncation for this request, or why they cannot be had.
+    pub fn options(&self, spec: &ModelSpec, name: &str) -> Result<EncodeOptions, EmbedError> {
+        let (param, asked) = match (self.prompt_name, self.input_type) {
+            (Some(p), Some(t)) if p != t => {
+                return Err(EmbedError::invalid(
+                    "prompt_name",
+                    "prompt_name and input_type name the prompt twice; send one of them",
+                ));
+            }
+            (Some(p), _) => ("prompt_name", Some(p)),
+            (None, t) => ("input_type", t),
+        };
+        let prompt = match asked {
+            None => spec.default_prompt.as_ref().map_or("", |d| spec.prompts[d].as_str()),
+            Some(asked) => {
+                // Cohere's names for the two usual prompts.
+                let alias = match asked {
+                    "search_query" => "query",
+                    "search_document" => "document",
+                    other => other,
+                };
+                match spec.prompts.get(asked).or_else(|| spec.prompts.get(alias)) {
+                    Some(prompt) => prompt.as_str(),
+                    None if spec.prompts.is_empty() && GENERIC_INPUT_TYPES.contains(&asked) => "",
+                    None => {
+                        let valid: Vec<&str> = spec.prompts.keys().map(String::as_str).collect();
+                        let valid = if valid.is_empty() {
+                            format!("it has none, so only {} are accepted", GENERIC_INPUT_TYPES.join(", "))
+                        } else {
+                            format!("valid: {}", valid.join(", "))
+                        };
+                        return Err(EmbedError::invalid(
+                            param,
+                            format!("model `{}` has no prompt `{}`; {valid}", clip(name), clip(asked)),
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(EncodeOptions {
+            prompt: prompt.to_owned(),
+            truncate: self.truncate.unwrap_or(true),
+            direction: self.truncation_direction.unwrap_or_default(),
+        })
+    }
+}
+
 /// What both embedding routes ask of the core.
 pub struct EmbedParams<'a> {
     /// A string or an array of strings, as the JSON body had it.
@@ -170,6 +237,7 @@ pub struct EmbedParams<'a> {
     pub normalize: Option<bool>,
     pub dimensions: Option<usize>,
     pub output: Output,
+    pub text: TextParams<'a>,
 }
 
 pub struct EmbedOutput {
@@ -178,6 +246,14 @@ pub struct EmbedOutput {
     pub dimensions: usize,
     pub vectors: Embeddings,
     pub usage: Usage,
+}
+
+/// What `/v1/tokenize` answers.
+pub struct TokenizeOutput {
+    /// The model as the client named it.
+    pub model: String,
+    pub max_tokens: usize,
+    pub inputs: Vec<Tokens>,
 }
 
 /// Tokens billed, in OpenAI's shape.
@@ -269,6 +345,7 @@ impl Embedder {
                 ));
             }
         }
+        let options = params.text.options(&spec, name)?;
         let normalize = params.normalize.unwrap_or(spec.normalize);
         let model = self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
 
@@ -283,7 +360,7 @@ impl Embedder {
         let limits = &mut labels.limits;
         let work = async {
             model.admits(&tenant.id).inspect_err(count_refusal)?;
-            let inputs = model.tokenize(texts).await?;
+            let inputs = model.tokenize(texts, options).await?;
             let tokens: usize = inputs.iter().map(|e| e.len()).sum();
             let truncated = inputs.iter().filter(|e| e.truncated).count();
             // Both limits at once, now that the tokens are known: one round trip to a shared store.
@@ -308,6 +385,43 @@ impl Embedder {
         let vectors = Embeddings::new(shaped, &params.output);
         let usage = Usage { prompt_tokens: tokens, total_tokens: tokens };
         Ok(EmbedOutput { model: name.to_owned(), dimensions, vectors, usage })
+    }
+
+    /// The tokens each input becomes for a model, prompt and truncation applied, as
+    /// [`Embedder::embed`] would feed them. Counts as one request against the tenant's request
+    /// limit (no tokens: nothing is embedded) and loads the model if it is not loaded.
+    pub async fn tokenize(
+        &self,
+        tenant: &Tenant,
+        input: Option<&Value>,
+        model: Option<&str>,
+        text: TextParams<'_>,
+        labels: &mut Labels,
+    ) -> Result<TokenizeOutput, EmbedError> {
+        let result = async {
+            self.limits
+                .refuse_early(tenant, &mut labels.limits)
+                .inspect_err(|e| self.count_limited(tenant, e))?;
+            let texts = parse_input(input, tenant.max_inputs())?;
+            let (name, model_id) =
+                tenant.resolve(model).map_err(|n| EmbedError::ModelNotFound(n.to_owned()))?;
+            labels.model = model_id.to_owned();
+            let spec =
+                self.models.spec(model_id).ok_or_else(|| EmbedError::ModelNotFound(name.to_owned()))?;
+            let options = text.options(&spec, name)?;
+            self.limits
+                .admit(tenant, 0, &mut labels.limits)
+                .await
+                .inspect_err(|e| self.count_limited(tenant, e))?;
+            let model = self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
+            let tokens = tokio::time::timeout(self.timeout, model.tokens(texts, options))
+                .await
+                .map_err(|_| EmbedError::Timeout(self.timeout.as_millis() as u64))??;
+            Ok(TokenizeOutput { model: name.to_owned(), max_tokens: spec.max_tokens, inputs: tokens })
+        }
+        .await;
+        self.limits.peek(tenant, &mut labels.limits);
+        result
     }
 
     fn count_limited(&self, tenant: &Tenant, e: &LimitError) {

@@ -6,11 +6,13 @@
 //!   per-day counts.
 //! - `models`: specs, tokenizing, the inference backend, batching and the model cache.
 //! - `embed`: the embedding core both APIs share.
+//! - `echo`: client text made safe to echo in messages.
 //! - `http`: routes, middleware and the error shape; `app` builds the router from settings.
 //! - `server` and `lambda`: the two doors to the same router; `reload` applies config changes.
 
 pub mod app;
 pub mod config;
+pub mod echo;
 pub mod embed;
 pub mod http;
 pub mod lambda;

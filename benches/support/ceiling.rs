@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use embedserve::Settings;
 use embedserve::models::backend::Runtime;
 use embedserve::models::onnx::{OrtRuntime, SessionOptions};
+use embedserve::models::tokenize::EncodeOptions;
 
 /// Short sentences, like most requests in production: what the benchmarks and load tests send.
 pub const SENTENCES: [&str; 8] = [
@@ -38,7 +39,7 @@ pub fn embeddings_per_second(
     let mut rate = |batch: usize| -> anyhow::Result<f64> {
         let inputs: Vec<String> = texts.iter().cycle().take(batch).map(|s| s.to_string()).collect();
         let mut run = || -> anyhow::Result<()> {
-            let encoded = encoder.encode(&inputs)?;
+            let encoded = encoder.encode(&inputs, &EncodeOptions::truncating())?;
             backend.run(&encoded.iter().collect::<Vec<_>>())?;
             Ok(())
         };

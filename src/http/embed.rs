@@ -12,8 +12,11 @@ use super::auth::Authed;
 use super::error::ApiError;
 use super::extract::JsonBody;
 use crate::app::AppState;
-use crate::embed::{EmbedError, EmbedParams, EmbeddingType, Embeddings, EncodingFormat, Output, Usage};
+use crate::embed::{
+    EmbedError, EmbedParams, EmbeddingType, Embeddings, EncodingFormat, Output, TextParams, Usage,
+};
 use crate::metrics::Labels;
+use crate::models::tokenize::Direction;
 
 /// Unknown fields are refused (422), on this route as on `/v1/embeddings`.
 #[derive(Debug, Deserialize)]
@@ -27,6 +30,15 @@ pub struct EmbedRequest {
     encoding_format: EncodingFormat,
     /// Several output types at once, answered as `{"embeddings": {"float": [...], "int8": [...]}}`.
     embedding_types: Option<Vec<EmbeddingType>>,
+    /// The model's prompt to put before each input (`"query"`, `"document"`, ...).
+    input_type: Option<String>,
+    /// The same, by Text Embeddings Inference's name.
+    prompt_name: Option<String>,
+    /// `false`: an input over the model's token limit is refused (413) instead of cut.
+    /// `truncation` is Voyage's name for it.
+    #[serde(alias = "truncation")]
+    truncate: Option<bool>,
+    truncation_direction: Option<Direction>,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,6 +71,12 @@ pub async fn embed(
         normalize: req.normalize,
         dimensions: req.dimensions,
         output,
+        text: TextParams {
+            input_type: req.input_type.as_deref(),
+            prompt_name: req.prompt_name.as_deref(),
+            truncate: req.truncate,
+            truncation_direction: req.truncation_direction,
+        },
     };
     let result = state.embedder.embed(&tenant, params, &mut labels).await.map(|out| {
         let response = EmbedResponse {

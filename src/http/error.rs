@@ -21,6 +21,9 @@ pub enum ApiError {
     Invalid { message: String, param: Option<&'static str> },
     #[error("{0}")]
     TooLarge(String),
+    /// With truncation off, an input over the model's token limit.
+    #[error("{0}")]
+    InputTooLong(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("Missing or invalid API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.")]
@@ -53,33 +56,7 @@ pub enum ApiError {
     Internal(String),
 }
 
-/// Longest piece of client text (a model name, a content type) an error message echoes.
-pub const MAX_ECHO: usize = 64;
-
-/// At most [`MAX_ECHO`] characters of client text for an error message, with control and
-/// bidirectional-formatting characters escaped: an echoed name can neither flood a response or
-/// a log nor reorder what a reader sees.
-pub fn clip(text: &str) -> String {
-    clip_to(text, MAX_ECHO)
-}
-
-/// [`clip`] with another length.
-pub fn clip_to(text: &str, max_chars: usize) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == max_chars {
-            out.push('…');
-            break;
-        }
-        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if c.is_control() || bidi {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub use crate::echo::{MAX_ECHO, clip, clip_to};
 
 /// The cause of a 5xx, attached to the response for the logging middleware to record.
 #[derive(Debug, Clone)]
@@ -95,7 +72,7 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) | ApiError::InputTooLong(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } | ApiError::TenantQueueFull => StatusCode::TOO_MANY_REQUESTS,
@@ -115,6 +92,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => ("invalid_request_error", "malformed_json"),
             ApiError::Invalid { .. } => ("invalid_request_error", "invalid_value"),
             ApiError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            ApiError::InputTooLong(_) => ("invalid_request_error", "input_too_long"),
             ApiError::UnsupportedMediaType(_) => ("invalid_request_error", "unsupported_media_type"),
             ApiError::Unauthorized => ("authentication_error", "invalid_api_key"),
             ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
@@ -135,7 +113,7 @@ impl ApiError {
         match self {
             ApiError::Invalid { param, .. } => *param,
             ApiError::ModelNotFound(_) => Some("model"),
-            ApiError::TooLarge(_) => Some("input"),
+            ApiError::TooLarge(_) | ApiError::InputTooLong(_) => Some("input"),
             _ => None,
         }
     }
@@ -194,6 +172,7 @@ impl From<ModelError> for ApiError {
             }
             ModelError::QueueFull => ApiError::Overloaded,
             ModelError::TenantQueueFull => ApiError::TenantQueueFull,
+            ModelError::InputTooLong(message) => ApiError::InputTooLong(message),
             ModelError::Failed(cause) => ApiError::Internal(cause),
         }
     }

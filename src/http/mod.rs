@@ -10,6 +10,7 @@ mod health;
 mod models;
 mod observe;
 mod openai;
+mod tokenize;
 mod usage;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut routes = Router::new()
         .route("/v1/embed", post(embed::embed))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/tokenize", post(tokenize::tokenize))
         .route("/v1/models", get(models::list))
         .route("/v1/usage", get(usage::usage))
         .route("/health", get(health::health))

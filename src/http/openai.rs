@@ -14,8 +14,9 @@ use super::auth::Authed;
 use super::error::ApiError;
 use super::extract::JsonBody;
 use crate::app::AppState;
-use crate::embed::{EmbedParams, EncodingFormat, Output, Usage, Vector};
+use crate::embed::{EmbedParams, EncodingFormat, Output, TextParams, Usage, Vector};
 use crate::metrics::Labels;
+use crate::models::tokenize::Direction;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +29,15 @@ pub struct EmbeddingsRequest {
     /// Accepted for compatibility; OpenAI uses it for abuse monitoring.
     #[serde(rename = "user")]
     _user: Option<String>,
+    /// The model's prompt to put before each input (`"query"`, `"document"`, ...).
+    input_type: Option<String>,
+    /// The same, by Text Embeddings Inference's name.
+    prompt_name: Option<String>,
+    /// `false`: an input over the model's token limit is refused (413) instead of cut.
+    /// `truncation` is Voyage's name for it.
+    #[serde(alias = "truncation")]
+    truncate: Option<bool>,
+    truncation_direction: Option<Direction>,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,6 +67,12 @@ pub async fn embeddings(
         normalize: None,
         dimensions: req.dimensions,
         output: Output::Format(req.encoding_format),
+        text: TextParams {
+            input_type: req.input_type.as_deref(),
+            prompt_name: req.prompt_name.as_deref(),
+            truncate: req.truncate,
+            truncation_direction: req.truncation_direction,
+        },
     };
     let result = state.embedder.embed(&tenant, params, &mut labels).await.map(|out| {
         let data = out

@@ -30,6 +30,7 @@ use super::error::ModelError;
 use super::memory::{self, file_size, resident_set_bytes};
 use super::queue_budget::QueueBudget;
 use super::spec::ModelSpec;
+use super::tokenize::EncodeOptions;
 use super::worker::{self, BatchLimits};
 use crate::metrics::Metrics;
 
@@ -235,7 +236,7 @@ impl ModelCache {
         tokio::task::spawn_blocking(move || {
             let (encoder, mut backend) = runtime.load(&spec)?;
             // The first run allocates what every later one reuses; pay it here, not on a request.
-            let warm = encoder.encode(&["warm up".to_owned()])?;
+            let warm = encoder.encode(&["warm up".to_owned()], &EncodeOptions::truncating())?;
             backend.run(&warm.iter().collect::<Vec<_>>()).context("warm-up run failed")?;
             let budget =
                 Arc::new(QueueBudget::new(options.max_queue_tokens, options.max_tenant_queue_percent));

@@ -16,9 +16,22 @@ pub enum ModelError {
     /// The tenant already holds its share of the model's queue.
     #[error("the tenant holds its share of the model's queue")]
     TenantQueueFull,
+    /// With truncation off, an input over the model's token limit (the message says which).
+    #[error("{0}")]
+    InputTooLong(String),
     /// Tokenizing or inference failed; the cause is for the log.
     #[error("{0}")]
     Failed(String),
+}
+
+impl From<super::tokenize::EncodeError> for ModelError {
+    fn from(e: super::tokenize::EncodeError) -> Self {
+        use super::tokenize::EncodeError;
+        match e {
+            EncodeError::Failed(cause) => ModelError::Failed(cause),
+            too_long => ModelError::InputTooLong(too_long.to_string()),
+        }
+    }
 }
 
 impl ModelError {

@@ -158,7 +158,12 @@ mod tests {
     #[test]
     fn the_fake_tokenizer_is_character_level_with_bert_framing() {
         let encoder = TextEncoder::new(char_tokenizer().unwrap(), 6).unwrap();
-        let out = encoder.encode(&["ab c".to_owned(), "abcdefgh".to_owned()]).unwrap();
+        let out = encoder
+            .encode(
+                &["ab c".to_owned(), "abcdefgh".to_owned()],
+                &crate::models::tokenize::EncodeOptions::truncating(),
+            )
+            .unwrap();
         assert_eq!(out[0].ids, [2, 4 + 64, 4 + 65, 4 + 66, 3], "[CLS] a b c [SEP]");
         assert!(!out[0].truncated);
         assert_eq!(out[1].len(), 6);

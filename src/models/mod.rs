@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 pub use error::ModelError;
 use queue_budget::QueueBudget;
-use tokenize::{Encoded, TextEncoder};
+use tokenize::{EncodeOptions, Encoded, TextEncoder, Tokens};
 use worker::Job;
 
 /// A model ready to serve: its tokenizer and the queue of its inference thread.
@@ -47,13 +47,28 @@ impl LoadedModel {
         let _ = worker.join();
     }
 
-    /// Tokenizes on the blocking pool: truncated to the model's limit, not padded.
-    pub async fn tokenize(&self, texts: Vec<String>) -> Result<Vec<Encoded>, ModelError> {
+    /// Tokenizes on the blocking pool, prompt and truncation as `options` say, not padded.
+    pub async fn tokenize(
+        &self,
+        texts: Vec<String>,
+        options: EncodeOptions,
+    ) -> Result<Vec<Encoded>, ModelError> {
         let encoder = Arc::clone(&self.encoder);
-        tokio::task::spawn_blocking(move || encoder.encode(&texts))
+        Ok(tokio::task::spawn_blocking(move || encoder.encode(&texts, &options))
             .await
-            .map_err(ModelError::failed)?
-            .map_err(|e| ModelError::failed(format!("{e:#}")))
+            .map_err(ModelError::failed)??)
+    }
+
+    /// [`Self::tokenize`] with each token's text, for `/v1/tokenize`.
+    pub async fn tokens(
+        &self,
+        texts: Vec<String>,
+        options: EncodeOptions,
+    ) -> Result<Vec<Tokens>, ModelError> {
+        let encoder = Arc::clone(&self.encoder);
+        Ok(tokio::task::spawn_blocking(move || encoder.tokens(&texts, &options))
+            .await
+            .map_err(ModelError::failed)??)
     }
 
     /// Refuses at once when the queue, or `tenant`'s share of it, is already full: a flood's

@@ -40,6 +40,13 @@ pub struct ModelSpec {
     /// run faster with `none`.
     #[serde(default)]
     pub graph_optimization: GraphOptimization,
+    /// Text put before an input when a request names it (`input_type` or `prompt_name`), e.g.
+    /// `{ query = "query: ", document = "passage: " }`, as sentence-transformers' `prompts`.
+    #[serde(default)]
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt used when a request names none.
+    #[serde(default)]
+    pub default_prompt: Option<String>,
 }
 
 /// ONNX Runtime's graph optimisation levels.
@@ -129,6 +136,11 @@ impl ModelSpec {
         if self.output.is_empty() {
             out.push("output: must name a graph output".to_owned());
         }
+        if let Some(d) = &self.default_prompt
+            && !self.prompts.contains_key(d)
+        {
+            out.push(format!("default_prompt: {d:?} is not one of `prompts`"));
+        }
         for role in self.input_names.keys() {
             if !self.inputs.contains(role) {
                 out.push(format!(
@@ -147,4 +159,25 @@ fn default_inputs() -> Vec<InputRole> {
 
 fn yes() -> bool {
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> ModelSpec {
+        let text = format!(
+            "onnx = \"m.onnx\"\ntokenizer = \"t.json\"\noutput = \"o\"\npooling = \"mean\"\nmax_tokens = 8\n\
+             dimensions = 4\n{extra}"
+        );
+        use figment::providers::{Format, Toml};
+        figment::Figment::from(Toml::string(&text)).extract().unwrap()
+    }
+
+    #[test]
+    fn the_default_prompt_must_be_one_of_the_prompts() {
+        assert!(spec("prompts = { query = \"query: \" }\ndefault_prompt = \"query\"").problems().is_empty());
+        let problems = spec("prompts = { query = \"query: \" }\ndefault_prompt = \"doc\"").problems();
+        assert_eq!(problems, ["default_prompt: \"doc\" is not one of `prompts`"]);
+    }
 }

@@ -250,15 +250,12 @@ async fn a_flood_of_maximum_size_inputs_keeps_memory_bounded_and_the_other_tenan
 }
 
 #[test]
-fn tokenizing_a_prefix_keeps_exactly_the_tokens_truncating_the_whole_text_keeps() {
-    use embedserve::models::tokenize::TextEncoder;
-    use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+fn tokenizing_a_window_keeps_exactly_the_tokens_truncating_the_whole_text_keeps() {
+    use embedserve::models::tokenize::{Direction, EncodeOptions, TextEncoder};
+    use tokenizers::{PaddingParams, Tokenizer, TruncationDirection, TruncationParams};
 
     let path = repo().join("assets/models/minilm-uncased-tokenizer.json");
     let windowed = TextEncoder::from_file(&path, 256).unwrap();
-    let mut whole = Tokenizer::from_file(&path).unwrap();
-    whole.with_padding(None::<PaddingParams>);
-    whole.with_truncation(Some(TruncationParams { max_length: 256, ..Default::default() })).unwrap();
     let reference = reference();
     let mut texts: Vec<String> =
         reference["texts"].as_object().unwrap().values().map(|t| t.as_str().unwrap().to_owned()).collect();
@@ -269,20 +266,32 @@ fn tokenizing_a_prefix_keeps_exactly_the_tokens_truncating_the_whole_text_keeps(
         "Ünïcödé naïve café ".repeat(1_000),
         "supercalifragilistic".repeat(2_000),
         format!("a{}b", " ".repeat(10_000)),
+        format!("{}b", " ".repeat(10_000)),
         "🙂 emoji and words ".repeat(1_000),
         "a,b;c.d!e?".repeat(3_000),
+        (0..5_000).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" "),
     ]);
-    for text in &texts {
-        let got = &windowed.encode(std::slice::from_ref(text)).unwrap()[0];
-        let want = whole.encode(text.as_str(), true).unwrap();
-        let want_ids: Vec<i64> = want.get_ids().iter().map(|&i| i64::from(i)).collect();
-        let head: String = text.chars().take(30).collect();
-        assert_eq!(got.ids, want_ids, "{head:?} ({} bytes)", text.len());
-        let overflowed = !want.get_overflowing().is_empty();
-        if overflowed || text.len() <= 256 * embedserve::models::tokenize::MAX_BYTES_PER_TOKEN {
-            assert_eq!(got.truncated, overflowed, "{head:?}");
-        } else {
-            assert!(got.truncated, "{head:?}: cut at the cap, so counted as truncated");
+    for (direction, whole_direction) in
+        [(Direction::Right, TruncationDirection::Right), (Direction::Left, TruncationDirection::Left)]
+    {
+        let mut whole = Tokenizer::from_file(&path).unwrap();
+        whole.with_padding(None::<PaddingParams>);
+        let truncation =
+            TruncationParams { max_length: 256, direction: whole_direction, ..Default::default() };
+        whole.with_truncation(Some(truncation)).unwrap();
+        let options = EncodeOptions { direction, ..EncodeOptions::truncating() };
+        for text in &texts {
+            let got = &windowed.encode(std::slice::from_ref(text), &options).unwrap()[0];
+            let want = whole.encode(text.as_str(), true).unwrap();
+            let want_ids: Vec<i64> = want.get_ids().iter().map(|&i| i64::from(i)).collect();
+            let head: String = text.chars().take(30).collect();
+            assert_eq!(got.ids, want_ids, "{direction:?} {head:?} ({} bytes)", text.len());
+            let overflowed = !want.get_overflowing().is_empty();
+            if overflowed || text.len() <= 256 * embedserve::models::tokenize::MAX_BYTES_PER_TOKEN {
+                assert_eq!(got.truncated, overflowed, "{direction:?} {head:?}");
+            } else {
+                assert!(got.truncated, "{direction:?} {head:?}: cut at the cap, so counted as truncated");
+            }
         }
     }
 }

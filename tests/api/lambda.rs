@@ -266,6 +266,14 @@ async fn under_the_lambda_emulator_the_function_answers_exactly_like_the_server(
     assert_eq!(from_lambda["embeddings"]["ubinary"], from_server["embeddings"]["ubinary"]);
     assert_eq!(vectors(&from_lambda["embeddings"]["int8"]).len(), texts.len());
 
+    // Tokenizing, prompts and truncation: the same answers as the server's.
+    let long = "word ".repeat(400);
+    let body = json!({ "input": [long, "x"], "truncation_direction": "left", "input_type": "search_query" });
+    let (status, from_lambda) = lambda.post_json(Some(ACME_KEY), "/v1/tokenize", body.clone()).await;
+    assert_eq!(status, 200, "{from_lambda}");
+    assert_eq!(from_lambda, server.post("/v1/tokenize", body).await.1);
+    assert_eq!(from_lambda["data"][0]["count"], 256);
+
     // Errors, statuses and auth: the same answers as the server.
     let cases = [
         (None, json!({ "input": "x" })),
@@ -274,6 +282,8 @@ async fn under_the_lambda_emulator_the_function_answers_exactly_like_the_server(
         (Some(ACME_KEY), json!({ "input": "x", "dimensions": 0 })),
         (Some(ACME_KEY), json!({ "input": "x", "dimensions": 12, "embedding_types": ["binary"] })),
         (Some(ACME_KEY), json!({ "input": "x", "model": "nope" })),
+        (Some(ACME_KEY), json!({ "input": "x", "input_type": "nope" })),
+        (Some(ACME_KEY), json!({ "input": "word ".repeat(400), "truncate": false })),
         (Some(GLOBEX_KEY), json!({ "input": "x", "model": "paraphrase-l3" })),
         (Some(ACME_KEY), json!({ "input": (0..257).map(|i| i.to_string()).collect::<Vec<_>>() })),
     ];

@@ -20,3 +20,4 @@ mod reload;
 mod scale_out;
 mod schemathesis;
 mod tenancy;
+mod text_options;
