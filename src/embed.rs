@@ -346,7 +346,7 @@ impl Embedder {
             }
         }
         let options = params.text.options(&spec, name)?;
-        let normalize = params.normalize.unwrap_or(spec.normalize);
+        let normalize = params.normalize.unwrap_or(spec.normalize());
         let model = self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
 
         let count_refusal = |e: &ModelError| {

@@ -73,6 +73,9 @@ fn main() -> ExitCode {
                 let lines: Vec<String> = problems.iter().map(|p| format!("{file}: {p}")).collect();
                 anyhow::bail!("invalid config {file}: {} problem(s)\n  {}", lines.len(), lines.join("\n  "));
             }
+            for line in s.derivations() {
+                println!("{line}");
+            }
             let private: usize = s.tenants.values().map(|t| t.private_models.len()).sum();
             let (models, tenants) = (s.models.len(), s.tenants.len());
             println!(

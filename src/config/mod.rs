@@ -264,7 +264,8 @@ impl Settings {
             .with_context(|| format!("invalid config {}", path.display()))?;
         settings.source = path.to_path_buf();
         settings.resolve_paths();
-        let problems = settings.problems();
+        let mut problems = settings.derive_from_folders();
+        problems.extend(settings.problems());
         if !problems.is_empty() {
             let file = path.display();
             let lines: Vec<String> = problems.iter().map(|p| format!("{file}: {p}")).collect();
@@ -290,8 +291,9 @@ impl Settings {
 
     fn resolve_paths(&mut self) {
         let base = self.source.parent().unwrap_or(Path::new(".")).to_path_buf();
+        // An empty path is an unset one (a model's files from its `path` folder).
         let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
+            if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);
             }
         };
@@ -303,9 +305,48 @@ impl Settings {
         }
         let private = self.tenants.values_mut().flat_map(|t| t.private_models.values_mut());
         for spec in self.models.values_mut().chain(private) {
-            resolve(&mut spec.onnx);
-            resolve(&mut spec.tokenizer);
+            for path in [&mut spec.onnx, &mut spec.tokenizer] {
+                resolve(path);
+            }
+            for path in [spec.path.as_mut(), spec.tokenizer_config.as_mut()].into_iter().flatten() {
+                resolve(path);
+            }
         }
+    }
+
+    /// Fills each model's unset settings from its export folder (`path`); problems as
+    /// `field: message` with each model's config field.
+    fn derive_from_folders(&mut self) -> Vec<String> {
+        let catalogue = self.models.iter_mut().map(|(id, spec)| (format!("models.{id}"), spec));
+        let private = self.tenants.iter_mut().flat_map(|(tenant, t)| {
+            t.private_models
+                .iter_mut()
+                .map(move |(name, spec)| (format!("tenants.{tenant}.private_models.{name}"), spec))
+        });
+        catalogue
+            .chain(private)
+            .flat_map(|(field, spec)| {
+                crate::models::folder::derive(spec).into_iter().map(move |p| format!("{field}.{p}"))
+            })
+            .collect()
+    }
+
+    /// What each model took from its export folder, as `field.key = value (from file)` lines.
+    pub fn derivations(&self) -> Vec<String> {
+        let catalogue = self.models.iter().map(|(id, spec)| (format!("models.{id}"), spec));
+        let private = self.tenants.iter().flat_map(|(tenant, t)| {
+            t.private_models
+                .iter()
+                .map(move |(name, spec)| (format!("tenants.{tenant}.private_models.{name}"), spec))
+        });
+        catalogue
+            .chain(private)
+            .flat_map(|(field, spec)| {
+                spec.derived
+                    .iter()
+                    .map(move |d| format!("{field}.{} = {} (from {})", d.field, d.value, d.source))
+            })
+            .collect()
     }
 
     /// Every model the cache may load, by id: the catalogue and each tenant's private models.

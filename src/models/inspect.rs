@@ -40,7 +40,7 @@ struct Named8 {
 /// Problems with `spec`'s files, as `field: message`.
 pub fn file_problems(spec: &ModelSpec) -> Vec<String> {
     let mut out = Vec::new();
-    if let Err(e) = TextEncoder::from_file(&spec.tokenizer, spec.max_tokens) {
+    if let Err(e) = TextEncoder::for_spec(spec) {
         out.push(format!("tokenizer: {e:#}"));
     }
     if let Err(problem) = check_onnx(spec) {
@@ -58,9 +58,9 @@ fn check_onnx(spec: &ModelSpec) -> Result<(), String> {
     let weights: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let inputs: Vec<&str> =
         graph.input.iter().map(|i| i.name.as_str()).filter(|name| !weights.contains(name)).collect();
-    let outputs: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let outputs: Vec<(&str, Option<usize>)> = graph.output.iter().map(|o| (o.name.as_str(), None)).collect();
     if outputs.is_empty() {
         return Err("not an ONNX model: its graph has no outputs".to_owned());
     }
-    spec.check_graph(&inputs, &outputs)
+    spec.plan(&inputs, &outputs).map(drop)
 }

@@ -10,6 +10,7 @@ pub mod batcher;
 pub mod cache;
 pub mod error;
 pub mod fake;
+pub mod folder;
 pub mod inspect;
 pub mod memory;
 pub mod onnx;

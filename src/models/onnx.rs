@@ -69,8 +69,7 @@ impl Runtime for OrtRuntime {
         let started = std::time::Instant::now();
         let since = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
         let ((encoder, tokenizer_ms), (engine, session_ms)) = std::thread::scope(|scope| {
-            let tokenizer =
-                scope.spawn(|| (TextEncoder::from_file(&spec.tokenizer, spec.max_tokens), since(started)));
+            let tokenizer = scope.spawn(|| (TextEncoder::for_spec(spec), since(started)));
             let engine = (Engine::load(&self.env, spec, &self.options), since(started));
             (tokenizer.join().expect("tokenizer thread panicked"), engine)
         });
@@ -103,16 +102,17 @@ impl Engine {
         let session = build_session(env, spec, options)
             .map_err(|e| anyhow::anyhow!("cannot load ONNX model {}: {e}", spec.onnx.display()))?;
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-        let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        if let Err(problem) = spec.check_graph(&inputs, &outputs) {
-            bail!("{}: {problem}", spec.onnx.display());
-        }
+        let outputs: Vec<(&str, Option<usize>)> =
+            session.outputs().iter().map(|o| (o.name(), o.dtype().tensor_shape().map(|s| s.len()))).collect();
+        let plan = spec
+            .plan(&inputs, &outputs)
+            .map_err(|problem| anyhow::anyhow!("{}: {problem}", spec.onnx.display()))?;
         Ok(Self {
-            session,
-            feeds: spec.feeds(),
-            output: spec.output.clone(),
-            pooling: spec.pooling,
+            feeds: plan.feeds,
+            output: plan.output,
+            pooling: plan.pooling,
             dimensions: spec.dimensions,
+            session,
         })
     }
 }

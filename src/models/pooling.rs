@@ -16,6 +16,10 @@ pub fn pool_tokens(states: ArrayView3<'_, f32>, lengths: &[usize], pooling: Pool
             match pooling {
                 Pooling::Cls => tokens.row(0).to_vec(),
                 Pooling::LastToken => tokens.row(len - 1).to_vec(),
+                Pooling::Max => tokens
+                    .slice(ndarray::s![..len, ..])
+                    .fold_axis(Axis(0), f32::NEG_INFINITY, |m, &x| m.max(x))
+                    .to_vec(),
                 Pooling::Mean | Pooling::None => {
                     let sum = tokens.slice(ndarray::s![..len, ..]).sum_axis(Axis(0));
                     (sum / len as f32).to_vec()

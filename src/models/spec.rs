@@ -6,30 +6,59 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-/// One embedding model, from a `[models.<id>]` table.
+/// One embedding model, from a `[models.<id>]` table: an export folder (`path`), with any key
+/// overriding what the folder says, or every file and fact written out.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
-    /// The ONNX graph. Relative paths resolve against the config file's folder.
+    /// A sentence-transformers or Optimum export folder: the files below, the graph's inputs and
+    /// output, pooling, normalisation, limit, dimension and prompts come from it (see
+    /// `models::folder`). Relative paths resolve against the config file's folder.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The ONNX file inside `path`: `onnx/model.onnx` (or `model.onnx`) unless set, e.g.
+    /// `file = "onnx/model_quantized.onnx"`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// The ONNX graph (from `path` when not set).
+    #[serde(default)]
     pub onnx: PathBuf,
-    /// A Hugging Face `tokenizer.json`. Its own padding and truncation are replaced by ours.
+    /// A Hugging Face `tokenizer.json` (from `path` when not set). Its own padding and
+    /// truncation are replaced by ours.
+    #[serde(default)]
     pub tokenizer: PathBuf,
-    /// Which tensors the graph takes, in any order.
-    #[serde(default = "default_inputs")]
-    pub inputs: Vec<InputRole>,
+    /// A `tokenizer_config.json` whose settings adjust the tokenizer as `transformers` does when
+    /// it loads the folder: `do_lower_case`, `strip_accents` and `tokenize_chinese_chars` for a
+    /// BERT normaliser, `add_prefix_space` for a byte-level pre-tokenizer.
+    #[serde(default)]
+    pub tokenizer_config: Option<PathBuf>,
+    /// Lowercase every text before tokenizing (sentence-transformers' `do_lower_case`).
+    #[serde(default)]
+    pub lowercase: Option<bool>,
+    /// Which tensors the graph takes, in any order; when not set, the graph's own inputs among
+    /// `input_ids`, `attention_mask` and `token_type_ids` (named as `input_names` says).
+    #[serde(default)]
+    pub inputs: Option<Vec<InputRole>>,
     /// Graph input names where they differ from the role names, e.g. `{ input_ids = "ids" }`.
     #[serde(default)]
     pub input_names: BTreeMap<InputRole, String>,
     /// The graph output to read: token states `[batch, seq, dim]`, or `[batch, dim]` when
-    /// `pooling = "none"`.
+    /// `pooling = "none"`. When not set: `last_hidden_state`, `token_embeddings` or
+    /// `sentence_embedding`, whichever the graph has, or its only output; one that is already
+    /// `[batch, dim]` is taken as pooled.
+    #[serde(default)]
     pub output: String,
-    pub pooling: Pooling,
-    /// Whether vectors are L2-normalised when the request does not say.
-    #[serde(default = "yes")]
-    pub normalize: bool,
+    #[serde(default)]
+    pub pooling: Option<Pooling>,
+    /// Whether vectors are L2-normalised when the request does not say (default: true, or
+    /// whether the folder's modules end with `Normalize`).
+    #[serde(default)]
+    pub normalize: Option<bool>,
     /// Inputs longer than this are truncated (and counted as truncated).
+    #[serde(default)]
     pub max_tokens: usize,
     /// Width of the pooled vector.
+    #[serde(default)]
     pub dimensions: usize,
     /// The model's resident size for the cache budget, when you know it; otherwise measured
     /// at load (see the cache).
@@ -47,6 +76,26 @@ pub struct ModelSpec {
     /// The prompt used when a request names none.
     #[serde(default)]
     pub default_prompt: Option<String>,
+    /// What was taken from `path`, and from which file, for `check-config` to show.
+    #[serde(skip)]
+    pub derived: Vec<Derived>,
+}
+
+/// One setting taken from an export folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Derived {
+    pub field: &'static str,
+    pub value: String,
+    /// The file it came from, relative to the folder.
+    pub source: String,
+}
+
+/// How a spec meets its graph: what to feed, which output to read, and whether it is pooled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphPlan {
+    pub feeds: Vec<(String, InputRole)>,
+    pub output: String,
+    pub pooling: Pooling,
 }
 
 /// ONNX Runtime's graph optimisation levels.
@@ -89,52 +138,102 @@ pub enum Pooling {
     Cls,
     /// The last real (unpadded) token's state.
     LastToken,
+    /// The largest value of each dimension over the real tokens.
+    Max,
     /// The output is already one vector per input.
     None,
 }
 
 impl ModelSpec {
-    /// The graph input names to feed, with what to feed them.
-    pub fn feeds(&self) -> Vec<(String, InputRole)> {
-        self.inputs
-            .iter()
-            .map(|role| {
-                let name = self.input_names.get(role).cloned();
-                (name.unwrap_or_else(|| role.default_name().to_owned()), *role)
-            })
-            .collect()
+    /// The default for requests that do not say.
+    pub fn normalize(&self) -> bool {
+        self.normalize.unwrap_or(true)
     }
 
-    /// Whether a graph with these inputs and outputs fits the spec: every input the spec feeds
-    /// exists, every input the graph needs is fed, and the output exists.
-    pub fn check_graph(&self, inputs: &[&str], outputs: &[&str]) -> Result<(), String> {
-        let feeds = self.feeds();
+    /// The graph input name of `role`.
+    fn input_name(&self, role: InputRole) -> &str {
+        self.input_names.get(&role).map_or(role.default_name(), String::as_str)
+    }
+
+    /// How this spec meets a graph with these inputs and outputs (each with its rank, when
+    /// known): every input the spec feeds exists, every input the graph needs is fed, and the
+    /// output exists.
+    pub fn plan(&self, inputs: &[&str], outputs: &[(&str, Option<usize>)]) -> Result<GraphPlan, String> {
+        const ROLES: [InputRole; 3] =
+            [InputRole::InputIds, InputRole::AttentionMask, InputRole::TokenTypeIds];
+        let feeds: Vec<(String, InputRole)> = match &self.inputs {
+            Some(roles) => roles.iter().map(|&r| (self.input_name(r).to_owned(), r)).collect(),
+            None => {
+                let mut feeds = Vec::new();
+                for name in inputs {
+                    let Some(role) = ROLES.into_iter().find(|&r| self.input_name(r) == *name) else {
+                        return Err(format!(
+                            "the graph needs input {name:?}, which is none of input_ids, attention_mask, \
+                             token_type_ids: name its role in `input_names`"
+                        ));
+                    };
+                    feeds.push(((*name).to_owned(), role));
+                }
+                if !feeds.iter().any(|(_, r)| *r == InputRole::InputIds) {
+                    return Err(format!(
+                        "the graph has no input {:?} (it has {inputs:?})",
+                        self.input_name(InputRole::InputIds)
+                    ));
+                }
+                feeds
+            }
+        };
         if let Some((name, _)) = feeds.iter().find(|(name, _)| !inputs.contains(&name.as_str())) {
             return Err(format!("the graph has no input {name:?} (it has {inputs:?})"));
         }
         if let Some(missing) = inputs.iter().find(|g| !feeds.iter().any(|(n, _)| n == *g)) {
             return Err(format!("the graph needs input {missing:?}, which `inputs` does not list"));
         }
-        if !outputs.contains(&self.output.as_str()) {
-            return Err(format!("the graph has no output {:?} (it has {outputs:?})", self.output));
+        let names: Vec<&str> = outputs.iter().map(|(n, _)| *n).collect();
+        let pooling = self.pooling.unwrap_or(Pooling::Mean);
+        if !self.output.is_empty() {
+            if !names.contains(&self.output.as_str()) {
+                return Err(format!("the graph has no output {:?} (it has {names:?})", self.output));
+            }
+            return Ok(GraphPlan { feeds, output: self.output.clone(), pooling });
         }
-        Ok(())
+        let chosen = ["last_hidden_state", "token_embeddings", "sentence_embedding"]
+            .into_iter()
+            .find_map(|want| outputs.iter().find(|(n, _)| *n == want))
+            .or(if outputs.len() == 1 { outputs.first() } else { None })
+            .ok_or_else(|| format!("set `output`: the graph has outputs {names:?}"))?;
+        // An output that is already one vector per input needs no pooling.
+        let pooling = if chosen.1 == Some(2) { Pooling::None } else { pooling };
+        Ok(GraphPlan { feeds, output: chosen.0.to_owned(), pooling })
     }
 
     /// Problems with this spec that need no file access, as `field: message`.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let given =
+            if self.path.is_some() { "not given and not found in `path`" } else { "required (or `path`)" };
+        if self.onnx.as_os_str().is_empty() {
+            out.push(format!("onnx: {given}"));
+        }
+        if self.tokenizer.as_os_str().is_empty() {
+            out.push(format!("tokenizer: {given}"));
+        }
+        if self.pooling.is_none() {
+            out.push(format!("pooling: {given}"));
+        }
         if self.dimensions == 0 {
             out.push("dimensions: must be at least 1".to_owned());
         }
         if self.max_tokens < 2 {
             out.push("max_tokens: must be at least 2 (room for the special tokens)".to_owned());
         }
-        if !self.inputs.contains(&InputRole::InputIds) {
-            out.push("inputs: must include \"input_ids\"".to_owned());
+        if self.file.is_some() && self.path.is_none() {
+            out.push("file: names a file inside `path`, which is not set".to_owned());
         }
-        if self.output.is_empty() {
-            out.push("output: must name a graph output".to_owned());
+        if let Some(inputs) = &self.inputs
+            && !inputs.contains(&InputRole::InputIds)
+        {
+            out.push("inputs: must include \"input_ids\"".to_owned());
         }
         if let Some(d) = &self.default_prompt
             && !self.prompts.contains_key(d)
@@ -142,7 +241,7 @@ impl ModelSpec {
             out.push(format!("default_prompt: {d:?} is not one of `prompts`"));
         }
         for role in self.input_names.keys() {
-            if !self.inputs.contains(role) {
+            if self.inputs.as_ref().is_some_and(|inputs| !inputs.contains(role)) {
                 out.push(format!(
                     "input_names.{}: renames an input not listed in `inputs`",
                     role.default_name()
@@ -151,14 +250,6 @@ impl ModelSpec {
         }
         out
     }
-}
-
-fn default_inputs() -> Vec<InputRole> {
-    vec![InputRole::InputIds, InputRole::AttentionMask, InputRole::TokenTypeIds]
-}
-
-fn yes() -> bool {
-    true
 }
 
 #[cfg(test)]

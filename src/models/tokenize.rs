@@ -20,6 +20,8 @@
 use std::path::Path;
 
 use serde::Deserialize;
+
+use super::spec::ModelSpec;
 use tokenizers::{Encoding, PaddingParams, PostProcessor, Tokenizer, TruncationDirection};
 
 /// One tokenized input, ready to be padded into a batch.
@@ -108,6 +110,8 @@ pub struct TextEncoder {
     max_tokens: usize,
     /// Tokens the post-processor adds to one sequence (`[CLS]` and `[SEP]`: 2).
     added: usize,
+    /// Lowercase prompt and text first (sentence-transformers' `do_lower_case`).
+    lowercase: bool,
 }
 
 impl TextEncoder {
@@ -116,6 +120,31 @@ impl TextEncoder {
         let tokenizer = Tokenizer::from_file(path)
             .map_err(|e| anyhow::anyhow!("cannot read tokenizer {}: {e}", path.display()))?;
         Self::new(tokenizer, max_tokens).map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))
+    }
+
+    /// The tokenizer a model's spec describes: its `tokenizer.json`, adjusted by its
+    /// `tokenizer_config.json` as `transformers` adjusts it (see [`adjust`]), lowercasing texts
+    /// if the spec says so.
+    pub fn for_spec(spec: &ModelSpec) -> anyhow::Result<Self> {
+        let path = &spec.tokenizer;
+        let read = |p: &Path| -> anyhow::Result<serde_json::Value> {
+            let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+            serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", p.display()))
+        };
+        let tokenizer = match &spec.tokenizer_config {
+            None => Tokenizer::from_file(path)
+                .map_err(|e| anyhow::anyhow!("cannot read tokenizer {}: {e}", path.display()))?,
+            Some(config) => {
+                let mut json = read(path)?;
+                adjust(&mut json, &read(config)?);
+                serde_json::from_value(json)
+                    .map_err(|e| anyhow::anyhow!("cannot read tokenizer {}: {e}", path.display()))?
+            }
+        };
+        let mut encoder = Self::new(tokenizer, spec.max_tokens)
+            .map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
+        encoder.lowercase = spec.lowercase.unwrap_or(false);
+        Ok(encoder)
     }
 
     /// Wraps `tokenizer`, limiting inputs to `max_tokens` and padding nothing.
@@ -130,7 +159,7 @@ impl TextEncoder {
                 "the tokenizer adds {added} special tokens, leaving no room under max_tokens {max_tokens}"
             );
         }
-        Ok(Self { tokenizer, max_tokens, added })
+        Ok(Self { tokenizer, max_tokens, added, lowercase: false })
     }
 
     /// The model's token limit, special tokens included.
@@ -188,7 +217,9 @@ impl TextEncoder {
                 Direction::Right => prefix(text, window),
                 Direction::Left => suffix(text, window),
             };
-            let mut enc = if prompt.is_empty() {
+            let mut enc = if self.lowercase {
+                self.tokenizer.encode(format!("{prompt}{part}").to_lowercase(), false)
+            } else if prompt.is_empty() {
                 self.tokenizer.encode(part, false)
             } else {
                 self.tokenizer.encode(format!("{prompt}{part}"), false)
@@ -246,6 +277,40 @@ impl From<Direction> for TruncationDirection {
             Direction::Right => TruncationDirection::Right,
             Direction::Left => TruncationDirection::Left,
         }
+    }
+}
+
+/// What `transformers` changes in a fast tokenizer when `tokenizer_config.json` disagrees with
+/// `tokenizer.json`, as its `BertTokenizerFast` (and the BERT-like ones) and
+/// `RobertaTokenizerFast` do on load: a top-level BERT normaliser gets `lowercase`,
+/// `strip_accents` and `handle_chinese_chars` from `do_lower_case` (default true),
+/// `strip_accents` (default none) and `tokenize_chinese_chars` (default true), all three at once
+/// if any differs; a top-level byte-level pre-tokenizer gets `add_prefix_space`.
+fn adjust(tokenizer: &mut serde_json::Value, config: &serde_json::Value) {
+    use serde_json::Value;
+    let is = |component: &Value, kind: &str| component.get("type").and_then(Value::as_str) == Some(kind);
+    if let Some(normalizer) = tokenizer.get_mut("normalizer").filter(|n| is(n, "BertNormalizer"))
+        && let Some(normalizer) = normalizer.as_object_mut()
+    {
+        let wanted = [
+            ("lowercase", config.get("do_lower_case").cloned().unwrap_or(Value::Bool(true))),
+            ("strip_accents", config.get("strip_accents").cloned().unwrap_or(Value::Null)),
+            (
+                "handle_chinese_chars",
+                config.get("tokenize_chinese_chars").cloned().unwrap_or(Value::Bool(true)),
+            ),
+        ];
+        if wanted.iter().any(|(key, want)| normalizer.get(*key).is_some_and(|have| have != want)) {
+            for (key, want) in wanted {
+                normalizer.insert(key.to_owned(), want);
+            }
+        }
+    }
+    if let Some(pre) = tokenizer.get_mut("pre_tokenizer").filter(|p| is(p, "ByteLevel"))
+        && let Some(pre) = pre.as_object_mut()
+        && let Some(want) = config.get("add_prefix_space").filter(|v| v.is_boolean())
+    {
+        pre.insert("add_prefix_space".to_owned(), want.clone());
     }
 }
 

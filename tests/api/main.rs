@@ -10,6 +10,7 @@ mod batching;
 mod cache;
 mod embeddings;
 mod errors;
+mod export_folders;
 mod hardening;
 mod lambda;
 mod openai_sdk;

@@ -194,9 +194,9 @@ async fn make_quantize_writes_a_model_that_passes_and_refuses_one_that_fails_unl
     let mut settings = default_settings();
     let mut spec = settings.models["minilm-l6-int8"].clone();
     spec.onnx = good.clone();
-    spec.inputs = vec![InputRole::InputIds, InputRole::AttentionMask];
+    spec.inputs = Some(vec![InputRole::InputIds, InputRole::AttentionMask]);
     spec.output = "461".into();
-    spec.pooling = embedserve::models::spec::Pooling::None;
+    spec.pooling = Some(embedserve::models::spec::Pooling::None);
     spec.max_tokens = 128;
     settings.models.insert("mine-int8".into(), spec);
     settings.tenants.get_mut("acme").unwrap().models.push("mine-int8".into());
