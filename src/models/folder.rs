@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `onnx` | `file`, else `onnx/model.onnx`, else `model.onnx` |
 //! | `tokenizer`, `tokenizer_config` | `tokenizer.json`, `tokenizer_config.json` |
-//! | `pooling`, `dimensions` | the `Pooling` module's `config.json` (`modules.json` says where) |
+//! | `pooling`, `dimensions` | the `Pooling` module's `config.json` (`modules.json` says where), in sentence-transformers 6's form (`pooling_mode`, `embedding_dimension`) or the older one |
 //! | `normalize` | whether `modules.json` has a `Normalize` module |
 //! | `max_tokens` | `sentence_bert_config.json` `max_seq_length`, else `tokenizer_config.json` `model_max_length`, else `config.json` `max_position_embeddings` |
 //! | `lowercase` | `sentence_bert_config.json` `do_lower_case` |
@@ -134,23 +134,15 @@ impl Folder {
         let pooling_config = pooling_file.as_deref().and_then(|f| self.json(f));
         if let (Some(config), Some(file)) = (&pooling_config, &pooling_file) {
             if spec.pooling.is_none() {
-                let on = |k: &str| config.get(k).and_then(Value::as_bool).unwrap_or(false);
-                let modes: Vec<&str> = [
-                    "pooling_mode_cls_token",
-                    "pooling_mode_mean_tokens",
-                    "pooling_mode_max_tokens",
-                    "pooling_mode_lasttoken",
-                    "pooling_mode_mean_sqrt_len_tokens",
-                    "pooling_mode_weightedmean_tokens",
-                ]
-                .into_iter()
-                .filter(|k| on(k))
-                .collect();
+                let modes = pooling_modes(config);
                 let pooling = match modes.as_slice() {
-                    ["pooling_mode_cls_token"] => Some(Pooling::Cls),
-                    ["pooling_mode_mean_tokens"] => Some(Pooling::Mean),
-                    ["pooling_mode_max_tokens"] => Some(Pooling::Max),
-                    ["pooling_mode_lasttoken"] => Some(Pooling::LastToken),
+                    [mode] => match mode.as_str() {
+                        "cls" => Some(Pooling::Cls),
+                        "mean" => Some(Pooling::Mean),
+                        "max" => Some(Pooling::Max),
+                        "lasttoken" => Some(Pooling::LastToken),
+                        _ => None,
+                    },
                     _ => None,
                 };
                 match pooling {
@@ -171,7 +163,9 @@ impl Folder {
                 ));
             }
             if spec.dimensions == 0
-                && let Some(d) = config.get("word_embedding_dimension").and_then(Value::as_u64)
+                && let Some(d) = ["embedding_dimension", "word_embedding_dimension"]
+                    .iter()
+                    .find_map(|k| config.get(*k).and_then(Value::as_u64))
             {
                 spec.dimensions = d as usize;
                 self.note("dimensions", d, file);
@@ -239,4 +233,31 @@ impl Folder {
             }
         }
     }
+}
+
+/// The pooling modes a sentence-transformers Pooling config asks for: `pooling_mode` (a name or a
+/// list, sentence-transformers 6) or the older `pooling_mode_*` flags (none set: mean), as
+/// sentence-transformers reads them.
+fn pooling_modes(config: &Value) -> Vec<String> {
+    match config.get("pooling_mode") {
+        Some(Value::String(mode)) => return vec![mode.clone()],
+        Some(Value::Array(modes)) => {
+            return modes.iter().filter_map(Value::as_str).map(str::to_owned).collect();
+        }
+        _ => {}
+    }
+    let legacy = [
+        ("pooling_mode_cls_token", "cls"),
+        ("pooling_mode_max_tokens", "max"),
+        ("pooling_mode_mean_tokens", "mean"),
+        ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+        ("pooling_mode_weightedmean_tokens", "weightedmean"),
+        ("pooling_mode_lasttoken", "lasttoken"),
+    ];
+    let on: Vec<String> = legacy
+        .iter()
+        .filter(|(key, _)| config.get(*key).and_then(Value::as_bool).unwrap_or(false))
+        .map(|(_, mode)| (*mode).to_owned())
+        .collect();
+    if on.is_empty() { vec!["mean".to_owned()] } else { on }
 }

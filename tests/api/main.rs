@@ -15,6 +15,7 @@ mod hardening;
 mod lambda;
 mod openai_sdk;
 mod operations;
+mod other_family;
 mod output_types;
 mod quality;
 mod reload;
