@@ -314,7 +314,7 @@ impl Embedder {
             tenant.resolve(params.model).map_err(|n| EmbedError::ModelNotFound(n.to_owned()))?;
         labels.model = model_id.to_owned();
         // Validate against the spec before loading: a bad request must not cost a model load.
-        let spec = self.models.spec(model_id).ok_or_else(|| EmbedError::ModelNotFound(name.to_owned()))?;
+        let spec = self.complete_spec(model_id, name).await?;
         let dimensions = match params.dimensions {
             None => spec.dimensions,
             Some(d) if (1..=spec.dimensions).contains(&d) => d,
@@ -406,8 +406,7 @@ impl Embedder {
             let (name, model_id) =
                 tenant.resolve(model).map_err(|n| EmbedError::ModelNotFound(n.to_owned()))?;
             labels.model = model_id.to_owned();
-            let spec =
-                self.models.spec(model_id).ok_or_else(|| EmbedError::ModelNotFound(name.to_owned()))?;
+            let spec = self.complete_spec(model_id, name).await?;
             let options = text.options(&spec, name)?;
             self.limits
                 .admit(tenant, 0, &mut labels.limits)
@@ -422,6 +421,17 @@ impl Embedder {
         .await;
         self.limits.peek(tenant, &mut labels.limits);
         result
+    }
+
+    /// The model's spec with every setting known: validation needs its dimension, limit and
+    /// prompts, which a hub model has only once its files are fetched (by loading it).
+    async fn complete_spec(&self, model_id: &str, name: &str) -> Result<Arc<ModelSpec>, EmbedError> {
+        let spec = self.models.spec(model_id).ok_or_else(|| EmbedError::ModelNotFound(name.to_owned()))?;
+        if spec.is_complete() {
+            return Ok(spec);
+        }
+        self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
+        self.models.spec(model_id).ok_or_else(|| EmbedError::ModelNotFound(name.to_owned()))
     }
 
     fn count_limited(&self, tenant: &Tenant, e: &LimitError) {

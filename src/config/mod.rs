@@ -342,9 +342,13 @@ impl Settings {
         catalogue
             .chain(private)
             .flat_map(|(field, spec)| {
-                spec.derived
-                    .iter()
-                    .map(move |d| format!("{field}.{} = {} (from {})", d.field, d.value, d.source))
+                let hub = spec.hf.as_ref().map(|repo| {
+                    let revision = spec.revision.as_deref().unwrap_or_default();
+                    format!("{field}: {repo}@{revision} from the Hugging Face Hub, fetched and read when it first loads")
+                });
+                let derived =
+                    spec.derived.iter().map(|d| format!("{field}.{} = {} (from {})", d.field, d.value, d.source));
+                hub.into_iter().chain(derived).collect::<Vec<_>>()
             })
             .collect()
     }

@@ -37,8 +37,11 @@ pub enum ApiError {
     #[error("Method {0} is not allowed here.")]
     MethodNotAllowed(String),
     /// The model could not be loaded; the cause goes to the log, not the client.
-    #[error("The model `{model}` could not be loaded; retry in {retry_after} s.")]
-    ModelUnavailable { model: String, cause: String, retry_after: u64 },
+    #[error(
+        "The model `{model}` could not be loaded{}; retry in {retry_after} s.",
+        .detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+    )]
+    ModelUnavailable { model: String, cause: String, detail: Option<String>, retry_after: u64 },
     #[error("The model's queue is full; retry shortly.")]
     Overloaded,
     /// The tenant already holds its share of the model's queue.
@@ -167,8 +170,8 @@ impl From<ModelError> for ApiError {
     fn from(e: ModelError) -> Self {
         match e {
             ModelError::NotFound(name) => ApiError::ModelNotFound(name),
-            ModelError::Unavailable { model, cause, retry_after } => {
-                ApiError::ModelUnavailable { model, cause, retry_after }
+            ModelError::Unavailable { model, cause, detail, retry_after } => {
+                ApiError::ModelUnavailable { model, cause, detail, retry_after }
             }
             ModelError::QueueFull => ApiError::Overloaded,
             ModelError::TenantQueueFull => ApiError::TenantQueueFull,

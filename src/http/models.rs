@@ -22,8 +22,9 @@ pub async fn list(State(state): State<Arc<AppState>>, Authed(tenant): Authed) ->
                 "object": "model",
                 "created": 0,
                 "owned_by": tenant.id,
-                "dimensions": spec.dimensions,
-                "max_tokens": spec.max_tokens,
+                // A hub model's are known once its files are fetched (null before).
+                "dimensions": spec.is_complete().then_some(spec.dimensions),
+                "max_tokens": spec.is_complete().then_some(spec.max_tokens),
             })
         })
         .collect();

@@ -27,6 +27,8 @@ use tokio::sync::OnceCell;
 use super::LoadedModel;
 use super::backend::Runtime;
 use super::error::ModelError;
+use super::folder;
+use super::hub::{self, HubError};
 use super::memory::{self, file_size, resident_set_bytes};
 use super::queue_budget::QueueBudget;
 use super::spec::ModelSpec;
@@ -52,6 +54,8 @@ pub struct CacheOptions {
 pub struct ModelCache {
     runtime: Arc<dyn Runtime>,
     specs: RwLock<BTreeMap<String, Arc<ModelSpec>>>,
+    /// Hub models' specs once their files are fetched and read (see `models::hub`).
+    resolved: DashMap<String, Arc<ModelSpec>>,
     slots: DashMap<String, Arc<Slot>>,
     /// Last measured resident size per model, kept across evictions for the next estimate.
     sizes: DashMap<String, u64>,
@@ -76,6 +80,8 @@ struct Failure {
     retry_at: Instant,
     attempts: u32,
     cause: String,
+    /// What the client may be told (a hub file that could not be had).
+    detail: Option<String>,
 }
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -92,6 +98,7 @@ impl ModelCache {
         Self {
             runtime,
             specs: RwLock::new(specs.into_iter().map(|(id, spec)| (id, Arc::new(spec))).collect()),
+            resolved: DashMap::new(),
             slots: DashMap::new(),
             sizes: DashMap::new(),
             options,
@@ -101,8 +108,12 @@ impl ModelCache {
         }
     }
 
-    /// The spec of model `id`, loaded or not.
+    /// The spec of model `id`, loaded or not; a hub model's is complete (dimensions, limit,
+    /// prompts) only once its files have been fetched (see `ModelSpec::is_complete`).
     pub fn spec(&self, id: &str) -> Option<Arc<ModelSpec>> {
+        if let Some(resolved) = self.resolved.get(id) {
+            return Some(Arc::clone(resolved.value()));
+        }
         self.specs.read().expect("specs lock").get(id).cloned()
     }
 
@@ -150,6 +161,7 @@ impl ModelCache {
         drop(current);
         for id in changed {
             self.sizes.remove(&id);
+            self.resolved.remove(&id);
             if self.remove(&id).is_some() {
                 tracing::info!(model = id, "model unloaded: its configuration changed or was removed");
             }
@@ -162,6 +174,7 @@ impl ModelCache {
             Some(f) if f.retry_at > Instant::now() => Err(ModelError::Unavailable {
                 model: id.to_owned(),
                 cause: f.cause.clone(),
+                detail: f.detail.clone(),
                 retry_after: f.retry_at.saturating_duration_since(Instant::now()).as_secs().max(1),
             }),
             _ => Ok(()),
@@ -176,6 +189,10 @@ impl ModelCache {
     ) -> Result<Arc<LoadedModel>, ModelError> {
         let _one_at_a_time = self.load_lock.lock().await;
         self.check_backoff(id, slot)?;
+        let spec = match self.resolve(id, spec).await {
+            Ok(spec) => spec,
+            Err(e) => return Err(self.failed(id, slot, e)),
+        };
         let estimate = spec
             .resident_bytes
             .or_else(|| self.sizes.get(id).map(|s| *s))
@@ -209,24 +226,62 @@ impl ModelCache {
                 m.cache_resident_bytes.set((self.resident_bytes() + resident) as i64);
                 Ok(Arc::new(model))
             }
-            Err(e) => {
-                let cause = format!("{e:#}");
-                let mut failure = slot.failure.lock().expect("failure lock");
-                let attempts = failure.as_ref().map_or(1, |f| f.attempts + 1);
-                let backoff = (BACKOFF_START * 2u32.saturating_pow(attempts - 1)).min(BACKOFF_MAX);
-                *failure =
-                    Some(Failure { retry_at: Instant::now() + backoff, attempts, cause: cause.clone() });
-                m.model_loads.with_label_values(&[id, "error"]).inc();
-                tracing::error!(
-                    model = id,
-                    error = cause,
-                    attempts,
-                    backoff_s = backoff.as_secs(),
-                    "model failed to load"
-                );
-                Err(ModelError::Unavailable { model: id.to_owned(), cause, retry_after: backoff.as_secs() })
-            }
+            Err(e) => Err(self.failed(id, slot, e)),
         }
+    }
+
+    /// Records a failed load: the backoff before the next attempt, the metric, the log line.
+    fn failed(&self, id: &str, slot: &Slot, e: anyhow::Error) -> ModelError {
+        let cause = format!("{e:#}");
+        let detail = e.downcast_ref::<HubError>().map(ToString::to_string);
+        let mut failure = slot.failure.lock().expect("failure lock");
+        let attempts = failure.as_ref().map_or(1, |f| f.attempts + 1);
+        let backoff = (BACKOFF_START * 2u32.saturating_pow(attempts - 1)).min(BACKOFF_MAX);
+        *failure = Some(Failure {
+            retry_at: Instant::now() + backoff,
+            attempts,
+            cause: cause.clone(),
+            detail: detail.clone(),
+        });
+        self.metrics.model_loads.with_label_values(&[id, "error"]).inc();
+        tracing::error!(
+            model = id,
+            error = cause,
+            attempts,
+            backoff_s = backoff.as_secs(),
+            "model failed to load"
+        );
+        ModelError::Unavailable { model: id.to_owned(), cause, detail, retry_after: backoff.as_secs() }
+    }
+
+    /// A hub model's spec, complete: its files fetched into the Hugging Face cache (or found
+    /// there) and its snapshot read as an export folder. Any other spec as it is.
+    async fn resolve(&self, id: &str, spec: Arc<ModelSpec>) -> anyhow::Result<Arc<ModelSpec>> {
+        if spec.hf.is_none() {
+            return Ok(spec);
+        }
+        if let Some(resolved) = self.resolved.get(id) {
+            return Ok(Arc::clone(resolved.value()));
+        }
+        let started = Instant::now();
+        let snapshot = hub::fetch(&spec).await?;
+        let mut complete = ModelSpec {
+            hf: None,
+            revision: None,
+            sha256: BTreeMap::new(),
+            path: Some(snapshot),
+            ..(*spec).clone()
+        };
+        let mut problems = folder::derive(&mut complete);
+        problems.extend(complete.problems());
+        if !problems.is_empty() {
+            anyhow::bail!("{}: {}", spec.hf.as_deref().unwrap_or_default(), problems.join("; "));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(model = id, repo = spec.hf, seconds, "hub files ready");
+        let complete = Arc::new(complete);
+        self.resolved.insert(id.to_owned(), Arc::clone(&complete));
+        Ok(complete)
     }
 
     /// Tokenizer, backend, one warm-up run and the inference thread, on the blocking pool.

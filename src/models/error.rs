@@ -9,7 +9,7 @@ pub enum ModelError {
     NotFound(String),
     /// The model could not be loaded; `cause` is for the log, not the client.
     #[error("model `{model}` could not be loaded: {cause}")]
-    Unavailable { model: String, cause: String, retry_after: u64 },
+    Unavailable { model: String, cause: String, detail: Option<String>, retry_after: u64 },
     /// The model's queue is full.
     #[error("the model's queue is full")]
     QueueFull,
@@ -43,8 +43,8 @@ impl ModelError {
     /// (`tenant/name` for private models).
     pub fn for_model(self, name: &str) -> Self {
         match self {
-            ModelError::Unavailable { cause, retry_after, .. } => {
-                ModelError::Unavailable { model: name.to_owned(), cause, retry_after }
+            ModelError::Unavailable { cause, detail, retry_after, .. } => {
+                ModelError::Unavailable { model: name.to_owned(), cause, detail, retry_after }
             }
             ModelError::NotFound(_) => ModelError::NotFound(name.to_owned()),
             other => other,

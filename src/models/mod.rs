@@ -11,6 +11,7 @@ pub mod cache;
 pub mod error;
 pub mod fake;
 pub mod folder;
+pub mod hub;
 pub mod inspect;
 pub mod memory;
 pub mod onnx;

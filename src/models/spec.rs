@@ -16,6 +16,17 @@ pub struct ModelSpec {
     /// `models::folder`). Relative paths resolve against the config file's folder.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// A Hugging Face Hub model, `"org/name"`, fetched into the Hugging Face cache when it first
+    /// loads and then read as an export folder (see `models::hub`). Needs `revision`.
+    #[serde(default)]
+    pub hf: Option<String>,
+    /// The commit of `hf` to serve: 40 hex digits (a branch or tag could change under you).
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// Expected sha256 of files of `hf` (or `path`), by file name, e.g.
+    /// `{ "onnx/model.onnx" = "9f1c..." }`: checked at every load.
+    #[serde(default)]
+    pub sha256: BTreeMap<String, String>,
     /// The ONNX file inside `path`: `onnx/model.onnx` (or `model.onnx`) unless set, e.g.
     /// `file = "onnx/model_quantized.onnx"`.
     #[serde(default)]
@@ -145,6 +156,11 @@ pub enum Pooling {
 }
 
 impl ModelSpec {
+    /// Whether every setting is known: a hub model's come from its files, fetched at load.
+    pub fn is_complete(&self) -> bool {
+        self.hf.is_none()
+    }
+
     /// The default for requests that do not say.
     pub fn normalize(&self) -> bool {
         self.normalize.unwrap_or(true)
@@ -210,6 +226,38 @@ impl ModelSpec {
     /// Problems with this spec that need no file access, as `field: message`.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if let Some(repo) = &self.hf {
+            let valid_part = |p: &str| {
+                !p.is_empty()
+                    && p != "."
+                    && p != ".."
+                    && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            };
+            if !repo.split_once('/').is_some_and(|(org, name)| valid_part(org) && valid_part(name)) {
+                out.push(format!("hf: {repo:?} is not a Hub model id like \"org/name\""));
+            }
+            match &self.revision {
+                Some(r) if r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit()) => {}
+                Some(r) => out.push(format!(
+                    "revision: {r:?} is not a commit: pin the 40 hex digits of one (a branch or tag can change)"
+                )),
+                None => out.push("revision: required with `hf`: the 40 hex digits of the commit to serve".to_owned()),
+            }
+            if self.path.is_some() {
+                out.push("path: a model comes from `path` or from `hf`, not both".to_owned());
+            }
+        } else if self.revision.is_some() {
+            out.push("revision: pins an `hf` model, which is not set".to_owned());
+        }
+        for (file, hash) in &self.sha256 {
+            if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+                out.push(format!("sha256.{file}: not a sha256 (64 hex digits)"));
+            }
+        }
+        if self.hf.is_some() {
+            // The rest comes from the hub's files, checked when the model loads.
+            return out;
+        }
         let given =
             if self.path.is_some() { "not given and not found in `path`" } else { "required (or `path`)" };
         if self.onnx.as_os_str().is_empty() {
@@ -227,7 +275,7 @@ impl ModelSpec {
         if self.max_tokens < 2 {
             out.push("max_tokens: must be at least 2 (room for the special tokens)".to_owned());
         }
-        if self.file.is_some() && self.path.is_none() {
+        if self.file.is_some() && self.path.is_none() && self.hf.is_none() {
             out.push("file: names a file inside `path`, which is not set".to_owned());
         }
         if let Some(inputs) = &self.inputs

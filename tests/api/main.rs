@@ -12,6 +12,7 @@ mod embeddings;
 mod errors;
 mod export_folders;
 mod hardening;
+mod hub;
 mod lambda;
 mod openai_sdk;
 mod operations;

@@ -47,10 +47,20 @@ pub fn default_config_text() -> String {
 impl SpawnedServer {
     /// Writes `config` and serves it on a free port; returns once `/ready` answers 200.
     pub async fn start(name: &str, config: &str) -> SpawnedServer {
+        Self::start_with_env(name, config, &[]).await
+    }
+
+    /// [`Self::start`] with these environment variables (and none of the runner's `HF_*`).
+    pub async fn start_with_env(name: &str, config: &str, env: &[(&str, &str)]) -> SpawnedServer {
         let dir = TempDir::new(name);
         let path = dir.0.join("config.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_embedserve"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_embedserve"));
+        for var in ["HF_HOME", "HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE"] {
+            command.env_remove(var);
+        }
+        command.envs(env.iter().copied());
+        let mut child = command
             .args(["serve", "--bind", "127.0.0.1:0", "--metrics-bind", "127.0.0.1:0", "--config"])
             .arg(&path)
             .env("EMBEDSERVE_LOG_FORMAT", "json")
