@@ -235,7 +235,10 @@ impl TextEncoder {
                     return Err(EncodeError::TooLong { index, tokens: enc.len() + self.added, limit });
                 }
                 if over {
-                    enc = self.truncated(enc, prompt.len(), room, options.direction);
+                    // Offsets are into the text as tokenized: the lowercased one when lowercasing.
+                    let prompt_bytes =
+                        if self.lowercase { prompt.to_lowercase().len() } else { prompt.len() };
+                    enc = self.truncated(enc, prompt_bytes, room, options.direction);
                 }
                 let enc = self.tokenizer.post_process(enc, None, true).map_err(failed)?;
                 return Ok((enc, over || cut));
