@@ -139,8 +139,10 @@ struct Worker {
     padded_since_trim: usize,
 }
 
-/// Padded tokens after which going idle trims the heap (about 64 inputs of 256 tokens).
+/// Padded tokens after which going idle trims the heap at once (about 64 inputs of 256 tokens).
 const TRIM_AFTER_PADDED_TOKENS: usize = 16_384;
+/// Idle time after which the heap is trimmed if anything ran since the last trim.
+const IDLE_TRIM_AFTER: Duration = Duration::from_millis(250);
 
 impl Worker {
     fn serve(mut self, rx: Receiver<Job>) {
@@ -148,9 +150,9 @@ impl Worker {
         while open || !self.queue.is_empty() {
             if self.queue.is_empty() {
                 self.trim_after_heavy_runs();
-                match rx.recv() {
-                    Ok(job) => self.push(job),
-                    Err(_) => break,
+                match self.wait_idle(&rx) {
+                    Some(job) => self.push(job),
+                    None => break,
                 }
             }
             open = self.take_waiting(&rx);
@@ -246,8 +248,27 @@ impl Worker {
         }
     }
 
-    /// Going idle after long runs, hands the heap they freed back to the OS, so a burst of
-    /// long inputs does not leave the process at its peak.
+    /// The next job, waiting as long as it takes; `None` once the queue is closed. Idle for
+    /// [`IDLE_TRIM_AFTER`] after any run since the last trim, hands the freed heap back first:
+    /// however a burst ends, the idle process does not stay at its peak (the one trim per idle
+    /// period costs well under a millisecond on a small heap).
+    fn wait_idle(&mut self, rx: &Receiver<Job>) -> Option<Job> {
+        if self.padded_since_trim == 0 {
+            return rx.recv().ok();
+        }
+        match rx.recv_timeout(IDLE_TRIM_AFTER) {
+            Ok(job) => Some(job),
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                self.padded_since_trim = 0;
+                memory::release_free_memory();
+                rx.recv().ok()
+            }
+        }
+    }
+
+    /// Going idle after long runs, hands the heap they freed back to the OS at once, so a burst
+    /// of long inputs does not leave the process at its peak.
     fn trim_after_heavy_runs(&mut self) {
         if self.padded_since_trim >= TRIM_AFTER_PADDED_TOKENS {
             self.padded_since_trim = 0;
