@@ -319,9 +319,7 @@ impl Settings {
     fn derive_from_folders(&mut self) -> Vec<String> {
         let catalogue = self.models.iter_mut().map(|(id, spec)| (format!("models.{id}"), spec));
         let private = self.tenants.iter_mut().flat_map(|(tenant, t)| {
-            t.private_models
-                .iter_mut()
-                .map(move |(name, spec)| (format!("tenants.{tenant}.private_models.{name}"), spec))
+            t.private_models.iter_mut().map(move |(name, spec)| (private_model_field(tenant, name), spec))
         });
         catalogue
             .chain(private)
@@ -331,16 +329,18 @@ impl Settings {
             .collect()
     }
 
-    /// What each model took from its export folder, as `field.key = value (from file)` lines.
-    pub fn derivations(&self) -> Vec<String> {
+    /// Every model table with its config field: `models.<id>`, `tenants.<t>.private_models.<name>`.
+    fn model_tables(&self) -> impl Iterator<Item = (String, &ModelSpec)> {
         let catalogue = self.models.iter().map(|(id, spec)| (format!("models.{id}"), spec));
         let private = self.tenants.iter().flat_map(|(tenant, t)| {
-            t.private_models
-                .iter()
-                .map(move |(name, spec)| (format!("tenants.{tenant}.private_models.{name}"), spec))
+            t.private_models.iter().map(move |(name, spec)| (private_model_field(tenant, name), spec))
         });
-        catalogue
-            .chain(private)
+        catalogue.chain(private)
+    }
+
+    /// What each model took from its export folder, as `field.key = value (from file)` lines.
+    pub fn derivations(&self) -> Vec<String> {
+        self.model_tables()
             .flat_map(|(field, spec)| {
                 let hub = spec.hf.as_ref().map(|repo| {
                     let revision = spec.revision.as_deref().unwrap_or_default();
@@ -389,14 +389,7 @@ impl Settings {
     /// Problems with the models' files (each tokenizer and ONNX graph opened and checked, no
     /// session built), as `field: message` with each model's config field.
     pub fn file_problems(&self) -> Vec<String> {
-        let catalogue = self.models.iter().map(|(id, spec)| (format!("models.{id}"), spec));
-        let private = self.tenants.iter().flat_map(|(tenant, t)| {
-            t.private_models
-                .iter()
-                .map(move |(name, spec)| (format!("tenants.{tenant}.private_models.{name}"), spec))
-        });
-        catalogue
-            .chain(private)
+        self.model_tables()
             .flat_map(|(field, spec)| {
                 crate::models::inspect::file_problems(spec).into_iter().map(move |p| format!("{field}.{p}"))
             })
@@ -413,6 +406,11 @@ impl Settings {
         ids.dedup();
         ids
     }
+}
+
+/// The config field of a tenant's private model.
+fn private_model_field(tenant: &str, name: &str) -> String {
+    format!("tenants.{tenant}.private_models.{name}")
 }
 
 /// A key hash as config holds it: 64 hex digits, optionally prefixed `sha256:`.
