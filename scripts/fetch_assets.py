@@ -178,12 +178,12 @@ BUILT = [
     Built("minilm-l6-fp32", "6b1952614e982879cbfe037acbc15fd57eb10ff6cc1b8f210fcd0bf7a83c2d90",
           "models/minilm-l6-fp32/model.onnx", build_fp32,
           ("minilm-l6-int8-storage", "minilm-l6-weights")),
-    Built("minilm-l6-int8", "a6dc5a11ca711be39e23df72be17a4da04afddc5e233bf0730085ce7db85f208",
+    Built("minilm-l6-int8", "9997d159981bc014e19330d363bef2106e36b977d4d1a1e63c3e8e352d771fa6",
           "models/minilm-l6-int8/model.onnx", build_int8,
           ("minilm-l6-fp32",)),
-    Built("paraphrase-l3-int8", "d08c29fdfa787da6e92179a8982ff9f6400c5c5c45ea0fa551099d9e3e23748e",
+    Built("paraphrase-l3-int8", "4157bf5d78bd0ae15561b5ef1a467dbd7e63cdc8ffec798dbdf1ffbc3c98caf5",
           "models/paraphrase-l3-int8/model.onnx", build_paraphrase_int8, ("paraphrase-l3",)),
-    Built("paraphrase-l3-int8-st", "66298118792c3e13c8ba503467127533602f8ec0bfc4fd040004b5e3a5cb50de",
+    Built("paraphrase-l3-int8-st", "b95bb684e70a046f8a83b6bc53a2ff6e06dec0ba19b324b152fc55a684133cff",
           "models/paraphrase-l3-int8-st/onnx/model.onnx", build_paraphrase_token_states, ("paraphrase-l3-int8",)),
 ]
 

@@ -60,8 +60,17 @@ def embed(session, tokenizer, inputs, pooling, text):
     return len(enc.ids), vector
 
 
+def cpu() -> str:
+    """The CPU the reference was computed on: int8 vectors depend on its fp32 kernels' family
+    (tests/api/helpers.rs states the tolerance and why)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    field = lambda name: next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith(name)), "")
+    wanted = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+    return f"{field('model name')} ({' '.join(f for f in field('flags').split() if f in wanted)})"
+
+
 def main():
-    out = {"texts": TEXTS, "models": {}}
+    out = {"cpu": cpu(), "texts": TEXTS, "models": {}}
     for model_id, (onnx, inputs, max_tokens, pooling) in MODELS.items():
         tokenizer = Tokenizer.from_file(str(TOKENIZER))
         tokenizer.no_padding()

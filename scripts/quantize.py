@@ -7,10 +7,13 @@
 (`make quantize IN=... OUT=...` runs this with the project's venv.) The chosen recipe is what
 the default model is built with; see RECIPES and docs/quantization.md for what else was tried.
 
-The quality report embeds a fixed text set (short, long, multilingual, code) and a retrieval
-set (602 sentences, 104 paraphrase queries), all in tests/data/quality/, with the fp32 original
-and the quantized model, and checks:
-  - cosine between the two vectors of each fixed text: min >= 0.99, mean >= 0.996;
+The quality report embeds a fixed text set (short, long, multilingual, code), a retrieval set
+(602 sentences, 209 paraphrase queries) and 175 long texts of every kind (prose, code, logs,
+tables, lists, repetitive text, JSON, 16 languages), all in tests/data/quality/, with the fp32
+original and the quantized model, and checks:
+  - cosine between the two vectors of each text, for the fixed texts, the retrieval texts and
+    the long texts in each length bucket (< 100, 100-159, 160-256, > 256 tokens): min >= 0.99,
+    mean >= 0.996;
   - nearest corpus sentence of each query: the same under both models for >= 98% of queries;
   - recall@10 of the query's source sentence within 1 point of the fp32 model's.
 A model that fails is not written unless --force is given (then it is written and the exit
@@ -174,17 +177,88 @@ def _calibrate_smoothing(model, groups, inits, tokenizer, texts, alpha, max_toke
     return exponents
 
 
-def per_token_int8(src: Path, dst: Path) -> None:
-    """int8 MatMuls for every weight MatMul, with symmetric scales per token for the activation
-    (from each row's max |x| at run time) and per output column for the weight.
+# min over x of GELU(x) = x * Phi(x): -0.16997 at x = -0.7518 (erf form; the tanh form's is the
+# same to 4 digits). Rounded away from zero.
+GELU_MIN = -0.1700
+
+
+def lower_bounds(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto]) -> dict[str, np.ndarray]:
+    """Tensors known to be >= a constant (per channel, last axis): ReLU and GELU outputs (the Gelu
+    ops, or the erf decomposition 0.5 * x * (1 + erf(x / sqrt 2)) in either order), and those
+    times a positive constant vector (SmoothQuant's Mul). Such activations are quantized over
+    [bound, max] instead of [-max, max]: one more bit where it matters most (the FFN's
+    down-projection, whose input is a GELU's)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    constants = {name: numpy_helper.to_array(t) for name, t in inits.items()}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            constants[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+
+    def const(name: str, value: float) -> bool:
+        c = constants.get(name)
+        return c is not None and c.size == 1 and abs(float(c.reshape(())) - value) < 1e-4
+
+    def erf_gelu(name: str) -> bool:
+        # Walk back through Mul/Add from `name`, collecting the non-constant leaves.
+        leaves, erfs, halves, stack = set(), [], 0, [(name, 0)]
+        while stack:
+            t, depth = stack.pop()
+            n = producer.get(t)
+            if n is not None and n.op_type == "Erf":
+                erfs.append(n)
+            elif n is not None and depth < 3 and (
+                (n.op_type == "Add" and any(const(i, 1.0) for i in n.input))
+                or (n.op_type == "Mul" and all(const(i, 0.5) for i in n.input if i in constants))
+            ):
+                halves += n.op_type == "Mul" and any(i in constants for i in n.input)
+                stack += [(i, depth + 1) for i in n.input if i not in constants]
+            elif t not in constants:
+                leaves.add(t)
+        if len(erfs) != 1 or len(leaves) != 1 or halves != 1:
+            return False
+        div = producer.get(erfs[0].input[0])
+        return div is not None and div.input[0] in leaves and (
+            (div.op_type == "Div" and const(div.input[1], 2**0.5)) or (div.op_type == "Mul" and const(div.input[1], 2**-0.5))
+        )
+
+    bounds: dict[str, np.ndarray] = {}
+    for n in graph.node:
+        out = n.output[0] if n.output else ""
+        if n.op_type == "Relu":
+            bounds[out] = np.zeros(1, dtype=np.float32)
+        elif n.op_type in ("Gelu", "FastGelu", "BiasGelu") or (n.op_type == "Mul" and erf_gelu(out)):
+            bounds[out] = np.full(1, GELU_MIN, dtype=np.float32)
+        elif n.op_type == "Mul" and len(n.input) == 2:
+            x, c = (n.input[0], n.input[1]) if n.input[1] in constants else (n.input[1], n.input[0])
+            scale = constants.get(c)
+            if x in bounds and scale is not None and scale.ndim <= 1 and np.all(scale > 0):
+                bounds[out] = (bounds[x] * scale).astype(np.float32)
+    return bounds
+
+
+def per_token_int8(src: Path, dst: Path, exclude: frozenset[str] = frozenset()) -> None:
+    """int8 MatMuls for every weight MatMul, with a scale per token for the activation (from each
+    row's range at run time) and per output column for the weight.
 
     ONNX Runtime's dynamic quantization takes one scale for a whole activation tensor, so a few
     tokens with large activations (BERT's [CLS] and [SEP]) cost every other token its precision;
     a scale per token does not, and a text's vector no longer depends on what it is batched with.
-    Each activation is quantized once (QuantizeLinear along the rows, uint8 with zero point 128:
-    the same numbers as int8, on ONNX Runtime's fast u8 x s8 kernels) and shared by the MatMuls
-    that read it (query, key and value); each MatMul is a MatMulIntegerToFloat (com.microsoft)
-    with the weight's column scales, then one Mul by the row scales."""
+    Each activation is quantized once to uint8 (QuantizeLinear along the rows) and shared by the
+    MatMuls that read it (query, key and value):
+      - symmetric by default: [-max, max] to 1..255, zero point 128;
+      - from its lower bound where one is known (lower_bounds: GELU, ReLU): x + c >= 0, with
+        c = -bound per channel, to 0..255, zero point 0; the MatMul then subtracts the constant
+        row c @ W. One more bit for the FFN's down-projection, the most sensitive MatMul.
+    Each MatMul is a MatMulIntegerToFloat (com.microsoft) with the weight's column scales, then
+    one Mul by the row scales.
+
+    The weights are stored as uint8 with zero point 128 (w + 128, w in -127..127): ONNX Runtime's
+    u8 x u8 kernels widen to 16 bits and compute the exact integer sums on every CPU. Its u8 x s8
+    kernels are faster, but on CPUs without VNNI (AVX2, AVX-512 without VNNI) they add pairs of
+    products in saturating 16-bit sums (vpmaddubsw: 255 x 127 x 2 > 32,767), so the same graph
+    would give other vectors there. embedserve re-encodes the weights as int8 with zero point 0
+    (the same integers) at load where a probe shows the u8 x s8 kernel exact (VNNI, AMX): see
+    signed_weights here and src/models/int8.rs."""
     model = onnx.load(src)
     graph = model.graph
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
@@ -193,6 +267,7 @@ def per_token_int8(src: Path, dst: Path) -> None:
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     inits = {i.name: i for i in graph.initializer}
+    bounds = lower_bounds(graph, inits)
     uses: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
@@ -200,9 +275,12 @@ def per_token_int8(src: Path, dst: Path) -> None:
     make = onnx.helper.make_node
     constants = {
         "q8_inv127": np.array(1.0 / 127.0, dtype=np.float32),
+        "q8_inv255": np.array(1.0 / 255.0, dtype=np.float32),
         "q8_tiny": np.array(1e-12, dtype=np.float32),
         "q8_one": np.array(1.0, dtype=np.float32),
         "q8_zero_point": np.array(128, dtype=np.uint8),
+        "q8_zero": np.array(0, dtype=np.uint8),
+        "q8_weight_zero_point": np.array(128, dtype=np.uint8),
         "q8_axis1": np.array([1], dtype=np.int64),
         "q8_start": np.array([0], dtype=np.int64),
         "q8_end": np.array([-1], dtype=np.int64),
@@ -215,11 +293,12 @@ def per_token_int8(src: Path, dst: Path) -> None:
             return make("ReduceMax", [x, "q8_axis1"], [out], keepdims=0)
         return make("ReduceMax", [x], [out], axes=[1], keepdims=0)
 
-    quantized: dict[str, tuple[str, str, str]] = {}  # activation -> (uint8 rows, row scales, shape prefix)
+    # activation -> (uint8 rows, row scales, shape prefix, zero point, shift c or None)
+    quantized: dict[str, tuple[str, str, str, str, np.ndarray | None]] = {}
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if w is None or len(w.dims) != 2 or uses[w.name] != 1 or node.input[0] in inits:
+        if w is None or len(w.dims) != 2 or uses[w.name] != 1 or node.input[0] in inits or node.name in exclude:
             nodes.append(node)
             continue
         x, p = node.input[0], node.name or node.output[0]
@@ -231,40 +310,80 @@ def per_token_int8(src: Path, dst: Path) -> None:
                 make("Shape", [x], [f"{q}_shape"]),
                 make("Slice", [f"{q}_shape", "q8_start", "q8_end"], [f"{q}_prefix"]),
                 make("Reshape", [x, f"{q}_2d"], [f"{q}_rows"]),
-                make("Abs", [f"{q}_rows"], [f"{q}_abs"]),
-                reduce_max(f"{q}_abs", f"{q}_max"),
+            ]
+            shift = None
+            if x in bounds:
+                shift = np.broadcast_to(-bounds[x], (k,)).astype(np.float32)
+                graph.initializer.append(numpy_helper.from_array(shift, f"{q}_shift"))
+                nodes += [
+                    make("Add", [f"{q}_rows", f"{q}_shift"], [f"{q}_shifted"]),
+                    reduce_max(f"{q}_shifted", f"{q}_max"),
+                ]
+                rows, inverse_levels, zero_point = f"{q}_shifted", "q8_inv255", "q8_zero"
+            else:
+                nodes += [make("Abs", [f"{q}_rows"], [f"{q}_abs"]), reduce_max(f"{q}_abs", f"{q}_max")]
+                rows, inverse_levels, zero_point = f"{q}_rows", "q8_inv127", "q8_zero_point"
+            nodes += [
                 make("Max", [f"{q}_max", "q8_tiny"], [f"{q}_max_nz"]),
-                make("Mul", [f"{q}_max_nz", "q8_inv127"], [f"{q}_scale"]),
+                make("Mul", [f"{q}_max_nz", inverse_levels], [f"{q}_scale"]),
                 make("Shape", [f"{q}_scale"], [f"{q}_scale_shape"]),
-                make("Expand", ["q8_zero_point", f"{q}_scale_shape"], [f"{q}_zero_points"]),
-                make("QuantizeLinear", [f"{q}_rows", f"{q}_scale", f"{q}_zero_points"], [q], axis=0),
+                make("Expand", [zero_point, f"{q}_scale_shape"], [f"{q}_zero_points"]),
+                make("QuantizeLinear", [rows, f"{q}_scale", f"{q}_zero_points"], [q], axis=0),
                 make("Unsqueeze", [f"{q}_scale", "q8_axis1"], [f"{q}_scale_col"]),
             ]
-            quantized[x] = (q, f"{q}_scale_col", f"{q}_prefix")
-        q, row_scale, prefix = quantized[x]
+            quantized[x] = (q, f"{q}_scale_col", f"{q}_prefix", zero_point, shift)
+        q, row_scale, prefix, zero_point, shift = quantized[x]
         weight = numpy_helper.to_array(w)
         column_scale = (np.maximum(np.abs(weight).max(0), 1e-12) / 127.0).astype(np.float32)
-        weight_q = np.clip(np.round(weight / column_scale), -127, 127).astype(np.int8)
+        weight_q = np.clip(np.round(weight / column_scale), -127, 127).astype(np.int16)
         graph.initializer.remove(w)
-        graph.initializer.append(numpy_helper.from_array(weight_q, f"{w.name}_q8"))
+        graph.initializer.append(numpy_helper.from_array((weight_q + 128).astype(np.uint8), f"{w.name}_q8"))
         graph.initializer.append(numpy_helper.from_array(column_scale, f"{w.name}_q8_scale"))
         graph.initializer.append(numpy_helper.from_array(np.array([n], dtype=np.int64), f"{p}_q8_n"))
         nodes += [
             make(
                 "MatMulIntegerToFloat",
-                [q, f"{w.name}_q8", "q8_one", f"{w.name}_q8_scale", "q8_zero_point"],
+                [q, f"{w.name}_q8", "q8_one", f"{w.name}_q8_scale", zero_point, "q8_weight_zero_point"],
                 [f"{p}_q8_cols"],
                 name=f"{p}_q8",
                 domain="com.microsoft",
             ),
             make("Mul", [f"{p}_q8_cols", row_scale], [f"{p}_q8_scaled"]),
+        ]
+        scaled = f"{p}_q8_scaled"
+        if shift is not None:
+            # (x + c) @ W - c @ W, with W as the integer path sees it.
+            offset = (shift.astype(np.float64) @ (weight_q.astype(np.float64) * column_scale)).astype(np.float32)
+            graph.initializer.append(numpy_helper.from_array(offset, f"{p}_q8_offset"))
+            nodes.append(make("Sub", [scaled, f"{p}_q8_offset"], [f"{p}_q8_unshifted"]))
+            scaled = f"{p}_q8_unshifted"
+        nodes += [
             make("Concat", [prefix, f"{p}_q8_n"], [f"{p}_q8_shape"], axis=0),
-            make("Reshape", [f"{p}_q8_scaled", f"{p}_q8_shape"], [node.output[0]]),
+            make("Reshape", [scaled, f"{p}_q8_shape"], [node.output[0]]),
         ]
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.checker.check_model(model)
     onnx.save(model, dst)
+
+
+def signed_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with the uint8 weights (zero point 128) of its MatMulIntegerToFloat nodes
+    as int8 (zero point 0): the same integers, for ONNX Runtime's faster u8 x s8 kernels, which
+    are exact only on CPUs with VNNI or AMX (what embedserve does at load on such CPUs)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {i.name: i for i in out.graph.initializer}
+    flipped = set()
+    for node in out.graph.node:
+        if node.op_type == "MatMulIntegerToFloat" and len(node.input) >= 6:
+            for name in (node.input[1], node.input[5]):
+                t = inits[name]
+                if name not in flipped and t.data_type == onnx.TensorProto.UINT8:
+                    a = numpy_helper.to_array(t).astype(np.int16) - 128
+                    t.CopyFrom(numpy_helper.from_array(a.astype(np.int8), name))
+                    flipped.add(name)
+    return out
 
 
 def int8_embedding_tables(src: Path, dst: Path) -> None:
@@ -427,18 +546,47 @@ class QualitySet:
     corpus: list[str]
     queries: list[str]
     answers: list[int]
+    long: list[str]
+    long_tokens: list[int]
 
     @classmethod
     def load(cls, folder: Path = QUALITY) -> "QualitySet":
         data = json.loads((folder / "set.json").read_text())
-        return cls(data["texts"], data["corpus"], [q["text"] for q in data["queries"]], [q["answer"] for q in data["queries"]])
+        long = json.loads((folder / "long.json").read_text())["texts"]
+        return cls(
+            data["texts"], data["corpus"], [q["text"] for q in data["queries"]], [q["answer"] for q in data["queries"]],
+            [t["text"] for t in long], [t["tokens"] for t in long],
+        )
 
     def all_texts(self) -> list[str]:
-        return self.texts + self.corpus + self.queries
+        return self.texts + self.corpus + self.queries + self.long
+
+    @staticmethod
+    def minilm_reference(folder: Path = QUALITY) -> np.ndarray:
+        """The fp32 sentence-transformers vectors of all-MiniLM-L6-v2 for all_texts(), in order
+        (scripts/make_quality_reference.py)."""
+        files = ("minilm-l6-fp32.f32", "long-minilm-l6-fp32.f32")
+        return np.concatenate([np.fromfile(folder / f, dtype="<f4").reshape(-1, 384) for f in files])
 
     def split(self, vectors: np.ndarray):
-        a, b = len(self.texts), len(self.texts) + len(self.corpus)
-        return vectors[:a], vectors[a:b], vectors[b:]
+        a = len(self.texts)
+        b = a + len(self.corpus)
+        c = b + len(self.queries)
+        return vectors[:a], vectors[a:b], vectors[b:c], vectors[c:]
+
+    def groups(self, cosines: np.ndarray) -> dict[str, np.ndarray]:
+        """The gated groups of per-text cosines: the fixed texts, the retrieval set's sentences and
+        queries, and the long texts by length."""
+        fixed, corpus, queries, long = self.split(cosines)
+        tokens = np.array(self.long_tokens)
+        out = {"fixed texts": fixed, "retrieval texts": np.concatenate([corpus, queries])}
+        for name, (lo, hi) in LENGTH_BUCKETS.items():
+            out[f"long {name} tokens"] = long[(tokens >= lo) & (tokens <= hi)]
+        return out
+
+
+# The long texts' length buckets, in tokens ([CLS] and [SEP] included, before truncation).
+LENGTH_BUCKETS = {"< 100": (0, 99), "100-159": (100, 159), "160-256": (160, 256), "> 256": (257, 10**9)}
 
 
 def retrieval(corpus: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -447,9 +595,8 @@ def retrieval(corpus: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 
 def report(qs: QualitySet, reference: np.ndarray, candidate: np.ndarray) -> dict:
-    ref_texts, ref_corpus, ref_queries = qs.split(reference)
-    cand_texts, cand_corpus, cand_queries = qs.split(candidate)
-    cos_texts = (ref_texts * cand_texts).sum(1)
+    _, ref_corpus, ref_queries, _ = qs.split(reference)
+    _, cand_corpus, cand_queries, _ = qs.split(candidate)
     cos_all = (reference * candidate).sum(1)
     ref_rank = retrieval(ref_corpus, ref_queries)
     cand_rank = retrieval(cand_corpus, cand_queries)
@@ -463,9 +610,8 @@ def report(qs: QualitySet, reference: np.ndarray, candidate: np.ndarray) -> dict
     np.fill_diagonal(ref_nn, -2.0)
     np.fill_diagonal(cand_nn, -2.0)
     r = {
+        "groups": {name: (float(c.min()), float(c.mean()), len(c)) for name, c in qs.groups(cos_all).items()},
         "corpus_neighbour_agreement": float(np.mean(ref_nn.argmax(1) == cand_nn.argmax(1))),
-        "min_cosine": float(cos_texts.min()),
-        "mean_cosine": float(cos_texts.mean()),
         "min_cosine_all": float(cos_all.min()),
         "mean_cosine_all": float(cos_all.mean()),
         "top1_agreement": float(np.mean(ref_rank[:, 0] == cand_rank[:, 0])),
@@ -478,10 +624,11 @@ def report(qs: QualitySet, reference: np.ndarray, candidate: np.ndarray) -> dict
 
 def gate(r: dict) -> list[str]:
     failures = []
-    if r["min_cosine"] < MIN_COSINE:
-        failures.append(f"min cosine {r['min_cosine']:.4f} < {MIN_COSINE}")
-    if r["mean_cosine"] < MEAN_COSINE:
-        failures.append(f"mean cosine {r['mean_cosine']:.4f} < {MEAN_COSINE}")
+    for name, (low, mean, _) in r["groups"].items():
+        if low < MIN_COSINE:
+            failures.append(f"{name}: min cosine {low:.4f} < {MIN_COSINE}")
+        if mean < MEAN_COSINE:
+            failures.append(f"{name}: mean cosine {mean:.4f} < {MEAN_COSINE}")
     if r["top1_agreement"] < TOP1_AGREEMENT:
         failures.append(f"top-1 agreement {r['top1_agreement']:.1%} < {TOP1_AGREEMENT:.0%}")
     if (r["recall10_reference"] - r["recall10"]) * 100 > RECALL_POINTS:
@@ -492,8 +639,9 @@ def gate(r: dict) -> list[str]:
 
 
 def print_report(r: dict, file=sys.stdout) -> None:
+    for name, (low, mean, n) in r["groups"].items():
+        print(f"{name} ({n}): min cosine {low:.4f} (gate {MIN_COSINE}), mean {mean:.4f} (gate {MEAN_COSINE})", file=file)
     print(
-        f"fixed texts: min cosine {r['min_cosine']:.4f} (gate {MIN_COSINE}), mean {r['mean_cosine']:.4f} (gate {MEAN_COSINE})\n"
         f"all {r.get('count', '')} texts: min cosine {r['min_cosine_all']:.4f}, mean {r['mean_cosine_all']:.4f}\n"
         f"retrieval: top-1 agreement {r['top1_agreement']:.1%} (gate {TOP1_AGREEMENT:.0%}), "
         f"recall@10 {r['recall10']:.1%} vs fp32 {r['recall10_reference']:.1%} (gate: within {RECALL_POINTS:g} point)\n"

@@ -13,6 +13,7 @@ pub mod fake;
 pub mod folder;
 pub mod hub;
 pub mod inspect;
+pub mod int8;
 pub mod memory;
 pub mod onnx;
 pub mod pooling;

@@ -13,6 +13,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 
 use super::backend::{Backend, Runtime};
+use super::int8;
 use super::pooling;
 use super::spec::{GraphOptimization, InputRole, ModelSpec, Pooling};
 use super::tokenize::{Encoded, TextEncoder};
@@ -99,8 +100,22 @@ impl Engine {
     /// Creates the session and checks the graph against the spec, so a wrong config fails
     /// at load with a message rather than at the first request.
     fn load(env: &Environment, spec: &ModelSpec, options: &SessionOptions) -> anyhow::Result<Self> {
-        let session = build_session(env, spec, options)
-            .map_err(|e| anyhow::anyhow!("cannot load ONNX model {}: {e}", spec.onnx.display()))?;
+        let cannot = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!("cannot load ONNX model {}: {e}", spec.onnx.display())
+        };
+        let mut bytes = std::fs::read(&spec.onnx).map_err(|e| cannot(&e))?;
+        let int8 = int8::for_this_cpu(env, &mut bytes).map_err(|e| cannot(&e))?;
+        if let Some(kernels) = int8 {
+            tracing::info!(onnx = %spec.onnx.display(), int8_kernels = kernels.as_str(), "int8 weights encoded for this CPU");
+        }
+        // The file itself where nothing was re-encoded: ONNX Runtime resolves external data
+        // (model.onnx_data) next to it.
+        let model = match int8 {
+            Some(int8::Int8Kernels::Signed) => Model::Bytes(&bytes),
+            _ => Model::File(&spec.onnx),
+        };
+        let session = build_session(env, spec, options, model).map_err(|e| cannot(&e))?;
+        drop(bytes);
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         let outputs: Vec<(&str, Option<usize>)> =
             session.outputs().iter().map(|o| (o.name(), o.dtype().tensor_shape().map(|s| s.len()))).collect();
@@ -154,22 +169,31 @@ impl Backend for Engine {
     }
 }
 
+enum Model<'a> {
+    File(&'a Path),
+    Bytes(&'a [u8]),
+}
+
 // Builder errors carry the (non-Send) builder; `?` in an `ort::Result` function drops it.
-fn build_session(env: &Environment, spec: &ModelSpec, options: &SessionOptions) -> ort::Result<Session> {
+fn build_session(
+    env: &Environment,
+    spec: &ModelSpec,
+    options: &SessionOptions,
+    model: Model<'_>,
+) -> ort::Result<Session> {
     use ort::session::builder::GraphOptimizationLevel as Level;
-    let path = &spec.onnx;
-    if !path.is_file() {
-        return Err(ort::Error::new(format!("file {} not found", path.display())));
-    }
     let level = match spec.graph_optimization {
         GraphOptimization::None => Level::Disable,
         GraphOptimization::Basic => Level::Level1,
         GraphOptimization::Extended => Level::Level2,
         GraphOptimization::All => Level::All,
     };
-    Session::builder(env)?
+    let mut builder = Session::builder(env)?
         .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(options.cpu_arena).build()])?
         .with_intra_threads(options.intra_threads)?
-        .with_optimization_level(level)?
-        .commit_from_file(path)
+        .with_optimization_level(level)?;
+    match model {
+        Model::File(path) => builder.commit_from_file(path),
+        Model::Bytes(bytes) => builder.commit_from_memory(bytes),
+    }
 }

@@ -20,7 +20,7 @@ use crate::spawned::{SpawnedServer, TempDir, default_config_text};
 const REPO: &str = "embedserve-test/minilm-l6-int8";
 const COMMIT: &str = "4b9c2f0e6d1a8b7c3e5f9a0d2c4b6e8f1a3c5e7d";
 const TOKEN: &str = "hf_test_token";
-const ONNX_SHA256: &str = "a6dc5a11ca711be39e23df72be17a4da04afddc5e233bf0730085ce7db85f208";
+const ONNX_SHA256: &str = "9997d159981bc014e19330d363bef2106e36b977d4d1a1e63c3e8e352d771fa6";
 
 /// A hub on 127.0.0.1:0 serving `REPO` at `COMMIT` to bearers of `TOKEN`, recording each
 /// requested file.
