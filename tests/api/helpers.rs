@@ -29,9 +29,15 @@ pub fn client_with_key(key: Option<&str>) -> reqwest::Client {
 /// No test request may take longer than this: the suite fails rather than hangs.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Tolerances against the independent reference, stated once.
-pub const REFERENCE_MIN_COSINE: f64 = 0.9999;
-pub const REFERENCE_MAX_ABS_DIFF: f64 = 1e-4;
+/// Tolerances against the independent reference (tests/data/reference.json, Python ONNX Runtime
+/// on an AVX-512 VNNI host), stated once. Both models there are int8: every MatMul's integers are
+/// exact on any CPU, but AVX2-class CPUs run other fp32 kernels (FMA3, not AVX-512F), whose
+/// last-bit differences can round a per-token int8 activation the other way. Measured between
+/// the two kernel families over the 1,026 quality texts: cosine down to 0.99964, max abs diff
+/// 0.0053 (tests/api/cpu_kinds.rs checks it every run); on the reference's own kind of CPU the
+/// vectors agree to 0.9999998. Stated with room; the quality gate's floor against fp32 is 0.99.
+pub const REFERENCE_MIN_COSINE: f64 = 0.999;
+pub const REFERENCE_MAX_ABS_DIFF: f64 = 0.01;
 /// The same text alone or inside any batch.
 pub const BATCH_MIN_COSINE: f64 = 0.99999;
 
@@ -147,6 +153,25 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 
 pub fn norm(a: &[f64]) -> f64 {
     a.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// The CPU this test runs on, for figures and failures: its model name and the flags that decide
+/// ONNX Runtime's int8 and fp32 kernels.
+pub fn host_cpu() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let model = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+    let flags = field("flags").unwrap_or_default();
+    let int8: Vec<&str> = flags
+        .split_whitespace()
+        .filter(|f| matches!(*f, "avx2" | "avx512f" | "avx512bw" | "avx512_vnni" | "avx_vnni" | "amx_int8"))
+        .collect();
+    format!("{model} ({})", if int8.is_empty() { "no AVX2".to_owned() } else { int8.join(" ") })
 }
 
 /// The committed reference vectors (scripts/make_reference.py).
