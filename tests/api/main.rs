@@ -8,6 +8,7 @@ mod spawned;
 
 mod batching;
 mod cache;
+mod cpu_kinds;
 mod embeddings;
 mod errors;
 mod export_folders;
