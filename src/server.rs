@@ -66,9 +66,18 @@ pub async fn run(
     });
 
     serve_connections(listener, router, ConnectionLimits::of(&state.server), shutdown).await;
-    // The last requests' usage, before the process goes: bounded, as a stop must be.
+    // The last requests' usage, before the process goes. A store marked down by one slow call
+    // is asked again first: a transient failure must not cost the last counts. Bounded, as a
+    // stop must be: that ping and two writes (a batch left to retry, then the rest).
     if let Some(store) = state.embedder.limits.redis() {
-        let flushed = tokio::time::timeout(Duration::from_secs(2), state.embedder.usage.flush()).await;
+        let last = async {
+            if !store.is_up() {
+                store.check().await;
+            }
+            state.embedder.usage.flush().await
+        };
+        let bound = store.timeout().max(Duration::from_secs(1)) + 2 * store.timeout();
+        let flushed = tokio::time::timeout(bound, last).await;
         if !matches!(flushed, Ok(true)) {
             tracing::warn!(up = store.is_up(), "usage not yet written to Redis is lost with this process");
         }

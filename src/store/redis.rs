@@ -147,6 +147,11 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// How long one Redis call may take (`limits.timeout_ms`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }

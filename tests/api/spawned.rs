@@ -138,6 +138,29 @@ impl SpawnedServer {
         metric_or_zero(&self.metrics().await, sample)
     }
 
+    /// Stops the server as an orchestrator does (SIGTERM) and waits for it to exit: it drains,
+    /// writes the usage it holds (a graceful stop loses nothing) and exits 0, within its
+    /// shutdown deadline plus the bounded usage flush (2 s), here given 30 s more for a slow CPU.
+    /// Returns the server's log.
+    pub async fn stop(mut self) -> String {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill only sends a signal to the child this struct owns and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM to the server");
+        let deadline = Instant::now() + Duration::from_secs(35);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running 35 s after SIGTERM:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // The stderr reader may still hold the last lines: it ends at the pipe's end.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let log = self.log_text();
+        assert!(status.success(), "{status}:\n{log}");
+        log
+    }
+
     pub async fn post_as(&self, key: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         let r = client_with_key(Some(key)).post(self.url(path)).json(&body).send().await.unwrap();
         (r.status().as_u16(), r.json().await.unwrap())
