@@ -147,7 +147,7 @@ fn capacity(rt: &tokio::runtime::Runtime, repo: &Path, onnx: &str, level: &str) 
              tokenizer = \"{}/assets/models/minilm-uncased-tokenizer.json\"\n\
              inputs = [\"input_ids\", \"attention_mask\", \"token_type_ids\"]\noutput = \"last_hidden_state\"\n\
              pooling = \"mean\"\nmax_tokens = 256\ndimensions = 384\ngraph_optimization = \"{level}\"\n",
-            embedserve::tenants::hash_key(&format!("t{i}-key")),
+            embedserve::config::keys::hash_key(&format!("t{i}-key")),
             repo.display(),
             repo.display(),
         ));

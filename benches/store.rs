@@ -42,8 +42,11 @@ fn main() {
     std::fs::write(&local_config, &default).unwrap();
     let redis_config = dir.join("redis.toml");
     let url = format!("redis://127.0.0.1:{redis_port}/0");
-    std::fs::write(&redis_config, format!("{default}\n[limits]\nstore = \"redis\"\nredis_url = \"{url}\"\n"))
-        .unwrap();
+    std::fs::write(
+        &redis_config,
+        format!("{default}\n[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n"),
+    )
+    .unwrap();
 
     let (_, mut local, local_port, _) = rt.block_on(cold_start(&local_config));
     let (_, mut shared, shared_port, _) = rt.block_on(cold_start(&redis_config));

@@ -31,7 +31,7 @@ echo $! >"$DIR/redis.pid"
 
 # The default configuration with limits and usage in that Redis.
 sed "s|\"\.\./assets/|\"$(pwd)/assets/|" "$CONFIG" >"$DIR/config.toml"
-printf '\n[limits]\nstore = "redis"\nredis_url = "redis://127.0.0.1:6390/0"\n' >>"$DIR/config.toml"
+printf '\n[store]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6390/0"\n' >>"$DIR/config.toml"
 for i in 1 2 3; do
     EMBEDSERVE__SERVER__RELOAD_POLL_MS=0 "$BIN" serve --config "$DIR/config.toml" \
         --bind "127.0.0.1:808$i" --metrics-bind "127.0.0.1:946$((4 + i))" >"$DIR/replica$i.log" 2>&1 &

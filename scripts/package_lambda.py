@@ -34,7 +34,7 @@ def package_files() -> list[tuple[Path, str]]:
     return out
 
 
-# SHA-256 of the demo keys printed in the README (src/config/mod.rs: DEMO_KEY_HASHES).
+# SHA-256 of the demo keys printed in the README (src/config/keys.rs: DEMO_KEY_HASHES).
 DEMO_KEY_HASHES = {
     "7f2e6802f17f6ba210bb387707340e4fa6d03de0347ddcc5dd4ece4439694fce",  # acme-dev-key
     "12cad79350669be6df490bdd33bd12237b1b5c2b917224bf9b70b380e35c3e95",  # globex-dev-key

@@ -1,29 +1,26 @@
 //! embedserve: a multi-tenant text-embedding service over ONNX Runtime on CPU.
 //!
-//! - `config`: settings from one TOML file and the environment, validated at start.
-//! - `tenants`: API keys, each tenant's models and limits; `limits` the GCRA arithmetic.
-//! - `store`: where limits are decided (this process, or Redis shared by replicas); `usage` the
-//!   per-day counts.
-//! - `models`: specs, tokenizing, the inference backend, batching and the model cache.
-//! - `embed`: the embedding core both APIs share.
-//! - `echo`: client text made safe to echo in messages.
-//! - `http`: routes, middleware and the error shape; `app` builds the router from settings.
-//! - `server` and `lambda`: the two doors to the same router; `reload` applies config changes.
+//! Arrows point one way: the adapters (`http`, `redis`) and the composition (`run`) use the
+//! core; the core uses `models`, `config` and `metrics`, and knows no transport.
+//!
+//! - `config`: settings from one TOML file and the environment, validated at start; API keys.
+//! - `models`: what a model is (`spec`), how it computes (`engine`), how it is served
+//!   (`serving`: the cache, one inference thread per model, fair batching).
+//! - `core`: the embedding service, tenants, rate limits, usage, and the shared-store trait.
+//! - `redis`: the shared store on Redis (limits and usage across replicas).
+//! - `http`: routes, layers, auth and the error shape.
+//! - `run`: the composition root, the server and Lambda entries, reload.
+//! - `metrics`: every Prometheus metric, registered once.
 
-pub mod app;
+#![warn(unreachable_pub)]
+
 pub mod config;
-pub mod echo;
-pub mod embed;
+pub(crate) mod core;
 pub mod http;
-pub mod lambda;
-pub mod limits;
 pub mod metrics;
 pub mod models;
-pub mod reload;
-pub mod server;
-pub mod store;
-pub mod tenants;
-pub mod usage;
+mod redis;
+pub mod run;
 
-pub use app::{App, AppState, build_app, build_app_with};
 pub use config::Settings;
+pub use run::{App, AppState, build_app, build_app_with};

@@ -64,7 +64,11 @@ fn main() -> ExitCode {
     init_logging(matches!(command, Command::Lambda { .. }));
     let result = match command {
         Command::Serve { config, bind, metrics_bind } => Settings::load(&config).and_then(|settings| {
-            tokio::runtime::Runtime::new()?.block_on(embedserve::server::serve(settings, bind, metrics_bind))
+            tokio::runtime::Runtime::new()?.block_on(embedserve::run::server::serve(
+                settings,
+                bind,
+                metrics_bind,
+            ))
         }),
         Command::CheckConfig { config } => Settings::load(&config).and_then(|s| {
             let problems = s.file_problems();
@@ -85,8 +89,9 @@ fn main() -> ExitCode {
             );
             Ok(())
         }),
-        Command::Lambda { config } => Settings::load(&config)
-            .and_then(|settings| tokio::runtime::Runtime::new()?.block_on(embedserve::lambda::run(settings))),
+        Command::Lambda { config } => Settings::load(&config).and_then(|settings| {
+            tokio::runtime::Runtime::new()?.block_on(embedserve::run::lambda::run(settings))
+        }),
         Command::HashKey => hash_key_from_stdin(),
     };
     match result {
@@ -104,7 +109,7 @@ fn hash_key_from_stdin() -> anyhow::Result<()> {
     // A trailing newline from `echo` or a terminal is not part of the key.
     let key = key.trim_end_matches(['\n', '\r']);
     anyhow::ensure!(!key.is_empty(), "no key on stdin");
-    println!("{}", embedserve::tenants::hash_key(key));
+    println!("{}", embedserve::config::keys::hash_key(key));
     Ok(())
 }
 

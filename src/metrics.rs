@@ -1,23 +1,10 @@
 //! Every Prometheus metric the service exports, registered once in a registry of its own
 //! (so several apps in one test process do not collide). All names start `embedserve_`.
-//! [`Labels`] carry a request's tenant and model from the core to the middleware that counts it.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-
-/// What the core learned of a request, for the layers that count and answer it: the `tenant`
-/// and `model` labels of its metrics, and its tenant's rate-limit state for the headers.
-#[derive(Debug, Clone, Default)]
-pub struct Labels {
-    pub tenant: String,
-    /// The model's cache id.
-    pub model: String,
-    /// Tokens processed, for per-request metric lines.
-    pub tokens: usize,
-    pub limits: crate::tenants::LimitHeaders,
-}
 
 pub struct Metrics {
     registry: Registry,

@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use embedserve::Settings;
-use embedserve::models::backend::Runtime;
-use embedserve::models::onnx::{OrtRuntime, SessionOptions};
-use embedserve::models::tokenize::EncodeOptions;
+use embedserve::models::engine::ModelLoader;
+use embedserve::models::engine::onnx::{OrtLoader, SessionOptions};
+use embedserve::models::engine::tokenize::EncodeOptions;
 
 /// Short sentences, like most requests in production: what the benchmarks and load tests send.
 pub const SENTENCES: [&str; 8] = [
@@ -34,7 +34,7 @@ pub fn embeddings_per_second(
     let spec = settings.models.get(model).ok_or_else(|| anyhow::anyhow!("no model `{model}` in config"))?;
     let options =
         SessionOptions { intra_threads: settings.intra_threads(), cpu_arena: settings.runtime.cpu_arena };
-    let runtime = OrtRuntime::new(settings.onnxruntime_path().as_deref(), options)?;
+    let runtime = OrtLoader::new(settings.onnxruntime_path().as_deref(), options)?;
     let (encoder, mut backend) = runtime.load(spec)?;
     let mut rate = |batch: usize| -> anyhow::Result<f64> {
         let inputs: Vec<String> = texts.iter().cycle().take(batch).map(|s| s.to_string()).collect();

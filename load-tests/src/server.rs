@@ -154,7 +154,7 @@ pub fn tenant_table(name: &str, models: &[&str], limits: &str) -> String {
     let models: Vec<String> = models.iter().map(|m| format!("\"{m}\"")).collect();
     format!(
         "[tenants.{name}]\nkeys = [\"{}\"]\nmodels = [{}]\nlimits = {{ {limits} }}\n\n",
-        embedserve::tenants::hash_key(&format!("{name}-key")),
+        embedserve::config::keys::hash_key(&format!("{name}-key")),
         models.join(", ")
     )
 }

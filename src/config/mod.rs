@@ -2,6 +2,7 @@
 //! once at start (`validate`) so that the rest of the service never sees an inconsistent
 //! configuration.
 
+pub mod keys;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
 use serde::Deserialize;
 
 use crate::models::spec::ModelSpec;
@@ -32,8 +34,9 @@ pub struct Settings {
     #[serde(default)]
     pub cache: CacheSettings,
     /// Where tenants' limits and usage live: this process, or a Redis every replica shares.
+    /// (`[limits]` before 2026-12: still read, see [`Settings::load`].)
     #[serde(default)]
-    pub limits: StoreSettings,
+    pub store: StoreSettings,
     /// Tenants by id.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
@@ -156,13 +159,13 @@ pub struct CacheSettings {
     pub pinned: Vec<String>,
 }
 
-/// Where limits and usage are kept (`[limits]`); like `[server]`, read at start only.
+/// Where limits and usage are kept (`[store]`); like `[server]`, read at start only.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
-    pub store: StoreKind,
+    pub backend: StoreKind,
     /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. Put the password in
-    /// `EMBEDSERVE__LIMITS__REDIS_URL` (a Secret), not in the file.
+    /// `EMBEDSERVE__STORE__REDIS_URL` (a Secret), not in the file.
     pub redis_url: Option<String>,
     /// PEM root certificate(s) that sign the Redis server's TLS certificate, when not a public CA.
     pub redis_ca_file: Option<PathBuf>,
@@ -192,7 +195,7 @@ pub enum StoreKind {
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
-            store: StoreKind::Local,
+            backend: StoreKind::Local,
             redis_url: None,
             redis_ca_file: None,
             timeout_ms: 50,
@@ -218,12 +221,13 @@ pub struct TenantConfig {
     /// The model used when a request names none; defaults to the top-level `default_model`.
     pub default_model: Option<String>,
     #[serde(default)]
-    pub limits: Limits,
+    pub limits: TenantLimits,
 }
 
+/// A tenant's limits (`[tenants.<id>] limits = {...}`).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
+pub struct TenantLimits {
     pub requests_per_second: u32,
     /// Requests allowed at once above the steady rate.
     pub burst: u32,
@@ -232,18 +236,11 @@ pub struct Limits {
     pub max_inputs: usize,
 }
 
-impl Default for Limits {
+impl Default for TenantLimits {
     fn default() -> Self {
         Self { requests_per_second: 50, burst: 100, tokens_per_minute: 1_000_000, max_inputs: 256 }
     }
 }
-
-/// SHA-256 of the demo keys printed in the README and config/*.toml (`acme-dev-key`,
-/// `globex-dev-key`): anyone can use them.
-pub const DEMO_KEY_HASHES: [&str; 2] = [
-    "7f2e6802f17f6ba210bb387707340e4fa6d03de0347ddcc5dd4ece4439694fce",
-    "12cad79350669be6df490bdd33bd12237b1b5c2b917224bf9b70b380e35c3e95",
-];
 
 /// The cache id of a tenant's private model: `tenant/name`. Catalogue ids have no `/`.
 pub fn private_model_id(tenant: &str, name: &str) -> String {
@@ -257,11 +254,13 @@ impl Settings {
         if !path.is_file() {
             bail!("config file {} not found", path.display());
         }
-        let mut settings: Settings = Figment::new()
-            .merge(Toml::file_exact(path))
-            .merge(Env::prefixed("EMBEDSERVE__").split("__"))
-            .extract()
-            .with_context(|| format!("invalid config {}", path.display()))?;
+        let figment =
+            Figment::new().merge(Toml::file_exact(path)).merge(Env::prefixed("EMBEDSERVE__").split("__"));
+        let invalid = || format!("invalid config {}", path.display());
+        let mut raw: Dict = figment.extract().with_context(invalid)?;
+        rename_limits_section(&mut raw);
+        let mut settings: Settings =
+            Figment::from(Serialized::defaults(raw)).extract().with_context(invalid)?;
         settings.source = path.to_path_buf();
         settings.resolve_paths();
         let mut problems = settings.derive_from_folders();
@@ -300,7 +299,7 @@ impl Settings {
         if let Some(p) = self.runtime.onnxruntime.as_mut() {
             resolve(p);
         }
-        if let Some(p) = self.limits.redis_ca_file.as_mut() {
+        if let Some(p) = self.store.redis_ca_file.as_mut() {
             resolve(p);
         }
         let private = self.tenants.values_mut().flat_map(|t| t.private_models.values_mut());
@@ -324,7 +323,7 @@ impl Settings {
         catalogue
             .chain(private)
             .flat_map(|(field, spec)| {
-                crate::models::folder::derive(spec).into_iter().map(move |p| format!("{field}.{p}"))
+                crate::models::spec::folder::derive(spec).into_iter().map(move |p| format!("{field}.{p}"))
             })
             .collect()
     }
@@ -363,10 +362,9 @@ impl Settings {
 
     /// Tenants holding a published demo key.
     pub fn demo_key_tenants(&self) -> Vec<&str> {
-        let demo: Vec<[u8; 32]> = DEMO_KEY_HASHES.iter().filter_map(|h| parse_key_hash(h)).collect();
         self.tenants
             .iter()
-            .filter(|(_, t)| t.keys.iter().filter_map(|k| parse_key_hash(k)).any(|k| demo.contains(&k)))
+            .filter(|(_, t)| t.keys.iter().any(|k| keys::is_demo_key(k)))
             .map(|(id, _)| id.as_str())
             .collect()
     }
@@ -391,7 +389,9 @@ impl Settings {
     pub fn file_problems(&self) -> Vec<String> {
         self.model_tables()
             .flat_map(|(field, spec)| {
-                crate::models::inspect::file_problems(spec).into_iter().map(move |p| format!("{field}.{p}"))
+                crate::models::spec::inspect::file_problems(spec)
+                    .into_iter()
+                    .map(move |p| format!("{field}.{p}"))
             })
             .collect()
     }
@@ -413,10 +413,70 @@ fn private_model_field(tenant: &str, name: &str) -> String {
     format!("tenants.{tenant}.private_models.{name}")
 }
 
-/// A key hash as config holds it: 64 hex digits, optionally prefixed `sha256:`.
-pub fn parse_key_hash(text: &str) -> Option<[u8; 32]> {
-    let hex_digits = text.strip_prefix("sha256:").unwrap_or(text);
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_digits, &mut out).ok()?;
-    Some(out)
+/// The `[store]` section was `[limits]`, with `store` where `backend` is now (until 2026-12):
+/// a file or environment (`EMBEDSERVE__LIMITS__*`) still using the old names is read as the new
+/// ones; where both give a key, `[store]`'s wins.
+fn rename_limits_section(raw: &mut Dict) {
+    let Some(Value::Dict(_, old)) = raw.remove("limits") else { return };
+    tracing::warn!(
+        "config: the [limits] section is now [store] (and its `store` key `backend`); read as such"
+    );
+    let store = raw.entry("store".to_owned()).or_insert_with(|| Value::from(Dict::new()));
+    if let Value::Dict(_, store) = store {
+        for (key, value) in old {
+            let key = if key == "store" { "backend".to_owned() } else { key };
+            store.entry(key).or_insert(value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// config/default.toml's text with `extra` appended, loaded from a file of its own.
+    fn load_with(name: &str, extra: &str) -> anyhow::Result<Settings> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("config/default.toml")).unwrap();
+        let dir = root.join("target/test-tmp").join(format!("config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, format!("{text}\n{extra}\n")).unwrap();
+        let loaded = Settings::load(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded
+    }
+
+    #[test]
+    fn the_old_limits_section_is_read_as_the_store_section() {
+        let old = load_with(
+            "old",
+            "[limits]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\ntimeout_ms = 70",
+        )
+        .unwrap();
+        assert_eq!(old.store.backend, StoreKind::Redis);
+        assert_eq!(old.store.timeout_ms, 70);
+        // Where both name a key, [store] wins; the rest still comes from [limits].
+        let both = load_with(
+            "both",
+            "[store]\ntimeout_ms = 90\n[limits]\ntimeout_ms = 70\nkey_prefix = \"old-prefix\"",
+        )
+        .unwrap();
+        assert_eq!((both.store.timeout_ms, both.store.key_prefix.as_str()), (90, "old-prefix"));
+        let e = load_with("bad", "[store]\nbackend = \"memcached\"").unwrap_err();
+        assert!(format!("{e:#}").contains("memcached"), "{e:#}");
+    }
+
+    #[test]
+    fn redis_urls_are_checked_without_echoing_them() {
+        let problems = |url: &str| {
+            let settings = load_with("url", &format!("[store]\nbackend = \"redis\"\nredis_url = \"{url}\""));
+            settings.err().map(|e| format!("{e:#}")).unwrap_or_default()
+        };
+        assert_eq!(problems("redis://127.0.0.1:6379/0"), "");
+        assert_eq!(problems("rediss://user:secret@cache.example.com:6380"), "");
+        let e = problems("http://user:secret@host");
+        assert!(e.contains("store.redis_url") && !e.contains("secret"), "{e}");
+        assert!(problems("redis+unix:///tmp/redis.sock").contains("Unix socket"));
+    }
 }

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{Settings, StoreKind, parse_key_hash};
+use super::keys::parse_key_hash;
+use super::{Settings, StoreKind};
 
 impl Settings {
     /// Every problem, each as `field: message`, so `check-config` can list them all at once.
@@ -61,30 +62,30 @@ impl Settings {
 
     fn store_problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let l = &self.limits;
-        match (&l.store, &l.redis_url) {
+        let l = &self.store;
+        match (&l.backend, &l.redis_url) {
             (StoreKind::Redis, None) => out.push(
-                "limits.redis_url: store = \"redis\" needs redis_url (redis://host:port or rediss://host:port)"
+                "store.redis_url: backend = \"redis\" needs redis_url (redis://host:port or rediss://host:port)"
                     .to_owned(),
             ),
             (_, Some(url)) => {
-                if let Err(e) = crate::store::redis::parse_url(url) {
-                    out.push(format!("limits.redis_url: {e}"));
+                if let Err(e) = check_redis_url(url) {
+                    out.push(format!("store.redis_url: {e}"));
                 }
             }
             (StoreKind::Local, None) => {}
         }
         if l.timeout_ms == 0 {
-            out.push("limits.timeout_ms: must be at least 1".to_owned());
+            out.push("store.timeout_ms: must be at least 1".to_owned());
         }
         if l.usage_buffer_keys == 0 {
-            out.push("limits.usage_buffer_keys: must be at least 1".to_owned());
+            out.push("store.usage_buffer_keys: must be at least 1".to_owned());
         }
         if !valid_id(&l.key_prefix) {
-            out.push("limits.key_prefix: use only a-z, 0-9, '-', '_' and '.'".to_owned());
+            out.push("store.key_prefix: use only a-z, 0-9, '-', '_' and '.'".to_owned());
         }
         if let Some(ca) = l.redis_ca_file.as_deref().filter(|p| !p.is_file()) {
-            out.push(format!("limits.redis_ca_file: {} is not a file", ca.display()));
+            out.push(format!("store.redis_ca_file: {} is not a file", ca.display()));
         }
         out
     }
@@ -151,6 +152,19 @@ impl Settings {
         }
         out
     }
+}
+
+/// Checks a `redis_url` without connecting. The message never repeats the URL: it may hold a
+/// password.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    use redis::{ConnectionAddr, IntoConnectionInfo};
+    let info = url.into_connection_info().map_err(|e| {
+        format!("not a Redis URL (redis://[user:password@]host:port[/db] or rediss://...): {e}")
+    })?;
+    if matches!(info.addr(), ConnectionAddr::Unix(_)) {
+        return Err("use redis:// or rediss:// (a Unix socket cannot be shared by replicas)".to_owned());
+    }
+    Ok(())
 }
 
 fn valid_id(id: &str) -> bool {

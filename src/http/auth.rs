@@ -3,12 +3,11 @@
 //! `server.auth_failures_per_minute` failures from one client address, 429. Keys are never
 //! logged: only the tenant id they resolve to is recorded on the request's span.
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
-
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -16,20 +15,20 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::error::ApiError;
-use crate::app::AppState;
-use crate::tenants::Tenant;
+use super::{ApiState, ClientAddr};
+use crate::core::tenants::Tenant;
 
 /// The tenant a request's key belongs to.
-pub struct Authed(pub Arc<Tenant>);
+pub(crate) struct Authed(pub Arc<Tenant>);
 
-impl FromRequestParts<Arc<AppState>> for Authed {
+impl FromRequestParts<Arc<ApiState>> for Authed {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, ApiError> {
         let key = bearer_or_api_key(&parts.headers);
         let Some(tenant) = key.map(str::trim).and_then(|k| state.tenants.authenticate(k)) else {
-            return Err(match client_address(parts) {
-                Some(ip) => state.auth_failures.record(ip),
+            return Err(match parts.extensions.get::<ClientAddr>() {
+                Some(ClientAddr(ip)) => state.auth_failures.record(*ip),
                 None => ApiError::Unauthorized,
             });
         };
@@ -39,7 +38,7 @@ impl FromRequestParts<Arc<AppState>> for Authed {
 }
 
 /// The key a request carries: `Authorization: Bearer <key>`, else `x-api-key`.
-pub fn bearer_or_api_key(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_or_api_key(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -47,23 +46,8 @@ pub fn bearer_or_api_key(headers: &HeaderMap) -> Option<&str> {
     bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
 }
 
-/// The client's address: the TCP peer on the server, the Function URL's source IP on Lambda.
-/// Behind a proxy this is the proxy's address (forwarding headers are not trusted).
-fn client_address(parts: &Parts) -> Option<IpAddr> {
-    if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-        return Some(peer.ip());
-    }
-    match parts.extensions.get::<lambda_http::request::RequestContext>()? {
-        lambda_http::request::RequestContext::ApiGatewayV2(context) => {
-            context.http.source_ip.as_deref()?.parse().ok()
-        }
-        #[allow(unreachable_patterns)]
-        _ => None,
-    }
-}
-
 /// Failed authentications per client address, so keys cannot be guessed at line rate.
-pub struct AuthFailures {
+pub(crate) struct AuthFailures {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
 }
 
@@ -71,7 +55,7 @@ pub struct AuthFailures {
 const REMEMBERED_ADDRESSES: usize = 10_000;
 
 impl AuthFailures {
-    pub fn per_minute(failures: u32) -> Self {
+    pub(crate) fn per_minute(failures: u32) -> Self {
         let n = NonZeroU32::new(failures.max(1)).expect("at least 1");
         Self { limiter: RateLimiter::keyed(Quota::per_minute(n)) }
     }

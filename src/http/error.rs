@@ -7,12 +7,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::embed::EmbedError;
+use crate::core::embed::EmbedError;
+use crate::core::limits::LimitError;
 use crate::models::ModelError;
-use crate::tenants::LimitError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// The body is not JSON at all.
     #[error("{0}")]
     MalformedJson(String),
@@ -59,19 +59,19 @@ pub enum ApiError {
     Internal(String),
 }
 
-pub use crate::echo::{MAX_ECHO, clip, clip_to};
+pub(crate) use crate::core::clip::{MAX_CLIPPED, clip, clip_to};
 
 /// The cause of a 5xx, attached to the response for the logging middleware to record.
 #[derive(Debug, Clone)]
-pub struct ErrorCause(pub String);
+pub(crate) struct ErrorCause(pub String);
 
 impl ApiError {
-    pub fn internal(cause: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(cause: impl std::fmt::Display) -> Self {
         ApiError::Internal(cause.to_string())
     }
 
     /// The status table.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn echoed_text_is_cut_and_escaped() {
         assert_eq!(clip("minilm"), "minilm");
-        assert_eq!(clip(&"x".repeat(100_000)), format!("{}…", "x".repeat(MAX_ECHO)));
+        assert_eq!(clip(&"x".repeat(100_000)), format!("{}…", "x".repeat(MAX_CLIPPED)));
         assert_eq!(clip("a\u{202e}b\nc"), "a\\u{202e}b\\u{a}c");
         let message = ApiError::ModelNotFound("m".repeat(500)).to_string();
         assert!(message.len() < 200, "{message}");

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-pub struct JsonBody<T>(pub T);
+pub(super) struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
 where
@@ -62,13 +62,13 @@ fn classify(e: serde_json::Error, path: &str) -> ApiError {
             // serde's messages quote the client's field names and values: cut them.
             let message = if path == "." { e.to_string() } else { format!("{path}: {e}") };
             ApiError::Invalid {
-                message: super::error::clip_to(&message, 4 * super::error::MAX_ECHO),
+                message: super::error::clip_to(&message, 4 * super::error::MAX_CLIPPED),
                 param: None,
             }
         }
         _ => ApiError::MalformedJson(format!(
             "The body is not valid JSON: {}",
-            super::error::clip_to(&e.to_string(), 4 * super::error::MAX_ECHO)
+            super::error::clip_to(&e.to_string(), 4 * super::error::MAX_CLIPPED)
         )),
     }
 }

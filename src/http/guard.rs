@@ -11,16 +11,16 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::ApiState;
 use super::REQUEST_ID;
 use super::error::ApiError;
-use crate::app::AppState;
 
 /// Longest client request id echoed and logged.
-pub const MAX_REQUEST_ID: usize = 128;
+pub(super) const MAX_REQUEST_ID: usize = 128;
 
 /// Drops an `x-request-id` that is empty, longer than [`MAX_REQUEST_ID`] or has characters
 /// other than ASCII letters, digits and `-_.:/+=`; the next layer then makes a fresh UUID.
-pub async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
+pub(super) async fn sanitize_request_id(mut req: Request, next: Next) -> Response {
     if req.headers().get(&REQUEST_ID).is_some_and(|v| !is_plain_id(v)) {
         req.headers_mut().remove(&REQUEST_ID);
     }
@@ -38,8 +38,8 @@ fn is_plain_id(value: &HeaderValue) -> bool {
 /// declared length over the limit. A client already sending its body gets the 413 from the body
 /// limit instead: answering it early would close the connection under its upload, and it would
 /// see a broken pipe rather than the answer.
-pub async fn refuse_declared_oversize(
-    State(state): State<Arc<AppState>>,
+pub(super) async fn refuse_declared_oversize(
+    State(state): State<Arc<ApiState>>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -66,7 +66,7 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
 /// 504 for a request not answered within `request_timeout_ms` + 1 s, however far it got: a
 /// body that stalls halfway is bounded like slow inference.
-pub async fn deadline(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub(super) async fn deadline(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
     let limit = state.server.request_timeout() + DEADLINE_GRACE;
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,

@@ -1,5 +1,6 @@
 //! The middleware that turns each response into metrics and one log line (and, on Lambda, one
-//! CloudWatch Embedded Metric Format record). A 5xx logs its cause, which the client never sees.
+//! CloudWatch Embedded Metric Format record), by the [`RequestLabels`] its handler attached.
+//! A 5xx logs its cause, which the client never sees.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,17 +9,25 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use super::ApiState;
 use super::error::ErrorCause;
-use crate::app::AppState;
-use crate::metrics::Labels;
 
-pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// What a handler learned of its request, for the metrics and the log line: the `tenant` and
+/// `model` labels (the model's cache id), and the tokens processed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestLabels {
+    pub(crate) tenant: String,
+    pub(crate) model: String,
+    pub(crate) tokens: usize,
+}
+
+pub(crate) async fn observe(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let started = Instant::now();
     let response = next.run(req).await;
     let seconds = started.elapsed().as_secs_f64();
     let status = response.status();
-    let labels = response.extensions().get::<Labels>();
+    let labels = response.extensions().get::<RequestLabels>();
     let (tenant, model) = labels.map_or(("", ""), |l| (l.tenant.as_str(), l.model.as_str()));
     let m = &state.metrics;
     m.requests.with_label_values(&[&route, status.as_str(), tenant, model]).inc();

@@ -24,9 +24,9 @@ pub enum ModelError {
     Failed(String),
 }
 
-impl From<super::tokenize::EncodeError> for ModelError {
-    fn from(e: super::tokenize::EncodeError) -> Self {
-        use super::tokenize::EncodeError;
+impl From<super::engine::tokenize::EncodeError> for ModelError {
+    fn from(e: super::engine::tokenize::EncodeError) -> Self {
+        use super::engine::tokenize::EncodeError;
         match e {
             EncodeError::Failed(cause) => ModelError::Failed(cause),
             too_long => ModelError::InputTooLong(too_long.to_string()),

@@ -93,7 +93,7 @@ async fn a_full_queue_refuses_at_once_with_retry_after_and_memory_stays_bounded(
 }
 
 #[tokio::test]
-async fn a_flooding_tenant_is_held_to_its_share_of_the_queue_and_the_other_is_never_refused() {
+async fn under_real_inference_a_flooding_tenant_is_held_to_its_share_and_a_quiet_one_is_served() {
     let config = default_config_text().replace("max_queue_tokens = 200_000", "max_queue_tokens = 3_000");
     let server = SpawnedServer::start("tenant-share", &config).await;
     let client = client_with_key(Some(ACME_KEY));

@@ -29,15 +29,6 @@ async fn fifty_concurrent_first_requests_cause_exactly_one_load_and_all_are_corr
     assert_loads_and_misses(server, 1.0, 50.0).await;
 }
 
-#[tokio::test]
-async fn an_invalid_request_for_an_unloaded_model_does_not_load_it() {
-    let server = TestServer::start(default_settings()); // paraphrase-l3 is not preloaded
-    let (status, body) =
-        server.post("/v1/embed", json!({ "model": "paraphrase-l3", "input": "x", "dimensions": 0 })).await;
-    assert_eq!(status, 422, "{body}");
-    assert_loads_and_misses(&server, 0.0, 0.0).await;
-}
-
 /// acme's private paraphrase-l3: successful loads and cache misses so far.
 async fn assert_loads_and_misses(server: &TestServer, loads: f64, misses: f64) {
     let model = "model=\"acme/paraphrase-l3\"";

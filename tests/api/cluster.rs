@@ -204,7 +204,7 @@ pub fn cluster_config_with_timeout(
     let mut text = default_config_text();
     if let Some(url) = redis_url {
         text.push_str(&format!(
-            "\n[limits]\nstore = \"redis\"\nredis_url = \"{url}\"\nusage_flush_ms = 200\ntimeout_ms = {timeout_ms}\n"
+            "\n[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\nusage_flush_ms = 200\ntimeout_ms = {timeout_ms}\n"
         ));
     }
     let assets = repo().join("assets/models");
@@ -213,7 +213,7 @@ pub fn cluster_config_with_timeout(
             "\n[tenants.{id}]\nkeys = [\"{hash}\"]\nmodels = [\"minilm-l6-int8\"]\n\
              limits = {{ requests_per_second = {rps}, burst = {burst}, tokens_per_minute = {tpm}, max_inputs = 64 }}\n",
             id = t.id,
-            hash = embedserve::tenants::hash_key(&t.key),
+            hash = embedserve::config::keys::hash_key(&t.key),
             rps = t.requests_per_second,
             burst = t.burst,
             tpm = t.tokens_per_minute,

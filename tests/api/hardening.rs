@@ -167,22 +167,33 @@ async fn sigterm_with_a_stalled_client_exits_within_the_shutdown_deadline() {
 
 #[tokio::test]
 async fn a_request_in_flight_at_sigterm_still_finishes() {
-    let mut server = SpawnedServer::start("drain", &default_config_text()).await;
+    // A slow CPU must not turn the drain into a timeout.
+    let config = default_config_text().replace("request_timeout_ms = 30_000", "request_timeout_ms = 300_000");
+    let mut server = SpawnedServer::start("drain", &config).await;
+    // 128 inputs of 256 tokens: four runs of 32, each far longer than sending a signal takes.
     let long = reference()["texts"]["over_limit"].clone();
-    let request = client_with_key(Some(ACME_KEY))
-        .post(server.url("/v1/embed"))
-        .json(&json!({ "input": vec![long; 64] }))
-        .send();
+    let request = tokio::spawn(
+        client_with_key(Some(ACME_KEY))
+            .post(server.url("/v1/embed"))
+            .json(&json!({ "input": vec![long; 128] }))
+            .send(),
+    );
+    // In flight: the model's thread has taken its first run, and the rest wait in the queue.
+    let queued = r#"embedserve_queue_tokens{model="minilm-l6-int8"}"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while find_sample(&server.metrics().await, queued).unwrap_or(0.0) == 0.0 {
+        assert!(Instant::now() < deadline, "the request never reached the model's queue");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let pid = server.child.id().to_string();
-    let signal = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    };
-    let (response, ()) = tokio::join!(request, signal);
-    let response = response.unwrap();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    // Still queued after the signal was sent: it provably arrived mid-flight.
+    let after = server.metric(queued).await;
+    assert!(after > 0.0, "the request was done before SIGTERM; nothing was proven");
+    let response = request.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["embeddings"].as_array().unwrap().len(), 64);
+    assert_eq!(body["embeddings"].as_array().unwrap().len(), 128);
     let status = tokio::task::spawn_blocking(move || server.child.wait()).await.unwrap().unwrap();
     assert!(status.success());
 }
@@ -251,11 +262,11 @@ async fn a_flood_of_maximum_size_inputs_keeps_memory_bounded_and_the_other_tenan
 
 #[test]
 fn tokenizing_a_window_keeps_exactly_the_tokens_truncating_the_whole_text_keeps() {
-    use embedserve::models::tokenize::{Direction, EncodeOptions, TextEncoder};
+    use embedserve::models::engine::tokenize::{Direction, EncodeOptions, TextEncoder};
     use tokenizers::{PaddingParams, Tokenizer, TruncationDirection, TruncationParams};
 
     let path = repo().join("assets/models/minilm-uncased-tokenizer.json");
-    let windowed = TextEncoder::from_file(&path, 256).unwrap();
+    let windowed = TextEncoder::new(Tokenizer::from_file(&path).unwrap(), 256).unwrap();
     let reference = reference();
     let mut texts: Vec<String> =
         reference["texts"].as_object().unwrap().values().map(|t| t.as_str().unwrap().to_owned()).collect();
@@ -287,7 +298,7 @@ fn tokenizing_a_window_keeps_exactly_the_tokens_truncating_the_whole_text_keeps(
             let head: String = text.chars().take(30).collect();
             assert_eq!(got.ids, want_ids, "{direction:?} {head:?} ({} bytes)", text.len());
             let overflowed = !want.get_overflowing().is_empty();
-            if overflowed || text.len() <= 256 * embedserve::models::tokenize::MAX_BYTES_PER_TOKEN {
+            if overflowed || text.len() <= 256 * embedserve::models::engine::tokenize::MAX_BYTES_PER_TOKEN {
                 assert_eq!(got.truncated, overflowed, "{direction:?} {head:?}");
             } else {
                 assert!(got.truncated, "{direction:?} {head:?}: cut at the cap, so counted as truncated");

@@ -1,7 +1,7 @@
 //! Starting real servers and talking to them.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -41,14 +41,6 @@ pub const REFERENCE_MAX_ABS_DIFF: f64 = 0.01;
 /// The same text alone or inside any batch.
 pub const BATCH_MIN_COSINE: f64 = 0.99999;
 
-pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn default_settings() -> Settings {
-    Settings::load(&repo().join("config/default.toml")).expect("config/default.toml loads")
-}
-
 /// A server on 127.0.0.1:0 running on a runtime of its own, so it outlives any one test.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -68,8 +60,9 @@ impl TestServer {
                 let addr = listener.local_addr().unwrap();
                 let app = embedserve::build_app(settings).expect("app builds");
                 let state = std::sync::Arc::clone(&app.state);
-                let registry = std::sync::Arc::clone(&app.state.metrics);
-                let server = tokio::spawn(embedserve::server::run(listener, app, std::future::pending()));
+                let registry = std::sync::Arc::clone(app.state.metrics());
+                let server =
+                    tokio::spawn(embedserve::run::server::run(listener, app, std::future::pending()));
                 while !state.is_ready() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -95,12 +88,6 @@ impl TestServer {
     /// POSTs JSON and returns status and parsed body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self.client.post(self.url(path)).json(&body).send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.expect("JSON body"))
-    }
-
-    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let r = self.client.post(self.url(path)).body(body).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.expect("JSON body"))
     }

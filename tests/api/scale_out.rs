@@ -410,7 +410,7 @@ async fn two_lambda_instances_sharing_redis_hold_one_limit() {
     let redis = Redis::start("lambda");
     let url = redis.url();
     // globex in config/lambda.toml: 5 requests per second, burst 5.
-    let env = [("EMBEDSERVE__LIMITS__STORE", "redis"), ("EMBEDSERVE__LIMITS__REDIS_URL", url.as_str())];
+    let env = [("EMBEDSERVE__STORE__BACKEND", "redis"), ("EMBEDSERVE__STORE__REDIS_URL", url.as_str())];
     let first = crate::lambda::Emulator::start_with(&env).await;
     let second = crate::lambda::Emulator::start_with(&env).await;
     let started = Instant::now();

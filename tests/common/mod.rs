@@ -1,6 +1,20 @@
 //! Helpers both test binaries share (`tests/api` on the real models, `tests/fast` on the fake).
 
+use std::path::Path;
+
 use serde_json::Value;
+
+/// The two embedding routes, which share every rule of input, auth, limits and errors.
+pub const EMBED_ROUTES: [&str; 2] = ["/v1/embed", "/v1/embeddings"];
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// config/default.toml: its tenants, keys, limits and model specs.
+pub fn default_settings() -> embedserve::Settings {
+    embedserve::Settings::load(&repo().join("config/default.toml")).expect("config/default.toml loads")
+}
 
 /// The demo tenants' keys from config/default.toml.
 pub const ACME_KEY: &str = "acme-dev-key";

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use embedserve::models::fake::FakeRuntime;
+use crate::fake::FakeLoader;
 use futures::future::join_all;
 use serde_json::json;
 
@@ -15,7 +15,7 @@ fn run_with(runs: &[Vec<String>], text: &str) -> Option<usize> {
 
 #[tokio::test]
 async fn a_quiet_tenants_request_runs_next_behind_another_tenants_flood() {
-    let fake = FakeRuntime::with_run_delay(Duration::from_millis(20));
+    let fake = FakeLoader::with_run_delay(Duration::from_millis(20));
     let app = &FastApp::start(default_settings(), fake.clone()).await;
     let warm = fake.runs().len();
     let flood = join_all((0..10).map(|i| {
@@ -47,7 +47,7 @@ async fn a_quiet_tenants_request_runs_next_behind_another_tenants_flood() {
 
 #[tokio::test]
 async fn concurrent_requests_share_runs_and_each_gets_its_own_vectors() {
-    let fake = FakeRuntime::with_run_delay(Duration::from_millis(20));
+    let fake = FakeLoader::with_run_delay(Duration::from_millis(20));
     let app = &FastApp::start(default_settings(), fake.clone()).await;
     let texts: Vec<String> = (0..16).map(|i| format!("sentence-{i}")).collect();
     let mut alone = Vec::new();
@@ -67,7 +67,7 @@ async fn a_full_queue_refuses_at_once_with_503_and_retry_after() {
     let mut settings = default_settings();
     settings.server.max_queue_tokens = 300;
     settings.server.max_tenant_queue_percent = 100;
-    let app = &FastApp::start(settings, FakeRuntime::with_run_delay(Duration::from_millis(50))).await;
+    let app = &FastApp::start(settings, FakeLoader::with_run_delay(Duration::from_millis(50))).await;
     // 8 inputs of 10 tokens: 80 tokens a request, so the queue holds three or four.
     let body = json!({ "input": vec!["abcdefgh"; 8] });
     let replies = join_all((0..20).map(|_| app.post("/v1/embed", Some(ACME_KEY), body.clone()))).await;
@@ -86,7 +86,7 @@ async fn a_full_queue_refuses_at_once_with_503_and_retry_after() {
 async fn a_flooding_tenant_is_held_to_its_share_of_the_queue_and_the_other_is_never_refused() {
     let mut settings = default_settings();
     settings.server.max_queue_tokens = 1_000;
-    let app = &FastApp::start(settings, FakeRuntime::with_run_delay(Duration::from_millis(30))).await;
+    let app = &FastApp::start(settings, FakeLoader::with_run_delay(Duration::from_millis(30))).await;
     let flood = join_all(
         (0..20).map(|_| app.post("/v1/embed", Some(ACME_KEY), json!({ "input": vec!["abcdefgh"; 8] }))),
     );

@@ -1,7 +1,7 @@
 //! The model cache: single-flight loads, validation before loading, failures that stay with
 //! their model, and the memory budget.
 
-use embedserve::models::fake::{BROKEN_MODEL, FakeRuntime};
+use crate::fake::{BROKEN_MODEL, FakeLoader};
 use futures::future::join_all;
 use serde_json::json;
 
@@ -12,7 +12,7 @@ const PRIVATE: &str = "model=\"acme/paraphrase-l3\"";
 #[tokio::test]
 async fn fifty_concurrent_first_requests_cause_exactly_one_load() {
     // Loading takes 50 ms (the warm-up run's delay): all 50 requests arrive during the load.
-    let fake = FakeRuntime::with_run_delay(std::time::Duration::from_millis(50));
+    let fake = FakeLoader::with_run_delay(std::time::Duration::from_millis(50));
     let app = &FastApp::start(default_settings(), fake).await; // preloads minilm-l6-int8 only
     assert_eq!(app.fake.loads(), 1);
     let replies = join_all((0..50).map(|i| {
@@ -64,7 +64,7 @@ async fn a_broken_model_fails_only_its_own_requests_and_is_not_retried_within_it
     let mut spec = settings.models["minilm-l6-int8"].clone();
     spec.onnx = std::path::PathBuf::from(format!("/models/{BROKEN_MODEL}"));
     settings.tenants.get_mut("acme").unwrap().private_models.insert("broken".into(), spec);
-    let app = FastApp::start(settings, FakeRuntime::new()).await;
+    let app = FastApp::start(settings, FakeLoader::new()).await;
 
     for _ in 0..2 {
         let r = app.post("/v1/embed", Some(ACME_KEY), json!({ "model": "broken", "input": "x" })).await;
@@ -97,7 +97,7 @@ async fn models_over_the_budget_evict_the_least_recently_used_and_reload_with_th
     }
     settings.tenants.get_mut("acme").unwrap().models.dedup();
     settings.cache.max_bytes = 250 * MIB; // room for two
-    let app = FastApp::start(settings, FakeRuntime::new()).await;
+    let app = FastApp::start(settings, FakeLoader::new()).await;
     let first = app.embed(json!({ "model": "minilm-l6-int8", "input": "same text" })).await;
     for model in ["copy-a", "copy-b", "copy-a", "minilm-l6-int8"] {
         app.embed(json!({ "model": model, "input": "x" })).await;

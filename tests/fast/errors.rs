@@ -3,13 +3,11 @@
 
 use std::time::Duration;
 
+use crate::fake::{FAILING_CHAR, FakeLoader};
 use axum::http::Method;
-use embedserve::models::fake::{FAILING_CHAR, FakeRuntime};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-
-const ROUTES: [&str; 2] = ["/v1/embed", "/v1/embeddings"];
 
 async fn assert_refused(app: &FastApp, route: &str, body: Value, status: u16, param: Option<&str>) {
     let r = app.post(route, Some(ACME_KEY), body.clone()).await;
@@ -23,7 +21,7 @@ async fn assert_refused(app: &FastApp, route: &str, body: Value, status: u16, pa
 #[tokio::test]
 async fn invalid_requests_get_422_naming_the_field() {
     let app = FastApp::default().await;
-    for route in ROUTES {
+    for route in EMBED_ROUTES {
         for body in invalid_input_bodies() {
             assert_refused(&app, route, body, 422, Some("input")).await;
         }
@@ -38,7 +36,7 @@ async fn invalid_requests_get_422_naming_the_field() {
 #[tokio::test]
 async fn unknown_fields_are_refused_with_422_on_both_routes() {
     let app = FastApp::default().await;
-    for route in ROUTES {
+    for route in EMBED_ROUTES {
         let r = app.post(route, Some(ACME_KEY), json!({ "input": "x", "normalise": true })).await;
         assert_eq!(r.status, 422, "{route}: {}", r.body);
         let message = assert_error_shape(&r.body);
@@ -58,7 +56,7 @@ async fn unknown_fields_are_refused_with_422_on_both_routes() {
 #[tokio::test]
 async fn malformed_json_gets_400() {
     let app = FastApp::default().await;
-    for route in ROUTES {
+    for route in EMBED_ROUTES {
         for raw in ["{\"input\": ", "not json", "", "{\"input\": \"x\"} trailing"] {
             let r = app.send(Method::POST, route, Some(ACME_KEY), raw).await;
             assert_eq!(r.status, 400, "{route} {raw:?} -> {}", r.body);
@@ -72,7 +70,7 @@ async fn too_many_inputs_and_oversized_bodies_get_413() {
     let app = FastApp::default().await;
     let inputs: Vec<String> = (0..257).map(|i| format!("t{i}")).collect();
     let oversized = json!({ "input": "word ".repeat(500_000) }).to_string();
-    for route in ROUTES {
+    for route in EMBED_ROUTES {
         assert_refused(&app, route, json!({ "input": inputs }), 413, Some("input")).await;
         let r = app.send(Method::POST, route, Some(ACME_KEY), oversized.clone()).await;
         assert_eq!(r.status, 413, "{}", r.body);
@@ -83,7 +81,7 @@ async fn too_many_inputs_and_oversized_bodies_get_413() {
 #[tokio::test]
 async fn unknown_models_routes_and_methods_answer_in_the_error_shape() {
     let app = FastApp::default().await;
-    for route in ROUTES {
+    for route in EMBED_ROUTES {
         assert_refused(&app, route, json!({ "input": "x", "model": "gpt-4" }), 404, Some("model")).await;
     }
     let r = app.get("/v2/nothing", None).await;
@@ -98,7 +96,7 @@ async fn unknown_models_routes_and_methods_answer_in_the_error_shape() {
 async fn an_inference_failure_is_a_generic_500_and_the_service_keeps_serving() {
     let app = FastApp::default().await;
     let failing = format!("breaks {FAILING_CHAR} here");
-    for route in ROUTES {
+    for route in EMBED_ROUTES {
         let r = app.post(route, Some(ACME_KEY), json!({ "input": ["fine", failing] })).await;
         assert_eq!(r.status, 500, "{}", r.body);
         let message = assert_error_shape(&r.body);
@@ -112,7 +110,7 @@ async fn an_inference_failure_is_a_generic_500_and_the_service_keeps_serving() {
 async fn a_request_over_the_timeout_gets_504() {
     let mut settings = default_settings();
     settings.server.request_timeout_ms = 50;
-    let app = FastApp::start(settings, FakeRuntime::with_run_delay(Duration::from_millis(300))).await;
+    let app = FastApp::start(settings, FakeLoader::with_run_delay(Duration::from_millis(300))).await;
     let r = app.post("/v1/embed", Some(ACME_KEY), json!({ "input": "slow" })).await;
     assert_eq!(r.status, 504, "{}", r.body);
     assert_eq!(r.body["error"]["code"], "timeout");

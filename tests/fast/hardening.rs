@@ -2,9 +2,9 @@
 //! open routes, guessed keys and malformed bodies. Socket-level attacks (slow clients, floods,
 //! shutdown) run against the real binary in `tests/api/hardening.rs`.
 
+use crate::fake::FakeLoader;
 use axum::body::Body;
 use axum::http::{Method, Request};
-use embedserve::models::fake::FakeRuntime;
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -109,8 +109,8 @@ async fn the_public_router_reveals_no_tenants_or_models() {
 #[tokio::test]
 async fn metrics_on_the_public_router_need_the_metrics_key() {
     let mut settings = default_settings();
-    settings.server.metrics_key = Some(embedserve::tenants::hash_key("scrape-key"));
-    let app = FastApp::start(settings, FakeRuntime::new()).await;
+    settings.server.metrics_key = Some(embedserve::config::keys::hash_key("scrape-key"));
+    let app = FastApp::start(settings, FakeLoader::new()).await;
     assert_eq!(app.get("/metrics", None).await.status, 401);
     assert_eq!(
         app.get("/metrics", Some(ACME_KEY)).await.status,
@@ -126,7 +126,7 @@ async fn metrics_on_the_public_router_need_the_metrics_key() {
 async fn failed_authentications_from_one_address_are_throttled_and_valid_keys_still_pass() {
     let mut settings = default_settings();
     settings.server.auth_failures_per_minute = 5;
-    let app = FastApp::start(settings, FakeRuntime::new()).await;
+    let app = FastApp::start(settings, FakeLoader::new()).await;
     let from = |ip: [u8; 4], key: &str| {
         let mut request = Request::builder()
             .method(Method::POST)
@@ -134,8 +134,8 @@ async fn failed_authentications_from_one_address_are_throttled_and_valid_keys_st
             .header("authorization", format!("Bearer {key}"))
             .body(Body::from(json!({ "input": "x" }).to_string()))
             .unwrap();
-        let peer = std::net::SocketAddr::from((ip, 40_000));
-        request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        // What the server (or the Lambda entry) puts on every request it takes.
+        request.extensions_mut().insert(embedserve::http::ClientAddr(std::net::IpAddr::from(ip)));
         app.router.clone().oneshot(request)
     };
     let mut statuses = Vec::new();

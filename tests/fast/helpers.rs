@@ -2,24 +2,15 @@
 
 use std::sync::Arc;
 
+use crate::fake::FakeLoader;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request};
-use embedserve::models::fake::FakeRuntime;
 use embedserve::{App, AppState, Settings};
 use serde_json::Value;
 use tower::ServiceExt;
 
 pub use crate::common::*;
-
-pub fn repo() -> &'static std::path::Path {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// config/default.toml: its tenants, keys, limits and model specs. No file it names is read.
-pub fn default_settings() -> Settings {
-    Settings::load(&repo().join("config/default.toml")).expect("config/default.toml loads")
-}
 
 /// One response, read whole.
 pub struct Reply {
@@ -32,12 +23,12 @@ pub struct Reply {
 pub struct FastApp {
     pub router: Router,
     pub state: Arc<AppState>,
-    pub fake: FakeRuntime,
+    pub fake: FakeLoader,
 }
 
 impl FastApp {
     /// Builds the app and loads its preloaded models, as the server does before `/ready`.
-    pub async fn start(settings: Settings, fake: FakeRuntime) -> FastApp {
+    pub async fn start(settings: Settings, fake: FakeLoader) -> FastApp {
         let app = embedserve::build_app_with(settings, Arc::new(fake.clone())).expect("the app builds");
         app.warm_up().await.expect("preloading on the fake backend");
         let App { router, state } = app;
@@ -45,7 +36,7 @@ impl FastApp {
     }
 
     pub async fn default() -> FastApp {
-        Self::start(default_settings(), FakeRuntime::new()).await
+        Self::start(default_settings(), FakeLoader::new()).await
     }
 
     /// Sends a request with `key` as a bearer token (or none) and a raw body.
@@ -84,6 +75,6 @@ impl FastApp {
     }
 
     pub fn metrics(&self) -> String {
-        self.state.metrics.render()
+        self.state.metrics().render()
     }
 }

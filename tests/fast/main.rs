@@ -1,10 +1,11 @@
 //! The fast tier: the real router, tenants, limits, queue, batching and cache over a
-//! deterministic fake backend (`embedserve::models::fake`), without ONNX Runtime or model
+//! deterministic fake backend (`fake.rs`, test code only), without ONNX Runtime or model
 //! files. `make check` runs these; `make test` runs them beside the real-model tests, which
 //! they never replace.
 
 #[path = "../common/mod.rs"]
 mod common;
+mod fake;
 mod helpers;
 
 mod batching;

@@ -79,7 +79,7 @@ async fn a_panicking_handler_is_a_500_in_the_error_shape_counted_and_logged_once
 
     // The service's own layers around a route that panics.
     let routes = Router::new().route("/panic", get(panics));
-    let router = embedserve::http::with_layers(routes, Arc::clone(&app.state));
+    let router = embedserve::http::with_layers(routes, Arc::clone(&app.state.api));
     let request = axum::http::Request::builder().uri("/panic").body(axum::body::Body::empty()).unwrap();
     let response = tower::ServiceExt::oneshot(router, request).await.unwrap();
     assert_eq!(response.status(), 500);

@@ -5,14 +5,13 @@ use embedserve::Settings;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
+use crate::fake::FakeLoader;
 use crate::helpers::*;
-
-const ROUTES: [&str; 2] = ["/v1/embed", "/v1/embeddings"];
 
 #[tokio::test]
 async fn a_missing_or_unknown_key_is_401_on_every_v1_route() {
     let app = FastApp::default().await;
-    for route in ROUTES {
+    for route in EMBED_ROUTES {
         for key in [None, Some("not-a-key"), Some("")] {
             let r = app.post(route, key, json!({ "input": "x" })).await;
             assert_eq!(r.status, 401, "{route} with {key:?}");
@@ -39,7 +38,7 @@ async fn the_key_may_come_as_x_api_key() {
 #[tokio::test]
 async fn another_tenants_private_model_is_answered_exactly_like_a_missing_one() {
     let app = FastApp::default().await;
-    for route in ROUTES {
+    for route in EMBED_ROUTES {
         let denied =
             app.post(route, Some(GLOBEX_KEY), json!({ "input": "x", "model": "paraphrase-l3" })).await;
         let missing =
@@ -61,24 +60,44 @@ async fn another_tenants_private_model_is_answered_exactly_like_a_missing_one() 
 
 #[tokio::test]
 async fn a_burst_over_a_tenants_limit_gets_429_with_retry_after_and_other_tenants_are_unaffected() {
-    let app = FastApp::default().await;
-    // globex: 5 requests per second, burst 5.
-    let globex =
-        join_all((0..12).map(|_| app.post("/v1/embed", Some(GLOBEX_KEY), json!({ "input": "burst" })))).await;
-    let acme =
-        join_all((0..12).map(|_| app.post("/v1/embed", Some(ACME_KEY), json!({ "input": "steady" })))).await;
-    let refused: Vec<&Reply> = globex.iter().filter(|r| r.status == 429).collect();
-    assert_eq!(globex.iter().filter(|r| r.status == 200).count(), 5, "the burst of 5 is served");
-    assert_eq!(refused.len(), 7);
-    for r in refused {
-        assert_error_shape(&r.body);
-        assert_eq!(r.body["error"]["code"], "rate_limit_exceeded");
-        let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
-        assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let settings = default_settings();
+    let limits = settings.tenants["globex"].limits;
+    let app = FastApp::start(settings, FakeLoader::new()).await;
+    let mut refused_total = 0;
+    for route in EMBED_ROUTES {
+        // A full bucket: `burst` requests at once, plus what refills while the 12 are decided.
+        let started = std::time::Instant::now();
+        let globex =
+            join_all((0..12).map(|_| app.post(route, Some(GLOBEX_KEY), json!({ "input": "burst" })))).await;
+        let refill = (f64::from(limits.requests_per_second) * started.elapsed().as_secs_f64()) as usize;
+        let acme =
+            join_all((0..12).map(|_| app.post(route, Some(ACME_KEY), json!({ "input": "steady" })))).await;
+        let served = globex.iter().filter(|r| r.status == 200).count();
+        let burst = limits.burst as usize;
+        assert!(
+            (burst..=burst + refill).contains(&served),
+            "{route}: {served} served, burst {burst} + {refill}"
+        );
+        let refused: Vec<&Reply> = globex.iter().filter(|r| r.status == 429).collect();
+        assert_eq!(refused.len(), 12 - served, "{route}: every other request is refused");
+        refused_total += refused.len();
+        for r in refused {
+            assert_error_shape(&r.body);
+            assert_eq!(r.body["error"]["code"], "rate_limit_exceeded");
+            let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=2).contains(&retry), "{route}: Retry-After {retry}");
+        }
+        assert!(acme.iter().all(|r| r.status == 200), "{route}: acme was limited by globex's burst");
+        // The bucket refills whole after burst / rate seconds.
+        tokio::time::sleep(std::time::Duration::from_secs_f64(
+            f64::from(limits.burst) / f64::from(limits.requests_per_second) + 0.1,
+        ))
+        .await;
     }
-    assert!(acme.iter().all(|r| r.status == 200), "acme was limited by globex's burst");
+    let refilled = app.post("/v1/embeddings", Some(GLOBEX_KEY), json!({ "input": "x" })).await;
+    assert_eq!(refilled.status, 200, "the bucket refills after the wait");
     let sample = "embedserve_rate_limited_total{limit=\"requests\",tenant=\"globex\"}";
-    assert_eq!(metric_value(&app.metrics(), sample), 7.0);
+    assert_eq!(metric_value(&app.metrics(), sample), refused_total as f64);
 }
 
 #[tokio::test]

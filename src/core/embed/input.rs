@@ -1,0 +1,123 @@
+//! A request's `input`, as JSON gave it, checked into texts: a non-empty string or a non-empty
+//! array of at most the tenant's `max_inputs` non-empty strings.
+
+use serde_json::Value;
+
+use super::EmbedError;
+
+/// `input` is a non-empty string or a non-empty array of at most `max_inputs` non-empty strings.
+pub(super) fn parse_input(input: Option<&Value>, max_inputs: usize) -> Result<Vec<String>, EmbedError> {
+    let texts = match input {
+        None | Some(Value::Null) => return Err(EmbedError::invalid("input", "input is required")),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => {
+            if items.is_empty() {
+                return Err(EmbedError::invalid("input", "input must not be an empty array"));
+            }
+            if items.len() > max_inputs {
+                return Err(EmbedError::TooManyInputs(format!(
+                    "input has {} items; this server accepts at most {max_inputs} per request",
+                    items.len()
+                )));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(EmbedError::invalid(
+                        "input",
+                        format!("input[{i}] must be a string, got {}", json_kind(other)),
+                    )),
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Some(other) => {
+            return Err(EmbedError::invalid(
+                "input",
+                format!("input must be a string or an array of strings, got {}", json_kind(other)),
+            ));
+        }
+    };
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        let at = if texts.len() == 1 { "input".to_owned() } else { format!("input[{i}]") };
+        return Err(EmbedError::invalid("input", format!("{at} is empty")));
+    }
+    Ok(texts)
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn refused(input: Value) -> EmbedError {
+        parse_input(Some(&input), 2).unwrap_err()
+    }
+
+    #[test]
+    fn input_is_a_non_empty_string_or_array_of_them() {
+        assert_eq!(parse_input(Some(&json!("hi")), 2).unwrap(), vec!["hi"]);
+        assert_eq!(parse_input(Some(&json!(["a", "b"])), 2).unwrap(), vec!["a", "b"]);
+        for bad in [json!([]), json!(""), json!(["a", "  "]), json!(["a", 3]), json!(7)] {
+            assert!(matches!(refused(bad.clone()), EmbedError::Invalid { param: "input", .. }), "{bad}");
+        }
+        assert!(matches!(refused(json!(["a", "b", "c"])), EmbedError::TooManyInputs(_)));
+        assert!(matches!(parse_input(None, 2), Err(EmbedError::Invalid { .. })));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                ".{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,4}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Any JSON is either refused with a named reason or accepted as 1..=max non-empty
+            /// strings, in order.
+            #[test]
+            fn any_json_input_is_refused_or_gives_non_empty_texts(input in json_value(), max in 1usize..5) {
+                match parse_input(Some(&input), max) {
+                    Ok(texts) => {
+                        prop_assert!(!texts.is_empty() && texts.len() <= max);
+                        prop_assert!(texts.iter().all(|t| !t.trim().is_empty()));
+                        let expected = match &input {
+                            Value::String(s) => vec![s.clone()],
+                            Value::Array(items) => items.iter().map(|i| i.as_str().unwrap().to_owned()).collect(),
+                            other => return Err(TestCaseError::fail(format!("accepted {other}"))),
+                        };
+                        prop_assert_eq!(texts, expected);
+                    }
+                    Err(EmbedError::Invalid { param, .. }) => prop_assert_eq!(param, "input"),
+                    Err(EmbedError::TooManyInputs(_)) => prop_assert!(input.as_array().is_some_and(|a| a.len() > max)),
+                    Err(other) => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The embedding service both APIs share: check the tenant's limits, validate the request
+//! against the model's spec (`input`, `prompts`), embed through the model cache, shape and
+//! encode the vectors (`output`), count usage. Nothing here knows a transport: each call returns
+//! an [`Outcome`] (the result, the model, the tokens, the tenant's limit snapshot), which the
+//! HTTP adapter turns into a response, headers, metrics and a log line.
+
+mod input;
+mod output;
+mod prompts;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use time::Date;
+
+pub(crate) use output::{EmbeddingType, Embeddings, EncodingFormat, Output, Vector};
+pub(crate) use prompts::TextParams;
+
+use super::limits::{LimitError, LimitSnapshot, Limiter};
+use super::tenants::Tenant;
+use super::usage::{Counts, UsageLedger, UsageUnavailable};
+use crate::metrics::Metrics;
+use crate::models::ModelError;
+use crate::models::engine::pooling::shape_vector;
+use crate::models::engine::tokenize::Tokens;
+use crate::models::serving::cache::ModelCache;
+use crate::models::spec::ModelSpec;
+use input::parse_input;
+
+/// Why a request produced no vectors.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// A field's value is wrong; `param` names the field.
+    #[error("{message}")]
+    Invalid { message: String, param: &'static str },
+    /// More inputs than the tenant may send at once.
+    #[error("{0}")]
+    TooManyInputs(String),
+    /// No such model for this tenant (whether it exists for another is not said).
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// The model layer failed or refused; model names are the client's.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Unanswered within the request timeout (in ms).
+    #[error("The request took longer than {0} ms and was abandoned.")]
+    Timeout(u64),
+}
+
+impl EmbedError {
+    fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        EmbedError::Invalid { message: message.into(), param }
+    }
+}
+
+/// What both embedding routes ask of the core.
+pub struct EmbedParams<'a> {
+    /// A string or an array of strings, as the JSON body had it.
+    pub input: Option<&'a Value>,
+    pub model: Option<&'a str>,
+    pub normalize: Option<bool>,
+    pub dimensions: Option<usize>,
+    pub output: Output,
+    pub text: TextParams<'a>,
+}
+
+pub struct EmbedOutput {
+    /// The model as the client named it.
+    pub model: String,
+    pub dimensions: usize,
+    pub vectors: Embeddings,
+    pub usage: Usage,
+}
+
+/// What `/v1/tokenize` answers.
+pub struct TokenizeOutput {
+    /// The model as the client named it.
+    pub model: String,
+    pub max_tokens: usize,
+    pub inputs: Vec<Tokens>,
+}
+
+/// Tokens billed, in OpenAI's shape.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// What a call did, whatever its result: for the adapters' headers, metrics and logs.
+#[derive(Debug)]
+pub struct Outcome<T> {
+    pub result: Result<T, EmbedError>,
+    /// The model's cache id, once the request named one the tenant may use.
+    pub model: Option<String>,
+    /// Tokens processed (after truncation): 0 unless vectors were computed.
+    pub tokens: usize,
+    /// The tenant's buckets after this request, succeeded or not.
+    pub limits: LimitSnapshot,
+}
+
+/// A model as `/v1/models` shows it: the tenant's name for it, and what is known of it (a hub
+/// model's dimension and token limit once its files are fetched).
+pub struct ModelInfo {
+    pub name: String,
+    pub dimensions: Option<usize>,
+    pub max_tokens: Option<usize>,
+}
+
+/// Embeds for tenants through the shared model cache, within their limits, counting usage.
+pub struct Embedder {
+    models: ModelCache,
+    limiter: Limiter,
+    usage: Arc<UsageLedger>,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+/// What one call learns as it goes, before its result.
+#[derive(Default)]
+struct Progress {
+    model: Option<String>,
+    tokens: usize,
+    limits: LimitSnapshot,
+}
+
+impl Progress {
+    fn finish<T>(self, result: Result<T, EmbedError>) -> Outcome<T> {
+        Outcome { result, model: self.model, tokens: self.tokens, limits: self.limits }
+    }
+}
+
+impl Embedder {
+    /// `timeout` bounds each request from the model's queue to its vectors.
+    pub(crate) fn new(
+        models: ModelCache,
+        limiter: Limiter,
+        usage: Arc<UsageLedger>,
+        metrics: Arc<Metrics>,
+        timeout: Duration,
+    ) -> Self {
+        Self { models, limiter, usage, metrics, timeout }
+    }
+
+    /// Checks `tenant`'s limits, validates, embeds and shapes.
+    pub async fn embed(&self, tenant: &Tenant, params: EmbedParams<'_>) -> Outcome<EmbedOutput> {
+        let mut progress = Progress::default();
+        let result = self.embed_checked(tenant, params, &mut progress).await;
+        self.limiter.peek(tenant, &mut progress.limits);
+        progress.finish(result)
+    }
+
+    async fn embed_checked(
+        &self,
+        tenant: &Tenant,
+        params: EmbedParams<'_>,
+        progress: &mut Progress,
+    ) -> Result<EmbedOutput, EmbedError> {
+        // A tenant with no request left is refused before it costs a model load or tokenizing.
+        self.limiter.refuse_early(tenant, &mut progress.limits)?;
+        let texts = parse_input(params.input, tenant.max_inputs())?;
+        let inputs_count = texts.len();
+        let (name, model_id) =
+            tenant.resolve(params.model).map_err(|n| EmbedError::ModelNotFound(n.to_owned()))?;
+        progress.model = Some(model_id.to_owned());
+        // Validate against the spec before loading: a bad request must not cost a model load.
+        let spec = self.complete_spec(model_id, name).await?;
+        let dimensions = match params.dimensions {
+            None => spec.dimensions,
+            Some(d) if (1..=spec.dimensions).contains(&d) => d,
+            Some(d) => {
+                return Err(EmbedError::invalid(
+                    "dimensions",
+                    format!(
+                        "dimensions must be between 1 and {} for model `{name}`, got {d}",
+                        spec.dimensions
+                    ),
+                ));
+            }
+        };
+        if let Output::Types(types) = &params.output {
+            if types.is_empty() {
+                return Err(EmbedError::invalid(
+                    "embedding_types",
+                    "embedding_types must list at least one of float, int8, uint8, binary, ubinary",
+                ));
+            }
+            if types.iter().any(|t| t.packs_bits()) && dimensions % 8 != 0 {
+                return Err(EmbedError::invalid(
+                    "embedding_types",
+                    format!(
+                        "binary and ubinary pack eight values to a byte: they need dimensions that are a \
+                         multiple of 8, got {dimensions}"
+                    ),
+                ));
+            }
+        }
+        let options = params.text.options(&spec, name)?;
+        let normalize = params.normalize.unwrap_or(spec.normalize());
+        let model = self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
+
+        let count_refusal = |e: &ModelError| {
+            let reason = match e {
+                ModelError::QueueFull => "queue_full",
+                ModelError::TenantQueueFull => "tenant_queue_share",
+                _ => return,
+            };
+            self.metrics.refusals.with_label_values(&[model_id, reason]).inc();
+        };
+        let limits = &mut progress.limits;
+        let work = async {
+            model.admits(&tenant.id).inspect_err(count_refusal)?;
+            let inputs = model.tokenize(texts, options).await?;
+            let tokens: usize = inputs.iter().map(|e| e.len()).sum();
+            let truncated = inputs.iter().filter(|e| e.truncated).count();
+            // Both limits at once, now that the tokens are known: one round trip to a shared store.
+            self.limiter.admit(tenant, tokens, limits).await?;
+            let vectors = model.infer(&tenant.id, inputs).await.inspect_err(count_refusal)?;
+            Ok::<_, EmbedError>((vectors, tokens, truncated))
+        };
+        let (vectors, tokens, truncated) =
+            tokio::time::timeout(self.timeout, work).await.map_err(|_| {
+                self.metrics.refusals.with_label_values(&[model_id, "timeout"]).inc();
+                EmbedError::Timeout(self.timeout.as_millis() as u64)
+            })??;
+
+        progress.tokens = tokens;
+        let m = &self.metrics;
+        m.tokens.with_label_values(&[&tenant.id, model_id]).inc_by(tokens as u64);
+        m.embeddings.with_label_values(&[&tenant.id, model_id]).inc_by(vectors.len() as u64);
+        m.truncated_inputs.with_label_values(&[model_id]).inc_by(truncated as u64);
+        self.usage.record(&tenant.id, name, inputs_count, tokens);
+
+        let shaped = vectors.into_iter().map(|v| shape_vector(v, dimensions, normalize)).collect();
+        let vectors = Embeddings::new(shaped, &params.output);
+        let usage = Usage { prompt_tokens: tokens, total_tokens: tokens };
+        Ok(EmbedOutput { model: name.to_owned(), dimensions, vectors, usage })
+    }
+
+    /// The tokens each input becomes for a model, prompt and truncation applied, as
+    /// [`Embedder::embed`] would feed them. Counts as one request against the tenant's request
+    /// limit (no tokens: nothing is embedded) and loads the model if it is not loaded.
+    pub async fn tokenize(
+        &self,
+        tenant: &Tenant,
+        input: Option<&Value>,
+        model: Option<&str>,
+        text: TextParams<'_>,
+    ) -> Outcome<TokenizeOutput> {
+        let mut progress = Progress::default();
+        let result = async {
+            self.limiter.refuse_early(tenant, &mut progress.limits)?;
+            let texts = parse_input(input, tenant.max_inputs())?;
+            let (name, model_id) =
+                tenant.resolve(model).map_err(|n| EmbedError::ModelNotFound(n.to_owned()))?;
+            progress.model = Some(model_id.to_owned());
+            let spec = self.complete_spec(model_id, name).await?;
+            let options = text.options(&spec, name)?;
+            self.limiter.admit(tenant, 0, &mut progress.limits).await?;
+            let model = self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
+            let tokens = tokio::time::timeout(self.timeout, model.tokens(texts, options))
+                .await
+                .map_err(|_| EmbedError::Timeout(self.timeout.as_millis() as u64))??;
+            Ok(TokenizeOutput { model: name.to_owned(), max_tokens: spec.max_tokens, inputs: tokens })
+        }
+        .await;
+        self.limiter.peek(tenant, &mut progress.limits);
+        progress.finish(result)
+    }
+
+    /// The models `tenant` may use, in its names, with what is known of each.
+    pub fn models_of(&self, tenant: &Tenant) -> Vec<ModelInfo> {
+        tenant
+            .models()
+            .filter_map(|(name, id)| self.models.spec(id).map(|spec| (name, spec)))
+            .map(|(name, spec)| ModelInfo {
+                name: name.to_owned(),
+                dimensions: spec.is_complete().then_some(spec.dimensions),
+                max_tokens: spec.is_complete().then_some(spec.max_tokens),
+            })
+            .collect()
+    }
+
+    /// `tenant`'s usage per (day, model) from `start` to `end` inclusive.
+    pub async fn usage_of(
+        &self,
+        tenant: &Tenant,
+        start: Date,
+        end: Date,
+    ) -> Result<BTreeMap<(Date, String), Counts>, UsageUnavailable> {
+        self.usage.read(&tenant.id, start, end).await
+    }
+
+    /// At start: says where limits are decided (asking a shared store), then loads `preload`.
+    pub(crate) async fn warm_up(&self, preload: &[String]) -> anyhow::Result<()> {
+        self.limiter.announce().await;
+        for id in preload {
+            self.models.get(id).await.map_err(|e| anyhow::anyhow!("preloading {id}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// New model specs from a reloaded configuration (see `ModelCache::replace_specs`).
+    pub(crate) fn replace_specs(&self, specs: BTreeMap<String, ModelSpec>) {
+        self.models.replace_specs(specs);
+    }
+
+    /// Before the process exits: writes the usage it holds to a shared store (bounded).
+    pub(crate) async fn flush_usage_before_exit(&self) {
+        self.usage.flush_before_exit().await;
+    }
+
+    /// The model's spec with every setting known: validation needs its dimension, limit and
+    /// prompts, which a hub model has only once its files are fetched (by loading it).
+    async fn complete_spec(&self, model_id: &str, name: &str) -> Result<Arc<ModelSpec>, EmbedError> {
+        let spec = self.models.spec(model_id).ok_or_else(|| EmbedError::ModelNotFound(name.to_owned()))?;
+        if spec.is_complete() {
+            return Ok(spec);
+        }
+        self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
+        self.models.spec(model_id).ok_or_else(|| EmbedError::ModelNotFound(name.to_owned()))
+    }
+}

@@ -1,0 +1,361 @@
+//! Tokenization: the model's own `tokenizer.json`, with no padding (each ONNX Runtime run pads
+//! to its own longest input) and our own truncation, so a request can choose its direction and
+//! keep the model's prompt.
+//!
+//! An input is the model's prompt (if any) followed by the text, as sentence-transformers
+//! concatenates them. Truncation keeps the prompt's tokens and cuts the text: its tail
+//! (`right`, the default, which is exactly what sentence-transformers and the tokenizer's own
+//! truncation do) or its head (`left`). The special tokens the tokenizer adds always stay.
+//!
+//! A text's cost is bounded before the tokenizer sees it: only a window of it is tokenized (a
+//! prefix when truncating on the right, a suffix on the left), first
+//! [`FIRST_WINDOW_BYTES_PER_TOKEN`] bytes per token of the model's limit, widened fourfold
+//! while the window yields fewer tokens than the limit, up to [`MAX_BYTES_PER_TOKEN`] bytes per
+//! token. A window ends (or starts) at a whitespace where it can, so no word is cut: the tokens
+//! kept are exactly those truncating the whole text would keep, unless the text has fewer than
+//! one token per [`MAX_BYTES_PER_TOKEN`] bytes (almost all whitespace), when the cap cuts it
+//! and it counts as truncated. A 1.9 MB input thus costs what a few kilobytes cost. Without
+//! truncation the whole cap is tokenized at once, to count an over-long input's tokens.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::models::spec::ModelSpec;
+use tokenizers::{Encoding, PaddingParams, PostProcessor, Tokenizer, TruncationDirection};
+
+/// One tokenized input, ready to be padded into a batch.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub ids: Vec<i64>,
+    pub type_ids: Vec<i64>,
+    /// The input was longer than the model's limit and lost part of its text.
+    pub truncated: bool,
+}
+
+impl Encoded {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// One tokenized input as `/v1/tokenize` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    pub ids: Vec<u32>,
+    pub tokens: Vec<String>,
+    /// Which of them the tokenizer added (`[CLS]`, `</s>`, ...).
+    pub special: Vec<bool>,
+    pub truncated: bool,
+}
+
+/// Which end of an over-long text is cut.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Keep the beginning (sentence-transformers' and the tokenizer's own behaviour).
+    #[default]
+    Right,
+    /// Keep the end.
+    Left,
+}
+
+/// How to turn one request's texts into tokens.
+#[derive(Debug, Clone, Default)]
+pub struct EncodeOptions {
+    /// Text put before every input (the model's query or document prompt).
+    pub prompt: String,
+    /// Cut over-long inputs (`true`) or refuse them (`false`).
+    pub truncate: bool,
+    pub direction: Direction,
+}
+
+impl EncodeOptions {
+    /// No prompt, over-long inputs cut on the right.
+    pub fn truncating() -> Self {
+        Self { truncate: true, ..Self::default() }
+    }
+}
+
+/// Why texts could not be tokenized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// With `truncate: false`, an input over the model's limit.
+    #[error(
+        "input[{index}] has {tokens} tokens, over the model's limit of {limit}; shorten it or send \"truncate\": true"
+    )]
+    TooLong { index: usize, tokens: usize, limit: usize },
+    /// With `truncate: false`, an input longer than is tokenized whole (see the module).
+    #[error(
+        "input[{index}] is longer than {bytes} bytes, more than the model's limit of {limit} tokens is tokenized \
+         from; shorten it or send \"truncate\": true"
+    )]
+    TooManyBytes { index: usize, bytes: usize, limit: usize },
+    #[error("tokenization failed: {0}")]
+    Failed(String),
+}
+
+/// Bytes tokenized per token of the model's limit at first.
+pub const FIRST_WINDOW_BYTES_PER_TOKEN: usize = 8;
+/// Bytes tokenized per token of the model's limit at most.
+pub const MAX_BYTES_PER_TOKEN: usize = 64;
+
+/// A tokenizer configured for one model.
+pub struct TextEncoder {
+    tokenizer: Tokenizer,
+    max_tokens: usize,
+    /// Tokens the post-processor adds to one sequence (`[CLS]` and `[SEP]`: 2).
+    added: usize,
+    /// Lowercase prompt and text first (sentence-transformers' `do_lower_case`).
+    lowercase: bool,
+}
+
+impl TextEncoder {
+    /// The tokenizer a model's spec describes: its `tokenizer.json`, adjusted by its
+    /// `tokenizer_config.json` as `transformers` adjusts it (see [`adjust`]), lowercasing texts
+    /// if the spec says so.
+    pub fn for_spec(spec: &ModelSpec) -> anyhow::Result<Self> {
+        let path = &spec.tokenizer;
+        let read = |p: &Path| -> anyhow::Result<serde_json::Value> {
+            let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+            serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", p.display()))
+        };
+        let tokenizer = match &spec.tokenizer_config {
+            None => Tokenizer::from_file(path)
+                .map_err(|e| anyhow::anyhow!("cannot read tokenizer {}: {e}", path.display()))?,
+            Some(config) => {
+                let mut json = read(path)?;
+                adjust(&mut json, &read(config)?);
+                serde_json::from_value(json)
+                    .map_err(|e| anyhow::anyhow!("cannot read tokenizer {}: {e}", path.display()))?
+            }
+        };
+        let mut encoder = Self::new(tokenizer, spec.max_tokens)
+            .map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", path.display()))?;
+        encoder.lowercase = spec.lowercase.unwrap_or(false);
+        Ok(encoder)
+    }
+
+    /// Wraps `tokenizer`, limiting inputs to `max_tokens` and padding nothing.
+    pub fn new(mut tokenizer: Tokenizer, max_tokens: usize) -> anyhow::Result<Self> {
+        // tokenizer.json files often ship `Fixed(128)` padding and a 128 truncation; neither
+        // is the model's, and truncation is ours (see the module's comment).
+        tokenizer.with_padding(None::<PaddingParams>);
+        tokenizer.with_truncation(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let added = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        if added >= max_tokens {
+            anyhow::bail!(
+                "the tokenizer adds {added} special tokens, leaving no room under max_tokens {max_tokens}"
+            );
+        }
+        Ok(Self { tokenizer, max_tokens, added, lowercase: false })
+    }
+
+    /// Tokenizes each text with the prompt, the model's special tokens and `options`' truncation.
+    pub fn encode(&self, texts: &[String], options: &EncodeOptions) -> Result<Vec<Encoded>, EncodeError> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let (enc, truncated) = self.encode_one(index, text, options)?;
+                Ok(Encoded {
+                    ids: enc.get_ids().iter().map(|&i| i64::from(i)).collect(),
+                    type_ids: enc.get_type_ids().iter().map(|&i| i64::from(i)).collect(),
+                    truncated,
+                })
+            })
+            .collect()
+    }
+
+    /// [`Self::encode`] with the tokens' text, for `/v1/tokenize`.
+    pub fn tokens(&self, texts: &[String], options: &EncodeOptions) -> Result<Vec<Tokens>, EncodeError> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let (enc, truncated) = self.encode_one(index, text, options)?;
+                Ok(Tokens {
+                    ids: enc.get_ids().to_vec(),
+                    tokens: enc.get_tokens().to_vec(),
+                    special: enc.get_special_tokens_mask().iter().map(|&m| m == 1).collect(),
+                    truncated,
+                })
+            })
+            .collect()
+    }
+
+    fn encode_one(
+        &self,
+        index: usize,
+        text: &str,
+        options: &EncodeOptions,
+    ) -> Result<(Encoding, bool), EncodeError> {
+        let failed = |e: tokenizers::Error| EncodeError::Failed(e.to_string());
+        let room = self.max_tokens - self.added;
+        let cap = self.max_tokens.saturating_mul(MAX_BYTES_PER_TOKEN);
+        let mut window =
+            if options.truncate { self.max_tokens.saturating_mul(FIRST_WINDOW_BYTES_PER_TOKEN) } else { cap };
+        let prompt = options.prompt.as_str();
+        loop {
+            let (part, cut) = match options.direction {
+                Direction::Right => prefix(text, window),
+                Direction::Left => suffix(text, window),
+            };
+            let mut enc = if self.lowercase {
+                self.tokenizer.encode(format!("{prompt}{part}").to_lowercase(), false)
+            } else if prompt.is_empty() {
+                self.tokenizer.encode(part, false)
+            } else {
+                self.tokenizer.encode(format!("{prompt}{part}"), false)
+            }
+            .map_err(failed)?;
+            let over = enc.len() > room;
+            if !cut && !over || window >= cap || over && options.truncate {
+                let limit = self.max_tokens;
+                if !options.truncate && cut {
+                    return Err(EncodeError::TooManyBytes { index, bytes: cap, limit });
+                }
+                if !options.truncate && over {
+                    return Err(EncodeError::TooLong { index, tokens: enc.len() + self.added, limit });
+                }
+                if over {
+                    // Offsets are into the text as tokenized: the lowercased one when lowercasing.
+                    let prompt_bytes =
+                        if self.lowercase { prompt.to_lowercase().len() } else { prompt.len() };
+                    enc = self.truncated(enc, prompt_bytes, room, options.direction);
+                }
+                let enc = self.tokenizer.post_process(enc, None, true).map_err(failed)?;
+                return Ok((enc, over || cut));
+            }
+            window = window.saturating_mul(4).min(cap);
+        }
+    }
+
+    /// `enc` (prompt and text, no special tokens) cut to `room` tokens: the prompt's tokens (those
+    /// starting within its `prompt_bytes`) stay, the text loses its tail or its head.
+    fn truncated(
+        &self,
+        mut enc: Encoding,
+        prompt_bytes: usize,
+        room: usize,
+        direction: Direction,
+    ) -> Encoding {
+        let prompt_tokens = enc.get_offsets().iter().take_while(|(start, _)| *start < prompt_bytes).count();
+        if direction == Direction::Right || prompt_tokens == 0 || prompt_tokens >= room {
+            // On the right the prompt is at the head, which is kept; a prompt filling the
+            // whole limit leaves no text either way.
+            let direction = if prompt_tokens == 0 { direction } else { Direction::Right };
+            enc.truncate(room, 0, direction.into());
+            drop(enc.take_overflowing());
+            return enc;
+        }
+        let mut head = enc.clone();
+        head.truncate(prompt_tokens, 0, TruncationDirection::Right);
+        drop(head.take_overflowing());
+        enc.truncate(room - prompt_tokens, 0, TruncationDirection::Left);
+        drop(enc.take_overflowing());
+        Encoding::merge([head, enc], false)
+    }
+}
+
+impl From<Direction> for TruncationDirection {
+    fn from(d: Direction) -> Self {
+        match d {
+            Direction::Right => TruncationDirection::Right,
+            Direction::Left => TruncationDirection::Left,
+        }
+    }
+}
+
+/// What `transformers` changes in a fast tokenizer when `tokenizer_config.json` disagrees with
+/// `tokenizer.json`, as its `BertTokenizerFast` (and the BERT-like ones) and
+/// `RobertaTokenizerFast` do on load: a top-level BERT normaliser gets `lowercase`,
+/// `strip_accents` and `handle_chinese_chars` from `do_lower_case` (default true),
+/// `strip_accents` (default none) and `tokenize_chinese_chars` (default true), all three at once
+/// if any differs; a top-level byte-level pre-tokenizer gets `add_prefix_space`.
+fn adjust(tokenizer: &mut serde_json::Value, config: &serde_json::Value) {
+    use serde_json::Value;
+    let is = |component: &Value, kind: &str| component.get("type").and_then(Value::as_str) == Some(kind);
+    if let Some(normalizer) = tokenizer.get_mut("normalizer").filter(|n| is(n, "BertNormalizer"))
+        && let Some(normalizer) = normalizer.as_object_mut()
+    {
+        let wanted = [
+            ("lowercase", config.get("do_lower_case").cloned().unwrap_or(Value::Bool(true))),
+            ("strip_accents", config.get("strip_accents").cloned().unwrap_or(Value::Null)),
+            (
+                "handle_chinese_chars",
+                config.get("tokenize_chinese_chars").cloned().unwrap_or(Value::Bool(true)),
+            ),
+        ];
+        if wanted.iter().any(|(key, want)| normalizer.get(*key).is_some_and(|have| have != want)) {
+            for (key, want) in wanted {
+                normalizer.insert(key.to_owned(), want);
+            }
+        }
+    }
+    if let Some(pre) = tokenizer.get_mut("pre_tokenizer").filter(|p| is(p, "ByteLevel"))
+        && let Some(pre) = pre.as_object_mut()
+        && let Some(want) = config.get("add_prefix_space").filter(|v| v.is_boolean())
+    {
+        pre.insert("add_prefix_space".to_owned(), want.clone());
+    }
+}
+
+/// The first `max_bytes` of `text`, ending after a whitespace when one lies in the window's
+/// second half (so no word is cut), and whether anything was left out.
+fn prefix(text: &str, max_bytes: usize) -> (&str, bool) {
+    if text.len() <= max_bytes {
+        return (text, false);
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &text[..end];
+    let at_space = head.rfind(char::is_whitespace).filter(|&i| i >= end / 2);
+    (at_space.map_or(head, |i| &text[..i]), true)
+}
+
+/// The last `max_bytes` of `text`, starting after a whitespace when one lies in the window's
+/// first half (so no word is cut), and whether anything was left out.
+fn suffix(text: &str, max_bytes: usize) -> (&str, bool) {
+    if text.len() <= max_bytes {
+        return (text, false);
+    }
+    let mut start = text.len() - max_bytes;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let tail = &text[start..];
+    let at_space = tail
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace())
+        .filter(|&(i, _)| i <= tail.len() / 2)
+        .map(|(i, c)| start + i + c.len_utf8());
+    (at_space.map_or(tail, |i| &text[i..]), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ends_between_words_and_on_a_char_boundary() {
+        assert_eq!(prefix("short", 10), ("short", false));
+        assert_eq!(prefix("one two three", 10), ("one two", true));
+        assert_eq!(prefix("ééééé", 5), ("éé", true));
+        assert_eq!(prefix(&"!".repeat(20), 8), ("!!!!!!!!", true));
+    }
+
+    #[test]
+    fn a_suffix_starts_between_words_and_on_a_char_boundary() {
+        assert_eq!(suffix("short", 10), ("short", false));
+        assert_eq!(suffix("one two three", 10), ("two three", true));
+        assert_eq!(suffix("ééééé", 5), ("éé", true));
+        assert_eq!(suffix(&"!".repeat(20), 8), ("!!!!!!!!", true));
+    }
+}

@@ -1,0 +1,366 @@
+//! The session cache: model id → loaded model, in a `dashmap`, shared by every tenant allowed
+//! to use the model.
+//!
+//! - Lazy and single-flight: a model loads on first use, exactly once however many requests
+//!   ask at the same moment (a `OnceCell` per model); the others wait for that load.
+//! - Budgeted: loads are serialised, and each one's resident size is `resident_bytes` from its
+//!   config if given, else measured as the growth
+//!   of the process's RSS across the load and a one-input warm-up run (at least the ONNX file's
+//!   size; the smallest of its measurements). Before a load, least recently used models are evicted until the model is
+//!   expected to fit (its last measured size, or twice its file size if never loaded); after,
+//!   again if the measurement came out larger.
+//! - Idle models go first; when every candidate is busy, the least recently used busy one
+//!   leaves the cache all the same: its thread finishes the jobs already queued and its
+//!   session is freed when the last request holding it is answered. Pinned models never leave.
+//! - A failed load fails only that model's requests, with 503 and `Retry-After`; the next
+//!   attempt waits out a backoff that doubles from 1 s up to 60 s.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use dashmap::DashMap;
+use tokio::sync::OnceCell;
+
+use super::LoadedModel;
+use super::memory::{self, file_size, resident_set_bytes};
+use super::queue::QueuedTokens;
+use super::worker::{self, BatchSizes};
+use crate::metrics::Metrics;
+use crate::models::engine::ModelLoader;
+use crate::models::engine::tokenize::EncodeOptions;
+use crate::models::error::ModelError;
+use crate::models::spec::hub::{self, HubError};
+use crate::models::spec::{ModelSpec, folder};
+
+/// How models are fed and budgeted; the same for every model.
+#[derive(Debug, Clone)]
+pub(crate) struct CacheOptions {
+    pub batching: BatchSizes,
+    /// Jobs a model's queue holds before requests are refused with 503.
+    pub queue_capacity: usize,
+    /// Tokens a model's queue holds before requests are refused with 503.
+    pub max_queue_tokens: usize,
+    /// Percent of `max_queue_tokens` one tenant may hold before its requests get 429.
+    pub max_tenant_queue_percent: u8,
+    /// Resident bytes for all loaded models together; 0 means unlimited.
+    pub max_bytes: u64,
+    pub pinned: BTreeSet<String>,
+}
+
+pub(crate) struct ModelCache {
+    runtime: Arc<dyn ModelLoader>,
+    specs: RwLock<BTreeMap<String, Arc<ModelSpec>>>,
+    /// Hub models' specs once their files are fetched and read (see `models::hub`).
+    resolved: DashMap<String, Arc<ModelSpec>>,
+    slots: DashMap<String, Arc<Slot>>,
+    /// Last measured resident size per model, kept across evictions for the next estimate.
+    sizes: DashMap<String, u64>,
+    options: CacheOptions,
+    metrics: Arc<Metrics>,
+    /// One load at a time: RSS growth is then one model's, and budget decisions do not race.
+    load_lock: tokio::sync::Mutex<()>,
+    /// Counts lookups: a slot's `last_used` is the count at its last lookup, so the least
+    /// recently used model is the one with the smallest, with no ties.
+    uses: AtomicU64,
+}
+
+#[derive(Default)]
+struct Slot {
+    model: OnceCell<Arc<LoadedModel>>,
+    resident: AtomicU64,
+    last_used: AtomicU64,
+    failure: Mutex<Option<Failure>>,
+}
+
+struct Failure {
+    retry_at: Instant,
+    attempts: u32,
+    cause: String,
+    /// What the client may be told (a hub file that could not be had).
+    detail: Option<String>,
+}
+
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+impl ModelCache {
+    pub(crate) fn new(
+        runtime: Arc<dyn ModelLoader>,
+        specs: BTreeMap<String, ModelSpec>,
+        options: CacheOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        metrics.cache_budget_bytes.set(options.max_bytes as i64);
+        Self {
+            runtime,
+            specs: RwLock::new(specs.into_iter().map(|(id, spec)| (id, Arc::new(spec))).collect()),
+            resolved: DashMap::new(),
+            slots: DashMap::new(),
+            sizes: DashMap::new(),
+            options,
+            metrics,
+            load_lock: tokio::sync::Mutex::new(()),
+            uses: AtomicU64::new(0),
+        }
+    }
+
+    /// The spec of model `id`, loaded or not; a hub model's is complete (dimensions, limit,
+    /// prompts) only once its files have been fetched (see `ModelSpec::is_complete`).
+    pub(crate) fn spec(&self, id: &str) -> Option<Arc<ModelSpec>> {
+        if let Some(resolved) = self.resolved.get(id) {
+            return Some(Arc::clone(resolved.value()));
+        }
+        self.specs.read().expect("specs lock").get(id).cloned()
+    }
+
+    /// The loaded model `id`, loading it first if needed.
+    pub(crate) async fn get(&self, id: &str) -> Result<Arc<LoadedModel>, ModelError> {
+        let Some(spec) = self.spec(id) else {
+            return Err(ModelError::NotFound(id.to_owned()));
+        };
+        // Clone the slot out so no dashmap guard is held across an await.
+        let slot = Arc::clone(self.slots.entry(id.to_owned()).or_default().value());
+        slot.last_used.store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(model) = slot.model.get() {
+            self.metrics.cache_lookups.with_label_values(&[id, "hit"]).inc();
+            return Ok(Arc::clone(model));
+        }
+        self.metrics.cache_lookups.with_label_values(&[id, "miss"]).inc();
+        self.check_backoff(id, &slot)?;
+        // Waiters behind a failed load re-check the backoff instead of loading again.
+        slot.model.get_or_try_init(|| self.load(id, spec, &slot)).await.map(Arc::clone)
+    }
+
+    /// Resident bytes of the loaded models.
+    pub(crate) fn resident_bytes(&self) -> u64 {
+        self.slots.iter().filter(|s| s.model.initialized()).map(|s| s.resident.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Installs a new set of specs (configuration reload). Models whose spec changed or was
+    /// removed leave the cache; requests already holding them finish first.
+    pub(crate) fn replace_specs(&self, specs: BTreeMap<String, ModelSpec>) {
+        let mut current = self.specs.write().expect("specs lock");
+        let changed: Vec<String> = current
+            .iter()
+            .filter(|(id, old)| specs.get(*id).is_none_or(|new| new != old.as_ref()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        *current = specs.into_iter().map(|(id, spec)| (id, Arc::new(spec))).collect();
+        drop(current);
+        for id in changed {
+            self.sizes.remove(&id);
+            self.resolved.remove(&id);
+            if self.remove(&id).is_some() {
+                tracing::info!(model = id, "model unloaded: its configuration changed or was removed");
+            }
+        }
+    }
+
+    fn check_backoff(&self, id: &str, slot: &Slot) -> Result<(), ModelError> {
+        let failure = slot.failure.lock().expect("failure lock");
+        match failure.as_ref() {
+            Some(f) if f.retry_at > Instant::now() => Err(ModelError::Unavailable {
+                model: id.to_owned(),
+                cause: f.cause.clone(),
+                detail: f.detail.clone(),
+                retry_after: f.retry_at.saturating_duration_since(Instant::now()).as_secs().max(1),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn load(
+        &self,
+        id: &str,
+        spec: Arc<ModelSpec>,
+        slot: &Slot,
+    ) -> Result<Arc<LoadedModel>, ModelError> {
+        let _one_at_a_time = self.load_lock.lock().await;
+        self.check_backoff(id, slot)?;
+        let spec = match self.resolve(id, spec).await {
+            Ok(spec) => spec,
+            Err(e) => return Err(self.failed(id, slot, e)),
+        };
+        let estimate = spec
+            .resident_bytes
+            .or_else(|| self.sizes.get(id).map(|s| *s))
+            .unwrap_or_else(|| 2 * file_size(&spec.onnx));
+        free(self.make_room(estimate, id)).await;
+
+        let started = Instant::now();
+        let rss_before = resident_set_bytes();
+        let loaded = self.build(id, Arc::clone(&spec)).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let m = &self.metrics;
+        match loaded {
+            Ok(model) => {
+                // Under load, other threads' allocations during a load inflate its RSS growth,
+                // and a largest-so-far rule ratchets every size up until the cache thrashes
+                // (seen in the multi-tenant benchmark). Reuse of freed memory errs the other
+                // way, and freed heap goes back to the OS after each eviction, so a model's
+                // size is the smallest of its measurements.
+                let measured = resident_set_bytes().saturating_sub(rss_before).max(file_size(&spec.onnx));
+                let resident = spec
+                    .resident_bytes
+                    .unwrap_or_else(|| self.sizes.get(id).map_or(measured, |s| measured.min(*s)));
+                slot.resident.store(resident, Ordering::Relaxed);
+                *slot.failure.lock().expect("failure lock") = None;
+                self.sizes.insert(id.to_owned(), resident);
+                m.model_loads.with_label_values(&[id, "ok"]).inc();
+                m.model_load_seconds.with_label_values(&[id]).observe(seconds);
+                m.model_resident_bytes.with_label_values(&[id]).set(resident as i64);
+                tracing::info!(model = id, seconds, resident_mib = resident >> 20, "model loaded");
+                free(self.make_room(resident, id)).await;
+                m.cache_resident_bytes.set((self.resident_bytes() + resident) as i64);
+                Ok(Arc::new(model))
+            }
+            Err(e) => Err(self.failed(id, slot, e)),
+        }
+    }
+
+    /// Records a failed load: the backoff before the next attempt, the metric, the log line.
+    fn failed(&self, id: &str, slot: &Slot, e: anyhow::Error) -> ModelError {
+        let cause = format!("{e:#}");
+        let detail = e.downcast_ref::<HubError>().map(ToString::to_string);
+        let mut failure = slot.failure.lock().expect("failure lock");
+        let attempts = failure.as_ref().map_or(1, |f| f.attempts + 1);
+        let backoff = (BACKOFF_START * 2u32.saturating_pow(attempts - 1)).min(BACKOFF_MAX);
+        *failure = Some(Failure {
+            retry_at: Instant::now() + backoff,
+            attempts,
+            cause: cause.clone(),
+            detail: detail.clone(),
+        });
+        self.metrics.model_loads.with_label_values(&[id, "error"]).inc();
+        tracing::error!(
+            model = id,
+            error = cause,
+            attempts,
+            backoff_s = backoff.as_secs(),
+            "model failed to load"
+        );
+        ModelError::Unavailable { model: id.to_owned(), cause, detail, retry_after: backoff.as_secs() }
+    }
+
+    /// A hub model's spec, complete: its files fetched into the Hugging Face cache (or found
+    /// there) and its snapshot read as an export folder. Any other spec as it is.
+    async fn resolve(&self, id: &str, spec: Arc<ModelSpec>) -> anyhow::Result<Arc<ModelSpec>> {
+        if spec.hf.is_none() {
+            return Ok(spec);
+        }
+        if let Some(resolved) = self.resolved.get(id) {
+            return Ok(Arc::clone(resolved.value()));
+        }
+        let started = Instant::now();
+        let snapshot = hub::fetch(&spec).await?;
+        let mut complete = ModelSpec {
+            hf: None,
+            revision: None,
+            sha256: BTreeMap::new(),
+            path: Some(snapshot),
+            ..(*spec).clone()
+        };
+        let mut problems = folder::derive(&mut complete);
+        problems.extend(complete.problems());
+        if !problems.is_empty() {
+            anyhow::bail!("{}: {}", spec.hf.as_deref().unwrap_or_default(), problems.join("; "));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(model = id, repo = spec.hf, seconds, "hub files ready");
+        let complete = Arc::new(complete);
+        self.resolved.insert(id.to_owned(), Arc::clone(&complete));
+        Ok(complete)
+    }
+
+    /// Tokenizer, backend, one warm-up run and the inference thread, on the blocking pool.
+    async fn build(&self, id: &str, spec: Arc<ModelSpec>) -> anyhow::Result<LoadedModel> {
+        let (runtime, options, metrics, id) =
+            (Arc::clone(&self.runtime), self.options.clone(), Arc::clone(&self.metrics), id.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let (encoder, mut backend) = runtime.load(&spec)?;
+            // The first run allocates what every later one reuses; pay it here, not on a request.
+            let warm = encoder.encode(&["warm up".to_owned()], &EncodeOptions::truncating())?;
+            backend.run(&warm.iter().collect::<Vec<_>>()).context("warm-up run failed")?;
+            let queued =
+                Arc::new(QueuedTokens::new(options.max_queue_tokens, options.max_tenant_queue_percent));
+            let (queue, worker) = worker::spawn(
+                id.clone(),
+                backend,
+                options.batching,
+                options.queue_capacity,
+                Arc::clone(&queued),
+                metrics,
+            )
+            .context("cannot start the inference thread")?;
+            Ok(LoadedModel { id, encoder: Arc::new(encoder), queue, queued, worker })
+        })
+        .await
+        .context("model load task failed")?
+    }
+
+    /// Evicts least recently used idle models until `needed` more bytes fit in the budget, and
+    /// returns them for [`free`].
+    fn make_room(&self, needed: u64, loading: &str) -> Vec<Arc<LoadedModel>> {
+        let mut evicted = Vec::new();
+        let budget = self.options.max_bytes;
+        if budget == 0 {
+            return evicted;
+        }
+        while self.resident_bytes() + needed > budget {
+            // Idle models first, least recently used first. A busy one leaves the cache too,
+            // but its memory is freed only when its last request is answered.
+            let victim = self
+                .slots
+                .iter()
+                .filter(|s| s.key() != loading && !self.options.pinned.contains(s.key()))
+                .filter_map(|s| {
+                    let busy = Arc::strong_count(s.model.get()?) > 1;
+                    Some(((busy, s.last_used.load(Ordering::Relaxed)), s.key().clone()))
+                })
+                .min()
+                .map(|(_, id)| id);
+            let Some(victim) = victim else {
+                tracing::warn!(
+                    model = loading,
+                    resident_mib = self.resident_bytes() >> 20,
+                    budget_mib = budget >> 20,
+                    "over the cache budget with only pinned models to evict"
+                );
+                return evicted;
+            };
+            evicted.extend(self.remove(&victim));
+            self.metrics.model_evictions.with_label_values(&[&victim]).inc();
+            tracing::info!(model = victim, "model evicted (least recently used)");
+        }
+        evicted
+    }
+
+    /// Takes a model out of the cache. Its memory is freed once no request holds it.
+    fn remove(&self, id: &str) -> Option<Arc<LoadedModel>> {
+        let model = self.slots.remove(id).and_then(|(_, slot)| slot.model.get().cloned());
+        self.metrics.model_resident_bytes.with_label_values(&[id]).set(0);
+        self.metrics.cache_resident_bytes.set(self.resident_bytes() as i64);
+        model
+    }
+}
+
+/// Shuts down evicted models nobody else holds, waits for their sessions to drop and hands the
+/// memory back to the OS, so the next load's RSS growth is its own. Models still in use are
+/// freed by their last request instead.
+async fn free(models: Vec<Arc<LoadedModel>>) {
+    if models.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for model in models {
+            if let Ok(model) = Arc::try_unwrap(model) {
+                model.shut_down();
+            }
+        }
+        memory::release_free_memory();
+    })
+    .await;
+}

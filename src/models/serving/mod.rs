@@ -1,0 +1,98 @@
+//! How a model is served: the cache that loads each model once within a memory budget
+//! (`cache`, measuring with `memory`), one inference thread per loaded model (`worker`) forming
+//! fair batches across tenants (`batcher`) from a queue bounded in tokens (`queue`), and the
+//! handle requests use ([`LoadedModel`]).
+
+pub(crate) mod batcher;
+pub(crate) mod cache;
+pub(crate) mod memory;
+pub(crate) mod queue;
+pub(crate) mod worker;
+
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use queue::QueuedTokens;
+use worker::Job;
+
+use crate::models::ModelError;
+use crate::models::engine::tokenize::{EncodeOptions, Encoded, TextEncoder, Tokens};
+
+/// A model ready to serve: its tokenizer and the queue of its inference thread.
+pub(crate) struct LoadedModel {
+    pub id: String,
+    pub(crate) encoder: Arc<TextEncoder>,
+    pub(crate) queue: SyncSender<Job>,
+    pub(crate) queued: Arc<QueuedTokens>,
+    pub(crate) worker: std::thread::JoinHandle<()>,
+}
+
+impl LoadedModel {
+    /// Closes the queue and waits for the inference thread to drop the backend. Blocking.
+    pub(crate) fn shut_down(self) {
+        let LoadedModel { queue, worker, .. } = self;
+        drop(queue);
+        let _ = worker.join();
+    }
+
+    /// Tokenizes on the blocking pool, prompt and truncation as `options` say, not padded.
+    pub(crate) async fn tokenize(
+        &self,
+        texts: Vec<String>,
+        options: EncodeOptions,
+    ) -> Result<Vec<Encoded>, ModelError> {
+        let encoder = Arc::clone(&self.encoder);
+        Ok(tokio::task::spawn_blocking(move || encoder.encode(&texts, &options))
+            .await
+            .map_err(ModelError::failed)??)
+    }
+
+    /// [`Self::tokenize`] with each token's text, for `/v1/tokenize`.
+    pub(crate) async fn tokens(
+        &self,
+        texts: Vec<String>,
+        options: EncodeOptions,
+    ) -> Result<Vec<Tokens>, ModelError> {
+        let encoder = Arc::clone(&self.encoder);
+        Ok(tokio::task::spawn_blocking(move || encoder.tokens(&texts, &options))
+            .await
+            .map_err(ModelError::failed)??)
+    }
+
+    /// Refuses at once when the queue, or `tenant`'s share of it, is already full: a flood's
+    /// refusals then cost no tokenizing.
+    pub(crate) fn admits(&self, tenant: &str) -> Result<(), ModelError> {
+        Ok(self.queued.check(tenant)?)
+    }
+
+    /// Queues tokenized inputs for the model's thread, in `tenant`'s lane, and waits for their
+    /// vectors (in input order, full width, not normalised). A queue that cannot take the
+    /// request's tokens refuses it at once: [`ModelError::QueueFull`] when the queue is full,
+    /// [`ModelError::TenantQueueFull`] when the tenant already holds its share of it.
+    pub(crate) async fn infer(
+        &self,
+        tenant: &str,
+        inputs: Vec<Encoded>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let tokens: usize = inputs.iter().map(Encoded::len).sum();
+        let tenant: Arc<str> = Arc::from(tenant);
+        self.queued.reserve(&tenant, tokens)?;
+        let (reply, done) = oneshot::channel();
+        let job = Job { tenant: Arc::clone(&tenant), inputs, enqueued: Instant::now(), reply };
+        if let Err(e) = self.queue.try_send(job) {
+            self.queued.release(&tenant, tokens);
+            return Err(match e {
+                TrySendError::Full(_) => ModelError::QueueFull,
+                TrySendError::Disconnected(_) => {
+                    ModelError::failed(format!("inference worker of {} stopped", self.id))
+                }
+            });
+        }
+        done.await
+            .map_err(|_| ModelError::failed(format!("inference worker of {} dropped a job", self.id)))?
+            .map_err(|cause| ModelError::failed(format!("inference failed on {}: {cause}", self.id)))
+    }
+}

@@ -1,0 +1,118 @@
+//! The token bound on each model's queue, and each tenant's share of it: a request that would
+//! overfill either is refused at once, so a flooding tenant leaves room for the others and a
+//! flood's refusals cost no tokenizing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::models::error::ModelError;
+
+/// Tokens queued for a model, against its bound and each tenant's share of it.
+pub(crate) struct QueuedTokens {
+    state: Mutex<Queued>,
+    max: usize,
+    tenant_max: usize,
+}
+
+#[derive(Default)]
+struct Queued {
+    total: usize,
+    by_tenant: HashMap<Arc<str>, usize>,
+}
+
+/// Why a request was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueRefusal {
+    /// The model's queue is full (503).
+    Full,
+    /// The tenant already holds its share of the queue (429).
+    TenantShare,
+}
+
+impl QueuedTokens {
+    /// `max` tokens in all; one tenant may hold `tenant_percent` of them.
+    pub(crate) fn new(max: usize, tenant_percent: u8) -> Self {
+        let tenant_max = (max * usize::from(tenant_percent.clamp(1, 100)) / 100).max(1);
+        Self { state: Mutex::new(Queued::default()), max, tenant_max }
+    }
+
+    /// Reserves `tenant`'s `tokens`, or refuses. A request larger than a bound is admitted when
+    /// nothing of the queue (or of the tenant's share) is taken, so it can still run.
+    pub(crate) fn reserve(&self, tenant: &Arc<str>, tokens: usize) -> Result<(), QueueRefusal> {
+        let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if q.total > 0 && q.total + tokens > self.max {
+            return Err(QueueRefusal::Full);
+        }
+        let mine = q.by_tenant.get(tenant).copied().unwrap_or(0);
+        if mine > 0 && mine + tokens > self.tenant_max {
+            return Err(QueueRefusal::TenantShare);
+        }
+        q.total += tokens;
+        *q.by_tenant.entry(Arc::clone(tenant)).or_insert(0) += tokens;
+        Ok(())
+    }
+
+    /// Refuses at once, before any tokenizing, when the queue or `tenant`'s share of it is full.
+    pub(crate) fn check(&self, tenant: &str) -> Result<(), QueueRefusal> {
+        let q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if q.total >= self.max {
+            return Err(QueueRefusal::Full);
+        }
+        if q.by_tenant.get(tenant).is_some_and(|mine| *mine >= self.tenant_max) {
+            return Err(QueueRefusal::TenantShare);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn release(&self, tenant: &Arc<str>, tokens: usize) {
+        let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        q.total = q.total.saturating_sub(tokens);
+        if let Some(mine) = q.by_tenant.get_mut(tenant) {
+            *mine = mine.saturating_sub(tokens);
+            if *mine == 0 {
+                q.by_tenant.remove(tenant);
+            }
+        }
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+impl From<QueueRefusal> for ModelError {
+    fn from(refusal: QueueRefusal) -> Self {
+        match refusal {
+            QueueRefusal::Full => ModelError::QueueFull,
+            QueueRefusal::TenantShare => ModelError::TenantQueueFull,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_cannot_take_more_than_its_share_and_others_still_get_in() {
+        let budget = QueuedTokens::new(1000, 50);
+        let (flood, quiet): (Arc<str>, Arc<str>) = (Arc::from("flood"), Arc::from("quiet"));
+        assert_eq!(budget.reserve(&flood, 400), Ok(()));
+        assert_eq!(budget.reserve(&flood, 200), Err(QueueRefusal::TenantShare));
+        assert_eq!(budget.reserve(&quiet, 500), Ok(()));
+        assert_eq!(budget.reserve(&quiet, 200), Err(QueueRefusal::Full));
+        budget.release(&flood, 400);
+        assert_eq!(budget.queued(), 500);
+        assert_eq!(budget.reserve(&flood, 500), Ok(()), "a freed share is usable again");
+    }
+
+    #[test]
+    fn a_request_larger_than_the_bounds_runs_when_nothing_is_queued() {
+        let budget = QueuedTokens::new(100, 50);
+        let tenant: Arc<str> = Arc::from("t");
+        assert_eq!(budget.reserve(&tenant, 5000), Ok(()));
+        assert_eq!(budget.reserve(&tenant, 1), Err(QueueRefusal::Full));
+        budget.release(&tenant, 5000);
+        assert_eq!(budget.queued(), 0);
+    }
+}

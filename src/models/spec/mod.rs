@@ -1,0 +1,328 @@
+//! What a model is, as configuration describes it: files, graph inputs and output, pooling,
+//! normalisation, token limit and dimension. Adding an ONNX embedding model is a config change.
+//! Its settings may come from an export folder (`folder`) or the Hugging Face Hub (`hub`), and
+//! its files can be checked without building a session (`inspect`).
+
+pub mod folder;
+pub mod hub;
+pub mod inspect;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// One embedding model, from a `[models.<id>]` table: an export folder (`path`), with any key
+/// overriding what the folder says, or every file and fact written out.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// A sentence-transformers or Optimum export folder: the files below, the graph's inputs and
+    /// output, pooling, normalisation, limit, dimension and prompts come from it (see
+    /// `models::folder`). Relative paths resolve against the config file's folder.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A Hugging Face Hub model, `"org/name"`, fetched into the Hugging Face cache when it first
+    /// loads and then read as an export folder (see `models::hub`). Needs `revision`.
+    #[serde(default)]
+    pub hf: Option<String>,
+    /// The commit of `hf` to serve: 40 hex digits (a branch or tag could change under you).
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// Expected sha256 of files of `hf` (or `path`), by file name, e.g.
+    /// `{ "onnx/model.onnx" = "9f1c..." }`: checked at every load.
+    #[serde(default)]
+    pub sha256: BTreeMap<String, String>,
+    /// The ONNX file inside `path`: `onnx/model.onnx` (or `model.onnx`) unless set, e.g.
+    /// `file = "onnx/model_quantized.onnx"`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// The ONNX graph (from `path` when not set).
+    #[serde(default)]
+    pub onnx: PathBuf,
+    /// A Hugging Face `tokenizer.json` (from `path` when not set). Its own padding and
+    /// truncation are replaced by ours.
+    #[serde(default)]
+    pub tokenizer: PathBuf,
+    /// A `tokenizer_config.json` whose settings adjust the tokenizer as `transformers` does when
+    /// it loads the folder: `do_lower_case`, `strip_accents` and `tokenize_chinese_chars` for a
+    /// BERT normaliser, `add_prefix_space` for a byte-level pre-tokenizer.
+    #[serde(default)]
+    pub tokenizer_config: Option<PathBuf>,
+    /// Lowercase every text before tokenizing (sentence-transformers' `do_lower_case`).
+    #[serde(default)]
+    pub lowercase: Option<bool>,
+    /// Which tensors the graph takes, in any order; when not set, the graph's own inputs among
+    /// `input_ids`, `attention_mask` and `token_type_ids` (named as `input_names` says).
+    #[serde(default)]
+    pub inputs: Option<Vec<InputRole>>,
+    /// Graph input names where they differ from the role names, e.g. `{ input_ids = "ids" }`.
+    #[serde(default)]
+    pub input_names: BTreeMap<InputRole, String>,
+    /// The graph output to read: token states `[batch, seq, dim]`, or `[batch, dim]` when
+    /// `pooling = "none"`. When not set: `last_hidden_state`, `token_embeddings` or
+    /// `sentence_embedding`, whichever the graph has, or its only output; one that is already
+    /// `[batch, dim]` is taken as pooled.
+    #[serde(default)]
+    pub output: String,
+    #[serde(default)]
+    pub pooling: Option<Pooling>,
+    /// Whether vectors are L2-normalised when the request does not say (default: true, or
+    /// whether the folder's modules end with `Normalize`).
+    #[serde(default)]
+    pub normalize: Option<bool>,
+    /// Inputs longer than this are truncated (and counted as truncated).
+    #[serde(default)]
+    pub max_tokens: usize,
+    /// Width of the pooled vector.
+    #[serde(default)]
+    pub dimensions: usize,
+    /// The model's resident size for the cache budget, when you know it; otherwise measured
+    /// at load (see the cache).
+    #[serde(default)]
+    pub resident_bytes: Option<u64>,
+    /// How much of ONNX Runtime's graph optimisation runs when the session is built. Graphs
+    /// already in their final form (the int8 ones `scripts/quantize.py` writes) build faster and
+    /// run faster with `none`.
+    #[serde(default)]
+    pub graph_optimization: GraphOptimization,
+    /// Text put before an input when a request names it (`input_type` or `prompt_name`), e.g.
+    /// `{ query = "query: ", document = "passage: " }`, as sentence-transformers' `prompts`.
+    #[serde(default)]
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt used when a request names none.
+    #[serde(default)]
+    pub default_prompt: Option<String>,
+    /// What was taken from `path`, and from which file, for `check-config` to show.
+    #[serde(skip)]
+    pub derived: Vec<Derived>,
+}
+
+/// One setting taken from an export folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Derived {
+    pub field: &'static str,
+    pub value: String,
+    /// The file it came from, relative to the folder.
+    pub source: String,
+}
+
+/// How a spec meets its graph: what to feed, which output to read, and whether it is pooled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphPlan {
+    pub feeds: Vec<(String, InputRole)>,
+    pub output: String,
+    pub pooling: Pooling,
+}
+
+/// ONNX Runtime's graph optimisation levels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphOptimization {
+    None,
+    Basic,
+    Extended,
+    #[default]
+    All,
+}
+
+/// A tensor an embedding graph may take; all are int64 `[batch, seq]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputRole {
+    InputIds,
+    AttentionMask,
+    TokenTypeIds,
+}
+
+impl InputRole {
+    pub fn default_name(self) -> &'static str {
+        match self {
+            InputRole::InputIds => "input_ids",
+            InputRole::AttentionMask => "attention_mask",
+            InputRole::TokenTypeIds => "token_type_ids",
+        }
+    }
+}
+
+/// How token states become one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean over the tokens the attention mask keeps.
+    Mean,
+    /// The first token's state.
+    Cls,
+    /// The last real (unpadded) token's state.
+    LastToken,
+    /// The largest value of each dimension over the real tokens.
+    Max,
+    /// The output is already one vector per input.
+    None,
+}
+
+impl ModelSpec {
+    /// Whether every setting is known: a hub model's come from its files, fetched at load.
+    pub fn is_complete(&self) -> bool {
+        self.hf.is_none()
+    }
+
+    /// The default for requests that do not say.
+    pub fn normalize(&self) -> bool {
+        self.normalize.unwrap_or(true)
+    }
+
+    /// The graph input name of `role`.
+    fn input_name(&self, role: InputRole) -> &str {
+        self.input_names.get(&role).map_or(role.default_name(), String::as_str)
+    }
+
+    /// How this spec meets a graph with these inputs and outputs (each with its rank, when
+    /// known): every input the spec feeds exists, every input the graph needs is fed, and the
+    /// output exists.
+    pub fn plan(&self, inputs: &[&str], outputs: &[(&str, Option<usize>)]) -> Result<GraphPlan, String> {
+        const ROLES: [InputRole; 3] =
+            [InputRole::InputIds, InputRole::AttentionMask, InputRole::TokenTypeIds];
+        let feeds: Vec<(String, InputRole)> = match &self.inputs {
+            Some(roles) => roles.iter().map(|&r| (self.input_name(r).to_owned(), r)).collect(),
+            None => {
+                let mut feeds = Vec::new();
+                for name in inputs {
+                    let Some(role) = ROLES.into_iter().find(|&r| self.input_name(r) == *name) else {
+                        return Err(format!(
+                            "the graph needs input {name:?}, which is none of input_ids, attention_mask, \
+                             token_type_ids: name its role in `input_names`"
+                        ));
+                    };
+                    feeds.push(((*name).to_owned(), role));
+                }
+                if !feeds.iter().any(|(_, r)| *r == InputRole::InputIds) {
+                    return Err(format!(
+                        "the graph has no input {:?} (it has {inputs:?})",
+                        self.input_name(InputRole::InputIds)
+                    ));
+                }
+                feeds
+            }
+        };
+        if let Some((name, _)) = feeds.iter().find(|(name, _)| !inputs.contains(&name.as_str())) {
+            return Err(format!("the graph has no input {name:?} (it has {inputs:?})"));
+        }
+        if let Some(missing) = inputs.iter().find(|g| !feeds.iter().any(|(n, _)| n == *g)) {
+            return Err(format!("the graph needs input {missing:?}, which `inputs` does not list"));
+        }
+        let names: Vec<&str> = outputs.iter().map(|(n, _)| *n).collect();
+        let pooling = self.pooling.unwrap_or(Pooling::Mean);
+        if !self.output.is_empty() {
+            if !names.contains(&self.output.as_str()) {
+                return Err(format!("the graph has no output {:?} (it has {names:?})", self.output));
+            }
+            return Ok(GraphPlan { feeds, output: self.output.clone(), pooling });
+        }
+        let chosen = ["last_hidden_state", "token_embeddings", "sentence_embedding"]
+            .into_iter()
+            .find_map(|want| outputs.iter().find(|(n, _)| *n == want))
+            .or(if outputs.len() == 1 { outputs.first() } else { None })
+            .ok_or_else(|| format!("set `output`: the graph has outputs {names:?}"))?;
+        // An output that is already one vector per input needs no pooling.
+        let pooling = if chosen.1 == Some(2) { Pooling::None } else { pooling };
+        Ok(GraphPlan { feeds, output: chosen.0.to_owned(), pooling })
+    }
+
+    /// Problems with this spec that need no file access, as `field: message`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(repo) = &self.hf {
+            let valid_part = |p: &str| {
+                !p.is_empty()
+                    && p != "."
+                    && p != ".."
+                    && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            };
+            if !repo.split_once('/').is_some_and(|(org, name)| valid_part(org) && valid_part(name)) {
+                out.push(format!("hf: {repo:?} is not a Hub model id like \"org/name\""));
+            }
+            match &self.revision {
+                Some(r) if r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit()) => {}
+                Some(r) => out.push(format!(
+                    "revision: {r:?} is not a commit: pin the 40 hex digits of one (a branch or tag can change)"
+                )),
+                None => out.push("revision: required with `hf`: the 40 hex digits of the commit to serve".to_owned()),
+            }
+            if self.path.is_some() {
+                out.push("path: a model comes from `path` or from `hf`, not both".to_owned());
+            }
+        } else if self.revision.is_some() {
+            out.push("revision: pins an `hf` model, which is not set".to_owned());
+        }
+        for (file, hash) in &self.sha256 {
+            if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+                out.push(format!("sha256.{file}: not a sha256 (64 hex digits)"));
+            }
+        }
+        if self.hf.is_some() {
+            // The rest comes from the hub's files, checked when the model loads.
+            return out;
+        }
+        let given =
+            if self.path.is_some() { "not given and not found in `path`" } else { "required (or `path`)" };
+        if self.onnx.as_os_str().is_empty() {
+            out.push(format!("onnx: {given}"));
+        }
+        if self.tokenizer.as_os_str().is_empty() {
+            out.push(format!("tokenizer: {given}"));
+        }
+        if self.pooling.is_none() {
+            out.push(format!("pooling: {given}"));
+        }
+        if self.dimensions == 0 {
+            out.push("dimensions: must be at least 1".to_owned());
+        }
+        if self.max_tokens < 2 {
+            out.push("max_tokens: must be at least 2 (room for the special tokens)".to_owned());
+        }
+        if self.file.is_some() && self.path.is_none() && self.hf.is_none() {
+            out.push("file: names a file inside `path`, which is not set".to_owned());
+        }
+        if let Some(inputs) = &self.inputs
+            && !inputs.contains(&InputRole::InputIds)
+        {
+            out.push("inputs: must include \"input_ids\"".to_owned());
+        }
+        if let Some(d) = &self.default_prompt
+            && !self.prompts.contains_key(d)
+        {
+            out.push(format!("default_prompt: {d:?} is not one of `prompts`"));
+        }
+        for role in self.input_names.keys() {
+            if self.inputs.as_ref().is_some_and(|inputs| !inputs.contains(role)) {
+                out.push(format!(
+                    "input_names.{}: renames an input not listed in `inputs`",
+                    role.default_name()
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> ModelSpec {
+        let text = format!(
+            "onnx = \"m.onnx\"\ntokenizer = \"t.json\"\noutput = \"o\"\npooling = \"mean\"\nmax_tokens = 8\n\
+             dimensions = 4\n{extra}"
+        );
+        use figment::providers::{Format, Toml};
+        figment::Figment::from(Toml::string(&text)).extract().unwrap()
+    }
+
+    #[test]
+    fn the_default_prompt_must_be_one_of_the_prompts() {
+        assert!(spec("prompts = { query = \"query: \" }\ndefault_prompt = \"query\"").problems().is_empty());
+        let problems = spec("prompts = { query = \"query: \" }\ndefault_prompt = \"doc\"").problems();
+        assert_eq!(problems, ["default_prompt: \"doc\" is not one of `prompts`"]);
+    }
+}

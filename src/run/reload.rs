@@ -1,0 +1,85 @@
+//! Configuration reload without restart: tenants (keys, models, limits) and model specs change
+//! on SIGHUP, and when the config file's modification time or size changes (checked every
+//! `server.reload_poll_ms`). `[server]`, `[runtime]`, `[cache]` and `[store]` change on restart
+//! only; a reload that changes them says so.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::app::AppState;
+use crate::config::Settings;
+
+impl AppState {
+    /// Re-reads the configuration file and applies tenants and models. An invalid file changes
+    /// nothing and returns the reason.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let result = Settings::load(&self.config_path).map(|settings| {
+            let unchanged = [
+                ("[server]", settings.server == self.api.server),
+                ("[runtime]", settings.runtime == self.runtime),
+                ("[cache]", settings.cache == self.cache),
+                ("[store]", settings.store == self.store),
+            ];
+            let changed: Vec<&str> =
+                unchanged.iter().filter(|(_, same)| !same).map(|(name, _)| *name).collect();
+            if !changed.is_empty() {
+                tracing::warn!(
+                    sections = changed.join(", "),
+                    "these sections change on restart only; kept the running ones"
+                );
+            }
+            self.api.tenants.replace(&settings);
+            self.api.embedder.replace_specs(settings.all_models());
+            settings.tenants.len()
+        });
+        match &result {
+            Ok(tenants) => {
+                self.api.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(file = %self.config_path.display(), tenants, "configuration reloaded");
+            }
+            Err(e) => {
+                self.api.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "configuration reload rejected; the running configuration stays"
+                );
+            }
+        }
+        result.map(|_| ())
+    }
+}
+
+/// Starts the watchers on the current tokio runtime; they live as long as the runtime.
+pub fn spawn_watchers(state: Arc<AppState>) {
+    if let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading configuration");
+                let _ = state.reload();
+            }
+        });
+    }
+    let every = state.api.server.reload_poll_ms;
+    if every == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut seen = stamp(&state.config_path);
+        loop {
+            tokio::time::sleep(Duration::from_millis(every)).await;
+            let now = stamp(&state.config_path);
+            if now != seen {
+                seen = now;
+                tracing::info!(file = %state.config_path.display(), "configuration file changed: reloading");
+                let _ = state.reload();
+            }
+        }
+    });
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
