@@ -13,7 +13,11 @@ LAMBDA_ZIP := target/lambda/embedserve.zip
 # cargo-lambda and zig come from PyPI into the venv (tests/requirements.txt).
 WITH_VENV := PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: run test check build assets quantize models-venv venv bench bench-lambda lambda-zip load-test reference lint servers cluster cluster-down
+.PHONY: help run test check build assets quantize models-venv venv bench bench-lambda lambda-zip load-test reference lint servers cluster cluster-down
+
+## help: list the targets and what each does
+help:
+	@awk '/^## [a-z-]+:/ { sub(/^## /, ""); split($$0, a, ": "); printf "  %-13s %s\n", a[1], substr($$0, length(a[1]) + 3); next } /^## / { sub(/^## /, ""); printf "  %-13s %s\n", "", $$0 }' $(MAKEFILE_LIST)
 
 ## run: fetch pinned assets if missing, build in release, serve config/default.toml on 127.0.0.1:8080
 run: assets build
@@ -27,6 +31,7 @@ test: assets venv lambda-zip servers
 	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.lambda
 	$(CARGO) build --release --quiet
 	$(VENV_PY) scripts/check_deploy.py $(BIN)
+	$(PYTHON) scripts/check_links.py
 	# A hung test must fail the run, not stall CI: every test's waits are bounded, and so is the whole.
 	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) EMBEDSERVE_MODELS_PYTHON=$(abspath $(MODELS_PY)) timeout --kill-after=30s 30m $(CARGO) test --release
 	$(CARGO) bench --no-run --quiet
@@ -35,9 +40,11 @@ test: assets venv lambda-zip servers
 ## on the dev profile: no LTO to wait for after an edit
 check:
 	$(CARGO) fmt --check
+	$(PYTHON) scripts/check_layers.py
 	$(CARGO) clippy --all-targets --quiet -- -D warnings
 	$(CARGO) test --quiet --lib --test fast
 
+## build: the release binary (target/release/embedserve)
 build:
 	$(CARGO) build --release
 
@@ -66,6 +73,7 @@ quantize: models-venv
 	@test -n "$(IN)" -a -n "$(OUT)" || { echo "usage: make quantize IN=model.onnx OUT=model-int8.onnx [ARGS='...']"; exit 2; }
 	$(MODELS_PY) scripts/quantize.py $(IN) $(OUT) $(ARGS)
 
+## models-venv: the pinned venv that builds and quantizes models (.venv-models)
 models-venv: $(MODELS_VENV)/.installed
 $(MODELS_VENV)/.installed: scripts/requirements-models.txt
 	$(PYTHON) -m venv $(MODELS_VENV)
@@ -106,5 +114,6 @@ reference: assets venv
 	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -r scripts/requirements-reference.txt
 	$(VENV_PY) scripts/make_reference.py
 
+## lint: clippy on the release profile, warnings as errors
 lint:
 	$(CARGO) clippy --release --all-targets -- -D warnings
