@@ -1,15 +1,19 @@
-//! int8 weights encoded for this CPU. The int8 models scripts/quantize.py builds store their
-//! MatMul weights as uint8 with zero point 128, which ONNX Runtime multiplies with its u8 x u8
-//! kernels: they widen to 16 bits and give exact integer sums on every x86 CPU. Its u8 x s8
-//! kernels are faster, but on CPUs without VNNI (AVX2, AVX-512 without VNNI) they add pairs of
-//! products into saturating 16-bit sums (`vpmaddubsw`: 255 x 127 x 2 > 32,767), so the same
-//! graph would compute other vectors there. At load, where a probe shows this CPU's u8 x s8
-//! MatMul exact (VNNI, AVX-VNNI, AMX), the weights are re-encoded as int8 with zero point 0:
-//! the same integers, the faster kernels, the same vectors.
+//! int8 weights encoded for this CPU. ONNX Runtime multiplies a uint8 activation by a weight
+//! with its u8 x u8 kernels (they widen to 16 bits: exact integer sums on every x86 CPU) or its
+//! u8 x s8 kernels (faster, but on CPUs without VNNI, AVX2 and AVX-512 without VNNI, they add
+//! pairs of products into saturating 16-bit sums, `vpmaddubsw`: 255 x 127 x 2 > 32,767), so an
+//! int8 graph can compute other vectors on other CPUs. A probe at start asks this CPU's u8 x s8
+//! MatMul whether it is exact (VNNI, AVX-VNNI, AMX), and each model's int8 weights are encoded
+//! for it: int8 (zero point shifted by 128 too) where u8 x s8 is exact, uint8 where it would
+//! clip. Either way the MatMuls compute the same integers as the file's: the same vectors on
+//! every CPU, on the fastest exact kernels. The int8 models scripts/quantize.py builds store
+//! uint8 weights (exact anywhere as they are); ONNX Runtime's own dynamic quantization stores
+//! int8 ones (a reranker's, say), which become uint8 on a CPU without VNNI.
 //!
 //! The re-encoding works on the protobuf bytes in place (ONNX's field numbers, below): each
-//! weight's bytes are XORed with 0x80 (u8 v is s8 v - 128) and its `data_type` byte goes from
-//! UINT8 (2) to INT8 (3); nothing changes length, so nothing else is re-encoded.
+//! weight's and its zero point's bytes are XORed with 0x80 (u8 v is s8 v - 128) and their
+//! `data_type` byte switches between UINT8 (2) and INT8 (3); nothing changes length, so nothing
+//! else is re-encoded.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -23,9 +27,9 @@ use ort::value::TensorRef;
 /// Which integer kernels a model's int8 MatMuls run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Int8Kernels {
-    /// u8 x s8: the weights were re-encoded as int8 (this CPU's u8 x s8 sums are exact).
+    /// u8 x s8: int8 weights (this CPU's u8 x s8 sums are exact).
     Signed,
-    /// u8 x u8, as the file stores them: this CPU's u8 x s8 kernel would clip.
+    /// u8 x u8: uint8 weights (this CPU's u8 x s8 kernel would clip).
     Unsigned,
 }
 
@@ -38,18 +42,37 @@ impl Int8Kernels {
     }
 }
 
-/// The model's bytes for this CPU: re-encoded when it has portable int8 weights and this CPU's
-/// u8 x s8 MatMul is exact. `None` for a model without such weights (or one whose weights
-/// cannot be re-encoded safely, which then runs exactly as stored).
-pub fn for_this_cpu(env: &Environment, model: &mut [u8]) -> anyhow::Result<Option<Int8Kernels>> {
-    let Some(plan) = plan(model)? else {
-        return Ok(None);
-    };
-    if !u8s8_is_exact(env) {
-        return Ok(Some(Int8Kernels::Unsigned));
+/// A model's int8 weights as this CPU needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoded {
+    pub kernels: Int8Kernels,
+    /// Whether the bytes changed (else the file can be loaded as it is).
+    pub rewritten: bool,
+}
+
+/// Encodes `model`'s int8 weights for this CPU, in place. `None` for a model without int8
+/// MatMuls, or whose weights cannot be re-encoded safely (no zero point input, a weight read by
+/// other nodes, data outside the file): it then runs exactly as stored, with a warning where
+/// that may clip.
+pub fn for_this_cpu(env: &Environment, model: &mut Vec<u8>) -> anyhow::Result<Option<Encoded>> {
+    let kernels = |exact: bool| if exact { Int8Kernels::Signed } else { Int8Kernels::Unsigned };
+    match plan(model)? {
+        Plan::None => Ok(None),
+        Plan::Unsafe(why) => {
+            if !u8s8_is_exact(env) {
+                tracing::warn!(
+                    why,
+                    "int8 weights left as stored: on this CPU (no VNNI) their results may differ from a VNNI CPU's"
+                );
+            }
+            Ok(None)
+        }
+        Plan::Tensors { graph_length, graph, patches } => {
+            let target = if u8s8_is_exact(env) { INT8 } else { UINT8 };
+            let rewritten = apply(model, graph_length, graph, &patches, target);
+            Ok(Some(Encoded { kernels: kernels(target == INT8), rewritten }))
+        }
     }
-    apply(model, &plan);
-    Ok(Some(Int8Kernels::Signed))
 }
 
 /// Whether ONNX Runtime's u8 x s8 integer MatMul gives exact sums on this CPU, probed once per
@@ -97,15 +120,18 @@ const NODE_OUTPUT: u32 = 2;
 const NODE_OP_TYPE: u32 = 4;
 const NODE_DOMAIN: u32 = 7;
 const TENSOR_DATA_TYPE: u32 = 2;
+const TENSOR_INT32_DATA: u32 = 5;
 const TENSOR_NAME: u32 = 8;
 const TENSOR_RAW_DATA: u32 = 9;
 const TENSOR_DATA_LOCATION: u32 = 14;
 const UINT8: u64 = 2;
 const INT8: u64 = 3;
 
-/// One protobuf field: its number, and its value's bytes (LEN) or value (VARINT).
+/// One protobuf field: its number, where it starts (its key), and its value's bytes (LEN) or
+/// value (VARINT).
 struct Field {
     number: u32,
+    start: usize,
     bytes: Range<usize>,
     varint: Option<u64>,
 }
@@ -128,23 +154,24 @@ fn fields(buf: &[u8], range: Range<usize>) -> anyhow::Result<Vec<Field>> {
     let mut out = Vec::new();
     let mut at = range.start;
     while at < range.end {
+        let start = at;
         let key = varint(buf, &mut at)?;
         let number = u32::try_from(key >> 3)?;
         let field = match key & 7 {
             0 => {
-                let start = at;
+                let value_start = at;
                 let v = varint(buf, &mut at)?;
-                Field { number, bytes: start..at, varint: Some(v) }
+                Field { number, start, bytes: value_start..at, varint: Some(v) }
             }
             1 | 5 => {
                 let len = if key & 7 == 1 { 8 } else { 4 };
                 at += len;
-                Field { number, bytes: at - len..at, varint: None }
+                Field { number, start, bytes: at - len..at, varint: None }
             }
             2 => {
                 let len = usize::try_from(varint(buf, &mut at)?)?;
                 at += len;
-                Field { number, bytes: at - len..at, varint: None }
+                Field { number, start, bytes: at - len..at, varint: None }
             }
             wire => anyhow::bail!("unsupported protobuf wire type {wire}"),
         };
@@ -158,19 +185,42 @@ fn text(buf: &[u8], f: &Field) -> String {
     String::from_utf8_lossy(&buf[f.bytes.clone()]).into_owned()
 }
 
-/// What to patch: each tensor's `data_type` byte and raw data.
-struct Plan {
-    tensors: Vec<(usize, Range<usize>)>,
+/// A weight or zero point to re-encode: the offset of its `data_type` byte, its type there, and
+/// where its values are.
+struct Patch {
+    type_at: usize,
+    data_type: u64,
+    data: Data,
 }
 
-/// The uint8 weights and zero points of the int8 MatMuls whose activation is uint8, if every one
-/// of them can be re-encoded: raw data in the file, used by nothing else, zero points all 128.
-fn plan(model: &[u8]) -> anyhow::Result<Option<Plan>> {
+enum Data {
+    /// `raw_data`: re-encoded in place.
+    Raw(Range<usize>),
+    /// `int32_data` (how ONNX Runtime's quantizer stores a scalar zero point): the value's
+    /// encoding changes length, so the tensor is written anew with `raw_data`. `field` is the
+    /// initializer field, key included, `content` its message.
+    Int32 { field: Range<usize>, content: Range<usize>, values: Vec<i64> },
+}
+
+enum Plan {
+    /// No int8 MatMul with a uint8 activation.
+    None,
+    /// Some cannot be re-encoded, for this reason.
+    Unsafe(&'static str),
+    /// Every weight and zero point of them, and the graph field holding them (from its length
+    /// to its end), should any be written anew.
+    Tensors { graph_length: Range<usize>, graph: Range<usize>, patches: Vec<Patch> },
+}
+
+/// The weights and zero points of the int8 MatMuls whose activation is uint8, if every one of
+/// them can be re-encoded: raw data in the file, read by nothing else, each weight with a zero
+/// point of its own type.
+fn plan(model: &[u8]) -> anyhow::Result<Plan> {
     let top = fields(model, 0..model.len())?;
-    let Some(graph) = top.iter().rev().find(|f| f.number == MODEL_GRAPH) else {
-        return Ok(None);
+    let Some(graph_field) = top.iter().rev().find(|f| f.number == MODEL_GRAPH) else {
+        return Ok(Plan::None);
     };
-    let graph = fields(model, graph.bytes.clone())?;
+    let graph = fields(model, graph_field.bytes.clone())?;
 
     #[derive(Default)]
     struct Node {
@@ -194,23 +244,39 @@ fn plan(model: &[u8]) -> anyhow::Result<Option<Plan>> {
         nodes.push(node);
     }
     // Subgraphs could read the same tensors where this walk does not look.
-    if nodes.iter().any(|n| matches!(n.op.as_str(), "If" | "Loop" | "Scan")) {
-        return Ok(None);
-    }
+    let subgraphs = nodes.iter().any(|n| matches!(n.op.as_str(), "If" | "Loop" | "Scan"));
 
     struct Tensor {
         data_type: Option<(u64, usize)>,
         raw: Option<Range<usize>>,
+        int32: Vec<i64>,
         external: bool,
+        field: Range<usize>,
+        content: Range<usize>,
     }
     let mut tensors = HashMap::new();
     for f in graph.iter().filter(|f| f.number == GRAPH_INITIALIZER) {
-        let (mut name, mut t) = (String::new(), Tensor { data_type: None, raw: None, external: false });
+        let mut name = String::new();
+        let mut t = Tensor {
+            data_type: None,
+            raw: None,
+            int32: Vec::new(),
+            external: false,
+            field: f.start..f.bytes.end,
+            content: f.bytes.clone(),
+        };
         for g in fields(model, f.bytes.clone())? {
             match (g.number, g.varint) {
                 (TENSOR_DATA_TYPE, Some(v)) => t.data_type = Some((v, g.bytes.start)),
                 (TENSOR_NAME, _) => name = text(model, &g),
                 (TENSOR_RAW_DATA, None) => t.raw = Some(g.bytes.clone()),
+                (TENSOR_INT32_DATA, Some(v)) => t.int32.push(v as i64),
+                (TENSOR_INT32_DATA, None) => {
+                    let mut at = g.bytes.start;
+                    while at < g.bytes.end {
+                        t.int32.push(varint(model, &mut at)? as i64);
+                    }
+                }
                 (TENSOR_DATA_LOCATION, Some(v)) => t.external = v == 1,
                 _ => {}
             }
@@ -251,57 +317,151 @@ fn plan(model: &[u8]) -> anyhow::Result<Option<Plan>> {
         }
     }
 
-    // (weight, zero point) of each int8 MatMul with a uint8 activation.
+    // The weight and zero point inputs of each int8 MatMul whose activation is uint8
+    // (DynamicQuantizeMatMul quantizes its float activation to uint8 itself).
+    let int8_type = |name: &str| tensors.get(name).and_then(|t| t.data_type).map(|d| d.0);
     let mut weights: HashSet<&str> = HashSet::new();
     let mut zero_points: HashSet<&str> = HashSet::new();
+    let mut missing_zero_point = false;
     for n in &nodes {
-        let zp_index = match (n.op.as_str(), n.domain.as_str()) {
-            ("MatMulIntegerToFloat", "com.microsoft") => 5,
-            ("MatMulInteger", "" | "ai.onnx") => 3,
+        let (zp_index, u8_activation) = match (n.op.as_str(), n.domain.as_str()) {
+            ("MatMulIntegerToFloat", "com.microsoft") => {
+                (5, uint8_activations.contains(n.inputs[0].as_str()))
+            }
+            ("MatMulInteger", "" | "ai.onnx") => (3, uint8_activations.contains(n.inputs[0].as_str())),
+            ("DynamicQuantizeMatMul", "com.microsoft") => (3, true),
             _ => continue,
         };
-        let (Some(b), Some(zp)) = (n.inputs.get(1), n.inputs.get(zp_index)) else { continue };
-        if !is_u8(b) || !uint8_activations.contains(n.inputs[0].as_str()) {
+        let Some(b) = n.inputs.get(1).filter(|b| matches!(int8_type(b), Some(UINT8 | INT8))) else {
+            continue;
+        };
+        if !u8_activation {
             continue;
         }
-        weights.insert(b);
-        zero_points.insert(zp);
+        match n.inputs.get(zp_index).filter(|zp| !zp.is_empty()) {
+            Some(zp) => {
+                weights.insert(b);
+                zero_points.insert(zp);
+            }
+            None => missing_zero_point = true,
+        }
     }
-    if weights.is_empty() {
-        return Ok(None);
+    if weights.is_empty() && !missing_zero_point {
+        return Ok(Plan::None);
     }
-    // Every use of each of those tensors must be one of the MatMuls' own inputs.
-    let mut tensors_to_patch = Vec::new();
+    if missing_zero_point {
+        return Ok(Plan::Unsafe("an int8 MatMul has no weight zero point to shift with its weights"));
+    }
+    if subgraphs {
+        return Ok(Plan::Unsafe("the graph has subgraphs, which could read the same weights"));
+    }
+    // Every use of each of those tensors must be one of the MatMuls' own weight or zero point.
+    let mut patches = Vec::new();
     for &name in weights.iter().chain(&zero_points) {
         let own_use = |n: &Node, i: usize| {
-            matches!(n.op.as_str(), "MatMulIntegerToFloat" | "MatMulInteger")
-                && (i == 1 && weights.contains(name) || (i == 3 || i == 5) && zero_points.contains(name))
+            let zp_index = if n.op == "MatMulIntegerToFloat" { 5 } else { 3 };
+            matches!(n.op.as_str(), "MatMulIntegerToFloat" | "MatMulInteger" | "DynamicQuantizeMatMul")
+                && (i == 1 && weights.contains(name) || i == zp_index && zero_points.contains(name))
         };
         let uses_elsewhere = nodes
             .iter()
             .any(|n| n.inputs.iter().enumerate().any(|(i, input)| input == name && !own_use(n, i)));
-        let t = &tensors[name];
-        let (Some((UINT8, type_at)), Some(raw), false, false) =
-            (t.data_type, t.raw.clone(), t.external, uses_elsewhere)
-        else {
-            return Ok(None);
-        };
-        if zero_points.contains(name) && model[raw.clone()].iter().any(|&b| b != 128) {
-            return Ok(None);
+        if uses_elsewhere {
+            return Ok(Plan::Unsafe("an int8 weight or zero point is also read by another node"));
         }
-        tensors_to_patch.push((type_at, raw));
+        let t = &tensors[name];
+        let data = match (&t.raw, t.int32.is_empty(), t.external) {
+            (Some(raw), true, false) => Data::Raw(raw.clone()),
+            (None, false, false) => {
+                Data::Int32 { field: t.field.clone(), content: t.content.clone(), values: t.int32.clone() }
+            }
+            _ => return Ok(Plan::Unsafe("an int8 weight or zero point is not data in the file")),
+        };
+        match t.data_type {
+            Some((data_type @ (UINT8 | INT8), type_at)) => patches.push(Patch { type_at, data_type, data }),
+            _ => return Ok(Plan::Unsafe("an int8 weight or zero point has no 8-bit type")),
+        }
     }
-    Ok(Some(Plan { tensors: tensors_to_patch }))
+    let graph_length = graph_field.start + 1..graph_field.bytes.start;
+    Ok(Plan::Tensors { graph_length, graph: graph_field.bytes.clone(), patches })
 }
 
-fn apply(model: &mut [u8], plan: &Plan) {
-    for (type_at, raw) in &plan.tensors {
-        debug_assert_eq!(u64::from(model[*type_at]), UINT8);
-        model[*type_at] = INT8 as u8;
-        for b in &mut model[raw.clone()] {
-            *b ^= 0x80;
+/// Re-encodes every patch not already of `target` type (the same integers): raw data in place,
+/// `int32_data` tensors written anew (and the graph's length with them). Whether any changed.
+fn apply(
+    model: &mut Vec<u8>,
+    graph_length: Range<usize>,
+    graph: Range<usize>,
+    patches: &[Patch],
+    target: u64,
+) -> bool {
+    let mut changed = false;
+    let mut rewritten: Vec<(Range<usize>, Vec<u8>)> = Vec::new();
+    for patch in patches.iter().filter(|p| p.data_type != target) {
+        changed = true;
+        match &patch.data {
+            Data::Raw(raw) => {
+                debug_assert_eq!(u64::from(model[patch.type_at]), patch.data_type);
+                model[patch.type_at] = target as u8;
+                for b in &mut model[raw.clone()] {
+                    *b ^= 0x80;
+                }
+            }
+            Data::Int32 { field, content, values } => {
+                let bytes: Vec<u8> = values.iter().map(|&v| (v as u8) ^ 0x80).collect();
+                rewritten.push((field.clone(), initializer(model, content.clone(), target, &bytes)));
+            }
         }
     }
+    if rewritten.is_empty() {
+        return changed;
+    }
+    // The graph anew: its fields as they are but for the rewritten initializers.
+    rewritten.sort_by_key(|(field, _)| field.start);
+    let mut content = Vec::with_capacity(graph.len() + 64);
+    let mut at = graph.start;
+    for (field, bytes) in &rewritten {
+        content.extend_from_slice(&model[at..field.start]);
+        content.extend_from_slice(bytes);
+        at = field.end;
+    }
+    content.extend_from_slice(&model[at..graph.end]);
+    let mut out = Vec::with_capacity(model.len() + 64);
+    out.extend_from_slice(&model[..graph_length.start]);
+    put_varint(&mut out, content.len() as u64);
+    out.extend_from_slice(&content);
+    out.extend_from_slice(&model[graph.end..]);
+    *model = out;
+    true
+}
+
+/// An initializer field (key included) with the tensor at `content` of `model`, as `data_type`
+/// with `raw` as its data: every other field kept as it was.
+fn initializer(model: &[u8], content: Range<usize>, data_type: u64, raw: &[u8]) -> Vec<u8> {
+    let mut tensor = Vec::with_capacity(content.len() + raw.len() + 8);
+    for f in fields(model, content).expect("parsed before") {
+        if !matches!(f.number, TENSOR_DATA_TYPE | TENSOR_INT32_DATA | TENSOR_RAW_DATA) {
+            tensor.extend_from_slice(&model[f.start..f.bytes.end]);
+        }
+    }
+    put_varint(&mut tensor, u64::from(TENSOR_DATA_TYPE) << 3);
+    put_varint(&mut tensor, data_type);
+    put_varint(&mut tensor, (u64::from(TENSOR_RAW_DATA) << 3) | 2);
+    put_varint(&mut tensor, raw.len() as u64);
+    tensor.extend_from_slice(raw);
+    let mut field = Vec::with_capacity(tensor.len() + 8);
+    put_varint(&mut field, (u64::from(GRAPH_INITIALIZER) << 3) | 2);
+    put_varint(&mut field, tensor.len() as u64);
+    field.extend_from_slice(&tensor);
+    field
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
 }
 
 // --- The probe's model ---------------------------------------------------------------------------
@@ -354,6 +514,8 @@ mod onnx {
         pub dims: Vec<i64>,
         #[prost(int32, tag = "2")]
         pub data_type: i32,
+        #[prost(int32, repeated, tag = "5")]
+        pub int32_data: Vec<i32>,
         #[prost(string, tag = "8")]
         pub name: String,
         #[prost(bytes = "vec", tag = "9")]
@@ -395,7 +557,7 @@ mod onnx {
 const FLOAT: i32 = 1;
 
 fn tensor(name: &str, data_type: i32, dims: &[i64], raw_data: Vec<u8>) -> onnx::Tensor {
-    onnx::Tensor { dims: dims.to_vec(), data_type, name: name.into(), raw_data }
+    onnx::Tensor { dims: dims.to_vec(), data_type, int32_data: Vec::new(), name: name.into(), raw_data }
 }
 
 fn value_info(name: &str, elem_type: i32, dims: &[Option<i64>]) -> onnx::ValueInfo {
@@ -472,11 +634,21 @@ mod tests {
         prost::Message::decode(bytes).unwrap()
     }
 
+    /// Plans and applies: whether the bytes changed.
+    fn encode(model: &mut Vec<u8>, target: u64) -> bool {
+        match plan(model).unwrap() {
+            Plan::Tensors { graph_length, graph, patches } => {
+                apply(model, graph_length, graph, &patches, target)
+            }
+            Plan::None => panic!("no int8 MatMul found"),
+            Plan::Unsafe(why) => panic!("unsafe: {why}"),
+        }
+    }
+
     #[test]
     fn portable_weights_become_the_same_integers_as_int8_with_zero_point_zero() {
         let mut model = portable_model(vec![1, 128, 200, 255]);
-        let plan = plan(&model).unwrap().expect("the weights and their zero point can be re-encoded");
-        apply(&mut model, &plan);
+        assert!(encode(&mut model, INT8));
         let graph = decoded(&model).graph.unwrap();
         let b = &graph.initializer[0];
         assert_eq!(b.data_type, INT8 as i32);
@@ -487,6 +659,10 @@ mod tests {
         // Nothing else moved: the activation's zero point is still uint8 128.
         assert_eq!(graph.initializer[3].raw_data, [128]);
         assert_eq!(graph.initializer[3].data_type, UINT8 as i32);
+        // And back, for a CPU whose u8 x s8 kernel would clip: the bytes as they were.
+        assert!(encode(&mut model, UINT8));
+        assert_eq!(decoded(&model).graph.unwrap().initializer[0].raw_data, [1, 128, 200, 255]);
+        assert!(!encode(&mut model, UINT8), "already uint8: nothing to do");
     }
 
     #[test]
@@ -496,25 +672,57 @@ mod tests {
         let graph = model.graph.as_mut().unwrap();
         graph.initializer[0] = tensor("b", UINT8 as i32, &[2, 2], vec![1, 2, 3, 4]);
         graph.initializer[4] = tensor("b_zero_point", UINT8 as i32, &[], vec![128]);
-        assert!(plan(&prost::Message::encode_to_vec(&model)).unwrap().is_none());
+        assert!(matches!(plan(&prost::Message::encode_to_vec(&model)).unwrap(), Plan::None));
     }
 
     #[test]
-    fn a_zero_point_other_than_128_or_a_weight_used_elsewhere_keeps_the_file_as_it_is() {
+    fn any_zero_point_shifts_with_its_weights_but_a_weight_read_elsewhere_stays() {
         let mut model = decoded(&portable_model(vec![1, 2, 3, 4]));
         model.graph.as_mut().unwrap().initializer[4].raw_data = vec![127];
-        assert!(plan(&prost::Message::encode_to_vec(&model)).unwrap().is_none());
+        let mut bytes = prost::Message::encode_to_vec(&model);
+        assert!(encode(&mut bytes, INT8));
+        let zp = &decoded(&bytes).graph.unwrap().initializer[4];
+        assert_eq!((zp.data_type, zp.raw_data[0] as i8), (INT8 as i32, -1), "uint8 127 is int8 127 - 128");
 
         let mut model = decoded(&portable_model(vec![1, 2, 3, 4]));
         let graph = model.graph.as_mut().unwrap();
         graph.node.push(node("Identity", &["b"], "b_again"));
-        assert!(plan(&prost::Message::encode_to_vec(&model)).unwrap().is_none());
+        assert!(matches!(plan(&prost::Message::encode_to_vec(&model)).unwrap(), Plan::Unsafe(_)));
+    }
+
+    #[test]
+    fn a_zero_point_in_int32_data_is_written_anew_and_the_graph_still_reads() {
+        // As ONNX Runtime's quantizer writes them: int8 weights, the zero point in int32_data.
+        let mut model = decoded(&portable_model(vec![1, 2, 3, 4]));
+        let graph = model.graph.as_mut().unwrap();
+        graph.initializer[0] = tensor("b", INT8 as i32, &[2, 2], vec![0xff, 0x01, 0x80, 0x7f]);
+        graph.initializer[4] =
+            onnx::Tensor { int32_data: vec![0], ..tensor("b_zero_point", INT8 as i32, &[], vec![]) };
+        let mut bytes = prost::Message::encode_to_vec(&model);
+        assert!(encode(&mut bytes, UINT8), "int8 weights become uint8 where u8 x s8 would clip");
+        let graph = decoded(&bytes).graph.unwrap();
+        assert_eq!(
+            (graph.initializer[0].data_type, graph.initializer[0].raw_data.as_slice()),
+            (UINT8 as i32, &[0x7f, 0x81, 0x00, 0xff][..])
+        );
+        let zp = &graph.initializer[4];
+        assert_eq!(
+            (zp.data_type, zp.raw_data.as_slice(), zp.int32_data.len()),
+            (UINT8 as i32, &[128u8][..], 0)
+        );
+        assert_eq!((zp.name.as_str(), zp.dims.len()), ("b_zero_point", 0), "the rest of the tensor kept");
+        // The other initializers and the nodes are untouched by the rewrite.
+        assert_eq!(graph.initializer[3].raw_data, [128]);
+        assert_eq!(graph.node.len(), 3);
+        // And back again: now raw data, re-encoded in place.
+        assert!(encode(&mut bytes, INT8));
+        assert_eq!(decoded(&bytes).graph.unwrap().initializer[4].raw_data, [0]);
     }
 
     #[test]
     fn a_model_without_int8_matmuls_has_nothing_to_re_encode() {
         let model = onnx::Model { ir_version: 9, graph: Some(onnx::Graph::default()), opset_import: vec![] };
-        assert!(plan(&prost::Message::encode_to_vec(&model)).unwrap().is_none());
+        assert!(matches!(plan(&prost::Message::encode_to_vec(&model)).unwrap(), Plan::None));
         assert!(fields(&[0x0a, 0x05, 0x01], 0..3).is_err(), "a field past its message is an error");
     }
 }
