@@ -16,9 +16,10 @@ pub enum ModelError {
     /// The tenant already holds its share of the model's queue.
     #[error("the tenant holds its share of the model's queue")]
     TenantQueueFull,
-    /// With truncation off, an input over the model's token limit (the message says which).
-    #[error("{0}")]
-    InputTooLong(String),
+    /// With truncation off, an input over the model's token limit (the message says which, and
+    /// `param` the request field it was in).
+    #[error("{message}")]
+    InputTooLong { message: String, param: &'static str },
     /// Tokenizing or inference failed; the cause is for the log.
     #[error("{0}")]
     Failed(String),
@@ -29,7 +30,7 @@ impl From<super::engine::tokenize::EncodeError> for ModelError {
         use super::engine::tokenize::EncodeError;
         match e {
             EncodeError::Failed(cause) => ModelError::Failed(cause),
-            too_long => ModelError::InputTooLong(too_long.to_string()),
+            too_long => ModelError::InputTooLong { param: too_long.param(), message: too_long.to_string() },
         }
     }
 }

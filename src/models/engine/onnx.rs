@@ -103,13 +103,14 @@ impl Engine {
         };
         let mut bytes = std::fs::read(&spec.onnx).map_err(|e| cannot(&e))?;
         let int8 = int8::for_this_cpu(env, &mut bytes).map_err(|e| cannot(&e))?;
-        if let Some(kernels) = int8 {
-            tracing::info!(onnx = %spec.onnx.display(), int8_kernels = kernels.as_str(), "int8 weights encoded for this CPU");
+        if let Some(encoded) = int8 {
+            let kernels = encoded.kernels.as_str();
+            tracing::info!(onnx = %spec.onnx.display(), int8_kernels = kernels, "int8 weights encoded for this CPU");
         }
         // The file itself where nothing was re-encoded: ONNX Runtime resolves external data
         // (model.onnx_data) next to it.
         let model = match int8 {
-            Some(int8::Int8Kernels::Signed) => Model::Bytes(&bytes),
+            Some(encoded) if encoded.rewritten => Model::Bytes(&bytes),
             _ => Model::File(&spec.onnx),
         };
         let session = build_session(env, spec, options, model).map_err(|e| cannot(&e))?;

@@ -20,6 +20,10 @@ pub fn pool_tokens(states: ArrayView3<'_, f32>, lengths: &[usize], pooling: Pool
                     .slice(ndarray::s![..len, ..])
                     .fold_axis(Axis(0), f32::NEG_INFINITY, |m, &x| m.max(x))
                     .to_vec(),
+                Pooling::Splade => tokens
+                    .slice(ndarray::s![..len, ..])
+                    .fold_axis(Axis(0), 0.0f32, |m, &x| m.max(x.max(0.0).ln_1p()))
+                    .to_vec(),
                 Pooling::Mean | Pooling::None => {
                     let sum = tokens.slice(ndarray::s![..len, ..]).sum_axis(Axis(0));
                     (sum / len as f32).to_vec()

@@ -22,6 +22,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::models::spec::ModelSpec;
+use tokenizers::utils::truncation::{TruncationParams, TruncationStrategy, truncate_encodings};
 use tokenizers::{Encoding, PaddingParams, PostProcessor, Tokenizer, TruncationDirection};
 
 /// One tokenized input, ready to be padded into a batch.
@@ -59,8 +60,10 @@ pub struct Tokens {
 pub enum Direction {
     /// Keep the beginning (sentence-transformers' and the tokenizer's own behaviour).
     #[default]
+    #[serde(alias = "Right")]
     Right,
     /// Keep the end.
+    #[serde(alias = "Left")]
     Left,
 }
 
@@ -95,8 +98,41 @@ pub enum EncodeError {
          from; shorten it or send \"truncate\": true"
     )]
     TooManyBytes { index: usize, bytes: usize, limit: usize },
+    /// With `truncate: false`, a query with a document over a rerank model's limit.
+    #[error(
+        "documents[{index}] with the query has {tokens} tokens, over the model's limit of {limit}; shorten it, \
+         set max_tokens_per_doc, or send \"truncate\": true"
+    )]
+    PairTooLong { index: usize, tokens: String, limit: usize },
+    /// With `truncate: false`, a query that leaves no room for any document.
+    #[error(
+        "the query has {tokens} tokens, over the model's limit of {limit}; shorten it or send \"truncate\": true"
+    )]
+    QueryTooLong { tokens: String, limit: usize },
     #[error("tokenization failed: {0}")]
     Failed(String),
+}
+
+impl EncodeError {
+    /// The request field an over-long input was in.
+    pub fn param(&self) -> &'static str {
+        match self {
+            EncodeError::PairTooLong { .. } => "documents",
+            EncodeError::QueryTooLong { .. } => "query",
+            _ => "input",
+        }
+    }
+}
+
+/// How to turn a query and its documents into pairs for a rerank model.
+#[derive(Debug, Clone, Default)]
+pub struct PairOptions {
+    /// Cut over-long pairs, longest side first (`true`), or refuse them (`false`).
+    pub truncate: bool,
+    /// Cut each document to this many tokens before pairing (Cohere's `max_tokens_per_doc`).
+    pub max_tokens_per_doc: Option<usize>,
+    /// Which end of an over-long text is cut.
+    pub direction: Direction,
 }
 
 /// Bytes tokenized per token of the model's limit at first.
@@ -169,6 +205,104 @@ impl TextEncoder {
                 })
             })
             .collect()
+    }
+
+    /// Each document paired with `query` as `transformers` encodes a pair for a cross-encoder:
+    /// the tokenizer's pair template (`[CLS] query [SEP] document [SEP]`, token type ids 0 then
+    /// 1), truncated longest side first to the model's limit (what `CrossEncoder` does), after
+    /// each document is cut to `max_tokens_per_doc`. The query is tokenized once. As for single
+    /// inputs, only a window of each text is tokenized (see the module).
+    pub fn encode_pairs(
+        &self,
+        query: &str,
+        documents: &[String],
+        options: &PairOptions,
+    ) -> Result<Vec<Encoded>, EncodeError> {
+        let failed = |e: tokenizers::Error| EncodeError::Failed(e.to_string());
+        let added = self.tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(true));
+        let limit = self.max_tokens;
+        let Some(room) = limit.checked_sub(added).filter(|r| *r >= 2) else {
+            return Err(EncodeError::Failed(format!(
+                "the tokenizer adds {added} tokens to a pair, leaving no room under {limit}"
+            )));
+        };
+        let (query, query_cut) = self.window(query, room, options.direction)?;
+        if !options.truncate && (query_cut || query.len() + added > limit) {
+            let tokens =
+                if query_cut { format!("more than {limit}") } else { (query.len() + added).to_string() };
+            return Err(EncodeError::QueryTooLong { tokens, limit });
+        }
+        let params = TruncationParams {
+            max_length: room,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: options.direction.into(),
+        };
+        documents
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let (mut document, capped) = self.window(text, room, options.direction)?;
+                // Cutting to max_tokens_per_doc is asked for: it is no refusal, even without
+                // truncation.
+                let mut shortened = false;
+                if let Some(max) = options.max_tokens_per_doc
+                    && document.len() > max
+                {
+                    document.truncate(max, 0, options.direction.into());
+                    drop(document.take_overflowing());
+                    shortened = true;
+                }
+                let over = query.len() + document.len() > room;
+                if !options.truncate && (over || capped && !shortened) {
+                    let tokens = if capped && !shortened {
+                        format!("more than {limit}")
+                    } else {
+                        (query.len() + document.len() + added).to_string()
+                    };
+                    return Err(EncodeError::PairTooLong { index, tokens, limit });
+                }
+                let cut = capped || shortened;
+                let (first, second) = if over {
+                    let (q, d) =
+                        truncate_encodings(query.clone(), Some(document), &params).map_err(failed)?;
+                    (q, d.expect("a pair stays a pair"))
+                } else {
+                    (query.clone(), document)
+                };
+                let pair = self.tokenizer.post_process(first, Some(second), true).map_err(failed)?;
+                Ok(Encoded {
+                    ids: pair.get_ids().iter().map(|&i| i64::from(i)).collect(),
+                    type_ids: pair.get_type_ids().iter().map(|&i| i64::from(i)).collect(),
+                    truncated: over || cut || query_cut,
+                })
+            })
+            .collect()
+    }
+
+    /// `text` without special tokens, tokenized from a window (a prefix, or a suffix when cutting
+    /// on the left) widened until it holds more than `room` tokens or the whole text; `true` when
+    /// the window cut the text (the cap of [`MAX_BYTES_PER_TOKEN`] bytes per token of `room`).
+    fn window(&self, text: &str, room: usize, direction: Direction) -> Result<(Encoding, bool), EncodeError> {
+        let cap = room.saturating_mul(MAX_BYTES_PER_TOKEN);
+        let mut window = room.saturating_mul(FIRST_WINDOW_BYTES_PER_TOKEN);
+        loop {
+            let (part, cut) = match direction {
+                Direction::Right => prefix(text, window),
+                Direction::Left => suffix(text, window),
+            };
+            let enc = if self.lowercase {
+                self.tokenizer.encode(part.to_lowercase(), false)
+            } else {
+                self.tokenizer.encode(part, false)
+            }
+            .map_err(|e| EncodeError::Failed(e.to_string()))?;
+            if !cut || enc.len() > room || window >= cap {
+                let capped = cut && enc.len() <= room;
+                return Ok((enc, capped));
+            }
+            window = window.saturating_mul(4).min(cap);
+        }
     }
 
     /// [`Self::encode`] with the tokens' text, for `/v1/tokenize`.

@@ -33,7 +33,7 @@ use crate::models::engine::ModelLoader;
 use crate::models::engine::tokenize::EncodeOptions;
 use crate::models::error::ModelError;
 use crate::models::spec::hub::{self, HubError};
-use crate::models::spec::{ModelSpec, folder};
+use crate::models::spec::{ModelSpec, Task, folder};
 
 /// How models are fed and budgeted; the same for every model.
 #[derive(Debug, Clone)]
@@ -289,7 +289,7 @@ impl ModelCache {
             let (queue, worker) = worker::spawn(
                 id.clone(),
                 backend,
-                options.batching,
+                batching_for(&spec, options.batching),
                 options.queue_capacity,
                 Arc::clone(&queued),
                 metrics,
@@ -363,4 +363,24 @@ async fn free(models: Vec<Arc<LoadedModel>>) {
         memory::release_free_memory();
     })
     .await;
+}
+
+/// Bytes of logits one run of a sparse model may hold: its output is `[batch, seq, vocab]`
+/// floats (30,522 per token for a BERT vocabulary), so its runs are bounded in padded tokens by
+/// this rather than by `max_batch_tokens` alone.
+const SPARSE_LOGITS_BYTES: usize = 256 << 20;
+
+/// The batch sizes for `spec`: the server's, with a sparse model's padded tokens per run cut so
+/// that its logits fit in [`SPARSE_LOGITS_BYTES`].
+fn batching_for(spec: &ModelSpec, sizes: BatchSizes) -> BatchSizes {
+    match spec.task() {
+        Task::Sparse => {
+            let per_token = 4 * spec.dimensions.max(1);
+            BatchSizes {
+                max_batch_tokens: sizes.max_batch_tokens.min(SPARSE_LOGITS_BYTES / per_token).max(1),
+                ..sizes
+            }
+        }
+        Task::Embed | Task::Rerank => sizes,
+    }
 }

@@ -19,7 +19,7 @@ use queue::QueuedTokens;
 use worker::Job;
 
 use crate::models::ModelError;
-use crate::models::engine::tokenize::{EncodeOptions, Encoded, TextEncoder, Tokens};
+use crate::models::engine::tokenize::{EncodeOptions, Encoded, PairOptions, TextEncoder, Tokens};
 
 /// A model ready to serve: its tokenizer and the queue of its inference thread.
 pub(crate) struct LoadedModel {
@@ -46,6 +46,20 @@ impl LoadedModel {
     ) -> Result<Vec<Encoded>, ModelError> {
         let encoder = Arc::clone(&self.encoder);
         Ok(tokio::task::spawn_blocking(move || encoder.encode(&texts, &options))
+            .await
+            .map_err(ModelError::failed)??)
+    }
+
+    /// Tokenizes each document paired with `query`, on the blocking pool (see
+    /// [`TextEncoder::encode_pairs`]).
+    pub(crate) async fn tokenize_pairs(
+        &self,
+        query: String,
+        documents: Vec<String>,
+        options: PairOptions,
+    ) -> Result<Vec<Encoded>, ModelError> {
+        let encoder = Arc::clone(&self.encoder);
+        Ok(tokio::task::spawn_blocking(move || encoder.encode_pairs(&query, &documents, &options))
             .await
             .map_err(ModelError::failed)??)
     }

@@ -11,6 +11,9 @@
 //! | `lowercase` | `sentence_bert_config.json` `do_lower_case` |
 //! | `prompts`, `default_prompt` | `config_sentence_transformers.json` `prompts`, `default_prompt_name` |
 //! | `dimensions` (no Pooling module) | `config.json` `hidden_size` |
+//! | `task` | `rerank` when `config.json` `architectures` has a `...ForSequenceClassification` (a CrossEncoder), `sparse` when `modules.json` has a `SpladePooling` module (a SparseEncoder) |
+//! | `activation` (rerank) | `config_sentence_transformers.json` or `config.json` `sentence_transformers` `activation_fn` |
+//! | `dimensions` (rerank; sparse) | `config.json` `id2label`'s size; the `SpladePooling` config's `embedding_dimension`, else `config.json` `vocab_size` |
 //!
 //! Graph inputs and output are matched at load (see [`ModelSpec::plan`]). Any key the
 //! configuration sets wins over the folder. A module the ONNX graph cannot contain (`Dense`, a
@@ -20,18 +23,23 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::{Derived, ModelSpec, Pooling};
+use super::{Derived, ModelSpec, Pooling, ScoreActivation, Task};
 
-/// Fills what `spec` leaves unset from its `path` folder; returns problems as `field: message`.
+/// Fills what `spec` leaves unset from its `path` folder, then what its task implies; returns
+/// problems as `field: message`.
 pub fn derive(spec: &mut ModelSpec) -> Vec<String> {
-    let Some(dir) = spec.path.clone() else { return Vec::new() };
-    if !dir.is_dir() {
-        return vec![format!("path: {} is not a folder", dir.display())];
-    }
-    let mut folder = Folder { dir, derived: Vec::new(), problems: Vec::new() };
-    folder.fill(spec);
-    spec.derived = folder.derived;
-    folder.problems
+    let problems = match spec.path.clone() {
+        None => Vec::new(),
+        Some(dir) if !dir.is_dir() => vec![format!("path: {} is not a folder", dir.display())],
+        Some(dir) => {
+            let mut folder = Folder { dir, derived: Vec::new(), problems: Vec::new() };
+            folder.fill(spec);
+            spec.derived = folder.derived;
+            folder.problems
+        }
+    };
+    spec.apply_task_defaults();
+    problems
 }
 
 struct Folder {
@@ -117,11 +125,17 @@ impl Folder {
             })
             .unwrap_or_default();
         let kind = |t: &str| t.rsplit('.').next().unwrap_or(t).to_owned();
+        let model_config = self.json("config.json");
+        self.task(spec, model_config.as_ref(), &modules);
         let pooling_module = modules.iter().find(|(t, _)| kind(t) == "Pooling").map(|(_, p)| p.clone());
         let has_normalize = modules.iter().any(|(t, _)| kind(t) == "Normalize");
         let configured = !spec.output.is_empty() && spec.pooling.is_some();
         for (t, _) in &modules {
-            if !matches!(kind(t).as_str(), "Transformer" | "Pooling" | "Normalize") && !configured {
+            let known = matches!(
+                kind(t).as_str(),
+                "Transformer" | "Pooling" | "Normalize" | "MLMTransformer" | "SpladePooling"
+            );
+            if !known && !configured {
                 self.problems.push(format!(
                     "path: modules.json has a {} module, which the ONNX graph's token states do not include; \
                      set `output` (a graph output that includes it) and `pooling`",
@@ -171,13 +185,12 @@ impl Folder {
                 self.note("dimensions", d, file);
             }
         }
-        if spec.normalize.is_none() && !modules.is_empty() {
+        if spec.normalize.is_none() && !modules.is_empty() && spec.task() == Task::Embed {
             spec.normalize = Some(has_normalize);
             self.note("normalize", has_normalize, "modules.json");
         }
 
         let st_config = self.json("sentence_bert_config.json");
-        let model_config = self.json("config.json");
         if spec.max_tokens == 0 {
             let found = [
                 ("sentence_bert_config.json", st_config.as_ref(), "max_seq_length"),
@@ -196,6 +209,7 @@ impl Folder {
             }
         }
         if spec.dimensions == 0
+            && spec.task() == Task::Embed
             && let Some(d) = model_config.as_ref().and_then(|c| c.get("hidden_size")).and_then(Value::as_u64)
         {
             spec.dimensions = d as usize;
@@ -208,7 +222,33 @@ impl Folder {
             spec.lowercase = Some(lower);
             self.note("lowercase", lower, "sentence_bert_config.json");
         }
-        if let Some(config) = self.json("config_sentence_transformers.json") {
+        let st_model_config = self.json("config_sentence_transformers.json");
+        if spec.task() == Task::Rerank && spec.activation.is_none() {
+            let saved = [
+                (
+                    "config_sentence_transformers.json",
+                    st_model_config.as_ref().and_then(|c| c.get("activation_fn")),
+                ),
+                (
+                    "config.json",
+                    model_config.as_ref().and_then(|c| c.get("sentence_transformers")?.get("activation_fn")),
+                ),
+            ];
+            if let Some((file, name)) = saved.into_iter().find_map(|(f, v)| Some((f, v?.as_str()?))) {
+                match name.rsplit('.').next() {
+                    Some("Sigmoid") => spec.activation = Some(ScoreActivation::Sigmoid),
+                    Some("Identity") => spec.activation = Some(ScoreActivation::Identity),
+                    _ => self.problems.push(format!(
+                        "activation: {file} saves activation_fn {name:?}; embedserve applies Sigmoid or Identity \
+                         (set `activation` to override)"
+                    )),
+                }
+                if let Some(a) = spec.activation {
+                    self.note("activation", format!("{a:?}").to_lowercase(), file);
+                }
+            }
+        }
+        if let Some(config) = st_model_config {
             let file = "config_sentence_transformers.json";
             if spec.prompts.is_empty()
                 && let Some(prompts) = config.get("prompts").and_then(Value::as_object)
@@ -230,6 +270,67 @@ impl Folder {
             {
                 spec.default_prompt = Some(name.to_owned());
                 self.note("default_prompt", name, file);
+            }
+        }
+    }
+
+    /// The task a CrossEncoder or SparseEncoder folder implies, and the settings that go with
+    /// it: the number of labels, SPLADE pooling and the vocabulary size.
+    fn task(&mut self, spec: &mut ModelSpec, config: Option<&Value>, modules: &[(String, String)]) {
+        let kind = |t: &str| t.rsplit('.').next().unwrap_or(t).to_owned();
+        let classifier =
+            config.and_then(|c| c.get("architectures")).and_then(Value::as_array).is_some_and(|a| {
+                a.iter().filter_map(Value::as_str).any(|a| a.ends_with("ForSequenceClassification"))
+            });
+        let splade = modules.iter().find(|(t, _)| kind(t) == "SpladePooling").map(|(_, p)| p.clone());
+        if spec.task.is_none() {
+            if classifier {
+                spec.task = Some(Task::Rerank);
+                self.note("task", "rerank", "config.json");
+            } else if splade.is_some() {
+                spec.task = Some(Task::Sparse);
+                self.note("task", "sparse", "modules.json");
+            }
+        }
+        match spec.task() {
+            Task::Embed => {}
+            Task::Rerank => {
+                if spec.dimensions == 0
+                    && let Some(labels) = config.and_then(|c| c.get("id2label")).and_then(Value::as_object)
+                {
+                    spec.dimensions = labels.len();
+                    self.note("dimensions", labels.len(), "config.json");
+                }
+            }
+            Task::Sparse => {
+                let file = splade.map(|p| format!("{}/config.json", p.trim_end_matches('/')));
+                let pooling_config = file.as_deref().and_then(|f| self.json(f));
+                if let (Some(c), Some(file)) = (&pooling_config, &file) {
+                    let strategy = c.get("pooling_strategy").and_then(Value::as_str).unwrap_or("max");
+                    let activation = c.get("activation_function").and_then(Value::as_str).unwrap_or("relu");
+                    if (strategy, activation) != ("max", "relu") && spec.pooling.is_none() {
+                        self.problems.push(format!(
+                            "pooling: {file} pools by {strategy} of {activation}; embedserve's SPLADE pooling is \
+                             the max of log(1 + relu(x))"
+                        ));
+                    }
+                    if spec.pooling.is_none() {
+                        spec.pooling = Some(Pooling::Splade);
+                        self.note("pooling", "splade", file);
+                    }
+                }
+                if spec.dimensions == 0 {
+                    let found = [
+                        (file.as_deref().unwrap_or_default(), pooling_config.as_ref(), "embedding_dimension"),
+                        ("config.json", config, "vocab_size"),
+                    ]
+                    .into_iter()
+                    .find_map(|(f, json, key)| Some((f.to_owned(), json?.get(key)?.as_u64()?)));
+                    if let Some((file, d)) = found {
+                        spec.dimensions = d as usize;
+                        self.note("dimensions", d, &file);
+                    }
+                }
             }
         }
     }

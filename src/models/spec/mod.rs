@@ -1,5 +1,6 @@
-//! What a model is, as configuration describes it: files, graph inputs and output, pooling,
-//! normalisation, token limit and dimension. Adding an ONNX embedding model is a config change.
+//! What a model is, as configuration describes it: its task (dense embeddings, rerank scores or
+//! sparse vectors), files, graph inputs and output, pooling, normalisation, token limit and
+//! dimension. Adding an ONNX model is a config change.
 //! Its settings may come from an export folder (`folder`) or the Hugging Face Hub (`hub`), and
 //! its files can be checked without building a session (`inspect`).
 
@@ -12,11 +13,17 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-/// One embedding model, from a `[models.<id>]` table: an export folder (`path`), with any key
-/// overriding what the folder says, or every file and fact written out.
+/// One model, from a `[models.<id>]` table: an export folder (`path`), with any key overriding
+/// what the folder says, or every file and fact written out.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    /// What the model computes (see [`Task`]); `embed` unless set or the folder says otherwise.
+    #[serde(default)]
+    pub task: Option<Task>,
+    /// A rerank model's score from its logit (see [`ScoreActivation`]).
+    #[serde(default)]
+    pub activation: Option<ScoreActivation>,
     /// A sentence-transformers or Optimum export folder: the files below, the graph's inputs and
     /// output, pooling, normalisation, limit, dimension and prompts come from it (see
     /// `models::folder`). Relative paths resolve against the config file's folder.
@@ -126,7 +133,60 @@ pub enum GraphOptimization {
     All,
 }
 
-/// A tensor an embedding graph may take; all are int64 `[batch, seq]`.
+/// What a model computes, and so which routes serve it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// One dense vector per text: `/v1/embed`, `/v1/embeddings`.
+    #[default]
+    Embed,
+    /// One relevance score per (query, document) pair: a cross-encoder, `/v1/rerank`.
+    Rerank,
+    /// One sparse vector over the vocabulary per text (SPLADE): `/v1/embed`, `/embed_sparse`.
+    Sparse,
+}
+
+impl Task {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Embed => "embed",
+            Task::Rerank => "rerank",
+            Task::Sparse => "sparse",
+        }
+    }
+
+    /// The routes that serve a model of this task.
+    pub fn routes(self) -> &'static str {
+        match self {
+            Task::Embed => "/v1/embed and /v1/embeddings",
+            Task::Rerank => "/v1/rerank, /v2/rerank and /rerank",
+            Task::Sparse => "/v1/embed and /embed_sparse",
+        }
+    }
+}
+
+/// How a rerank model's logit becomes its relevance score, as sentence-transformers'
+/// `CrossEncoder.predict` computes it: the activation saved with the model, else a sigmoid for a
+/// one-label model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreActivation {
+    /// `1 / (1 + e^-x)`: a score in 0..1.
+    Sigmoid,
+    /// The logit itself.
+    Identity,
+}
+
+impl ScoreActivation {
+    pub fn apply(self, logit: f32) -> f32 {
+        match self {
+            ScoreActivation::Sigmoid => 1.0 / (1.0 + (-logit).exp()),
+            ScoreActivation::Identity => logit,
+        }
+    }
+}
+
+/// A tensor a graph may take; all are int64 `[batch, seq]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InputRole {
@@ -157,6 +217,9 @@ pub enum Pooling {
     LastToken,
     /// The largest value of each dimension over the real tokens.
     Max,
+    /// SPLADE's: the largest `log(1 + relu(x))` of each vocabulary entry over the real tokens,
+    /// from the masked-language-model logits `[batch, seq, vocab]`.
+    Splade,
     /// The output is already one vector per input.
     None,
 }
@@ -167,9 +230,37 @@ impl ModelSpec {
         self.hf.is_none()
     }
 
-    /// The default for requests that do not say.
+    pub fn task(&self) -> Task {
+        self.task.unwrap_or_default()
+    }
+
+    /// The default for requests that do not say (rerank scores and sparse vectors are never
+    /// normalised).
     pub fn normalize(&self) -> bool {
-        self.normalize.unwrap_or(true)
+        self.task() == Task::Embed && self.normalize.unwrap_or(true)
+    }
+
+    /// A rerank model's activation: its own, else a sigmoid (one-label models).
+    pub fn activation(&self) -> ScoreActivation {
+        self.activation.unwrap_or(ScoreActivation::Sigmoid)
+    }
+
+    /// Fills what a rerank or sparse model's task implies and its table did not say: a rerank
+    /// model's output is one logit per pair (no pooling, one dimension), a sparse model's is
+    /// pooled as SPLADE. Called once the folder (or hub) has been read.
+    pub fn apply_task_defaults(&mut self) {
+        match self.task() {
+            Task::Embed => {}
+            Task::Rerank => {
+                self.pooling.get_or_insert(Pooling::None);
+                if self.dimensions == 0 {
+                    self.dimensions = 1;
+                }
+            }
+            Task::Sparse => {
+                self.pooling.get_or_insert(Pooling::Splade);
+            }
+        }
     }
 
     /// The graph input name of `role`.
@@ -214,14 +305,19 @@ impl ModelSpec {
         let names: Vec<&str> = outputs.iter().map(|(n, _)| *n).collect();
         let pooling = self.pooling.unwrap_or(Pooling::Mean);
         if !self.output.is_empty() {
-            if !names.contains(&self.output.as_str()) {
+            let Some(chosen) = outputs.iter().find(|(n, _)| *n == self.output) else {
                 return Err(format!("the graph has no output {:?} (it has {names:?})", self.output));
-            }
+            };
+            let pooling = if chosen.1 == Some(2) { Pooling::None } else { pooling };
             return Ok(GraphPlan { feeds, output: self.output.clone(), pooling });
         }
-        let chosen = ["last_hidden_state", "token_embeddings", "sentence_embedding"]
-            .into_iter()
-            .find_map(|want| outputs.iter().find(|(n, _)| *n == want))
+        let preferred: &[&str] = match self.task() {
+            Task::Embed => &["last_hidden_state", "token_embeddings", "sentence_embedding"],
+            Task::Rerank | Task::Sparse => &["logits"],
+        };
+        let chosen = preferred
+            .iter()
+            .find_map(|want| outputs.iter().find(|(n, _)| n == want))
             .or(if outputs.len() == 1 { outputs.first() } else { None })
             .ok_or_else(|| format!("set `output`: the graph has outputs {names:?}"))?;
         // An output that is already one vector per input needs no pooling.
@@ -272,11 +368,26 @@ impl ModelSpec {
         if self.tokenizer.as_os_str().is_empty() {
             out.push(format!("tokenizer: {given}"));
         }
-        if self.pooling.is_none() {
+        if self.pooling.is_none() && self.task() == Task::Embed {
             out.push(format!("pooling: {given}"));
         }
-        if self.dimensions == 0 {
-            out.push("dimensions: must be at least 1".to_owned());
+        match self.task() {
+            Task::Rerank if self.dimensions > 1 => out.push(format!(
+                "dimensions: a rerank model gives one score per pair; this one has {} labels",
+                self.dimensions
+            )),
+            Task::Rerank => {}
+            Task::Sparse if self.dimensions == 0 => {
+                out.push("dimensions: the size of the model's vocabulary (its logits' last axis)".to_owned())
+            }
+            _ if self.dimensions == 0 => out.push("dimensions: must be at least 1".to_owned()),
+            _ => {}
+        }
+        if self.activation.is_some() && self.task() != Task::Rerank {
+            out.push("activation: applies to rerank models (task = \"rerank\") only".to_owned());
+        }
+        if self.pooling == Some(Pooling::Splade) && self.task() != Task::Sparse {
+            out.push("pooling: splade is for sparse models (task = \"sparse\")".to_owned());
         }
         if self.max_tokens < 2 {
             out.push("max_tokens: must be at least 2 (room for the special tokens)".to_owned());
