@@ -19,6 +19,8 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     /// Inputs embedded, by tenant and model.
     pub embeddings: IntCounterVec,
+    /// (query, document) pairs scored by rerank models, by tenant and model.
+    pub rerank_pairs: IntCounterVec,
     /// Inputs cut to the model's token limit, by model.
     pub truncated_inputs: IntCounterVec,
     /// Requests refused by a tenant's limits, by tenant and limit.
@@ -114,6 +116,11 @@ impl Metrics {
             embeddings: counter(
                 "embedserve_embeddings_total",
                 "Inputs embedded by tenant and model.",
+                &["tenant", "model"],
+            ),
+            rerank_pairs: counter(
+                "embedserve_rerank_pairs_total",
+                "(query, document) pairs scored by rerank models, by tenant and model.",
                 &["tenant", "model"],
             ),
             truncated_inputs: counter(

@@ -53,6 +53,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Most inputs in one request (413 beyond).
     pub max_inputs: usize,
+    /// Most documents in one rerank request (413 beyond).
+    pub max_documents: usize,
     /// A request still unanswered after this long gets 504.
     pub request_timeout_ms: u64,
     /// Most inputs ONNX Runtime sees in one run; larger requests run in several.
@@ -105,6 +107,7 @@ impl Default for ServerSettings {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 2_000_000,
             max_inputs: 256,
+            max_documents: 1_000,
             request_timeout_ms: 30_000,
             max_batch_size: 32,
             shared_batch_size: 8,
@@ -258,9 +261,13 @@ impl Settings {
             Figment::new().merge(Toml::file_exact(path)).merge(Env::prefixed("EMBEDSERVE__").split("__"));
         let invalid = || format!("invalid config {}", path.display());
         let mut raw: Dict = figment.extract().with_context(invalid)?;
-        rename_limits_section(&mut raw);
-        let mut settings: Settings =
-            Figment::from(Serialized::defaults(raw)).extract().with_context(invalid)?;
+        // Re-read from the renamed values only when needed: errors then lose the file's name in
+        // their location (the context above still says it).
+        let mut settings: Settings = if rename_limits_section(&mut raw) {
+            Figment::from(Serialized::defaults(raw)).extract().with_context(invalid)?
+        } else {
+            figment.extract().with_context(invalid)?
+        };
         settings.source = path.to_path_buf();
         settings.resolve_paths();
         let mut problems = settings.derive_from_folders();
@@ -416,8 +423,8 @@ fn private_model_field(tenant: &str, name: &str) -> String {
 /// The `[store]` section was `[limits]`, with `store` where `backend` is now (until 2026-12):
 /// a file or environment (`EMBEDSERVE__LIMITS__*`) still using the old names is read as the new
 /// ones; where both give a key, `[store]`'s wins.
-fn rename_limits_section(raw: &mut Dict) {
-    let Some(Value::Dict(_, old)) = raw.remove("limits") else { return };
+fn rename_limits_section(raw: &mut Dict) -> bool {
+    let Some(Value::Dict(_, old)) = raw.remove("limits") else { return false };
     tracing::warn!(
         "config: the [limits] section is now [store] (and its `store` key `backend`); read as such"
     );
@@ -428,6 +435,7 @@ fn rename_limits_section(raw: &mut Dict) {
             store.entry(key).or_insert(value);
         }
     }
+    true
 }
 
 #[cfg(test)]

@@ -26,12 +26,13 @@ impl Settings {
             }
         }
         for id in self.models.keys().filter(|id| !valid_id(id)) {
-            out.push(format!("models.{id}: ids use only a-z, 0-9, '-', '_' and '.'"));
+            out.push(format!("models.{id}: ids use only a-z, 0-9, '-' and '_'"));
         }
         let s = &self.server;
         for (field, value) in [
             ("max_body_bytes", s.max_body_bytes),
             ("max_inputs", s.max_inputs),
+            ("max_documents", s.max_documents),
             ("max_batch_size", s.max_batch_size),
             ("shared_batch_size", s.shared_batch_size),
             ("max_batch_tokens", s.max_batch_tokens),
@@ -81,7 +82,9 @@ impl Settings {
         if l.usage_buffer_keys == 0 {
             out.push("store.usage_buffer_keys: must be at least 1".to_owned());
         }
-        if !valid_id(&l.key_prefix) {
+        if !l.key_prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+            || l.key_prefix.is_empty()
+        {
             out.push("store.key_prefix: use only a-z, 0-9, '-', '_' and '.'".to_owned());
         }
         if let Some(ca) = l.redis_ca_file.as_deref().filter(|p| !p.is_file()) {
@@ -96,7 +99,7 @@ impl Settings {
         for (id, t) in &self.tenants {
             let at = format!("tenants.{id}");
             if !valid_id(id) {
-                out.push(format!("{at}: tenant ids use only a-z, 0-9, '-', '_' and '.'"));
+                out.push(format!("{at}: tenant ids use only a-z, 0-9, '-' and '_'"));
             }
             if t.keys.is_empty() {
                 out.push(format!("{at}.keys: a tenant needs at least one key hash"));
@@ -120,9 +123,7 @@ impl Settings {
             }
             for (name, spec) in &t.private_models {
                 if !valid_id(name) {
-                    out.push(format!(
-                        "{at}.private_models.{name}: names use only a-z, 0-9, '-', '_' and '.'"
-                    ));
+                    out.push(format!("{at}.private_models.{name}: names use only a-z, 0-9, '-' and '_'"));
                 }
                 if t.models.contains(name) {
                     out.push(format!(
@@ -167,6 +168,8 @@ fn check_redis_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Model and tenant ids are table names, and the configuration loader reads a `.` in a table name
+/// as nesting: no dots.
 fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_".contains(c))
 }

@@ -1,5 +1,5 @@
-//! The API key → tenant extractor. Keys come as `Authorization: Bearer <key>` or
-//! `x-api-key: <key>`; a missing or unknown key is 401, and past
+//! The API key → tenant extractor. Keys come as `Authorization: Bearer <key>` (or a bare
+//! `Authorization: <key>`) or `x-api-key: <key>`; a missing or unknown key is 401, and past
 //! `server.auth_failures_per_minute` failures from one client address, 429. Keys are never
 //! logged: only the tenant id they resolve to is recorded on the request's span.
 
@@ -37,12 +37,12 @@ impl FromRequestParts<Arc<ApiState>> for Authed {
     }
 }
 
-/// The key a request carries: `Authorization: Bearer <key>`, else `x-api-key`.
+/// The key a request carries: `Authorization: Bearer <key>`, or a bare `Authorization: <key>`
+/// (LlamaIndex's TEI clients send their `auth_token` as it is), else `x-api-key`.
 pub(crate) fn bearer_or_api_key(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let bearer = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+        v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).or((!v.contains(' ')).then_some(v))
+    });
     bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
 }
 

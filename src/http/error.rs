@@ -21,9 +21,15 @@ pub(crate) enum ApiError {
     Invalid { message: String, param: Option<&'static str> },
     #[error("{0}")]
     TooLarge(String),
-    /// With truncation off, an input over the model's token limit.
+    /// More inputs or documents than one request may carry; `param` names the field.
+    #[error("{message}")]
+    TooMany { message: String, param: &'static str },
+    /// The model computes something this route does not serve.
     #[error("{0}")]
-    InputTooLong(String),
+    WrongTask(String),
+    /// With truncation off, an input over the model's token limit; `param` names its field.
+    #[error("{message}")]
+    InputTooLong { message: String, param: &'static str },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("Missing or invalid API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.")]
@@ -74,8 +80,10 @@ impl ApiError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooLarge(_) | ApiError::InputTooLong(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Invalid { .. } | ApiError::WrongTask(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooLarge(_) | ApiError::TooMany { .. } | ApiError::InputTooLong { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } | ApiError::TenantQueueFull => StatusCode::TOO_MANY_REQUESTS,
@@ -94,8 +102,11 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) => ("invalid_request_error", "malformed_json"),
             ApiError::Invalid { .. } => ("invalid_request_error", "invalid_value"),
-            ApiError::TooLarge(_) => ("invalid_request_error", "request_too_large"),
-            ApiError::InputTooLong(_) => ("invalid_request_error", "input_too_long"),
+            ApiError::TooLarge(_) | ApiError::TooMany { .. } => {
+                ("invalid_request_error", "request_too_large")
+            }
+            ApiError::WrongTask(_) => ("invalid_request_error", "wrong_task"),
+            ApiError::InputTooLong { .. } => ("invalid_request_error", "input_too_long"),
             ApiError::UnsupportedMediaType(_) => ("invalid_request_error", "unsupported_media_type"),
             ApiError::Unauthorized => ("authentication_error", "invalid_api_key"),
             ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
@@ -116,7 +127,10 @@ impl ApiError {
         match self {
             ApiError::Invalid { param, .. } => *param,
             ApiError::ModelNotFound(_) => Some("model"),
-            ApiError::TooLarge(_) | ApiError::InputTooLong(_) => Some("input"),
+            ApiError::InputTooLong { param, .. } => Some(param),
+            ApiError::TooLarge(_) => Some("input"),
+            ApiError::TooMany { param, .. } => Some(param),
+            ApiError::WrongTask(_) => Some("model"),
             _ => None,
         }
     }
@@ -146,7 +160,8 @@ impl From<EmbedError> for ApiError {
     fn from(e: EmbedError) -> Self {
         match e {
             EmbedError::Invalid { message, param } => ApiError::Invalid { message, param: Some(param) },
-            EmbedError::TooManyInputs(message) => ApiError::TooLarge(message),
+            EmbedError::TooMany { message, param } => ApiError::TooMany { message, param },
+            wrong @ EmbedError::WrongTask { .. } => ApiError::WrongTask(wrong.to_string()),
             EmbedError::ModelNotFound(name) => ApiError::ModelNotFound(name),
             EmbedError::Limit(e) => e.into(),
             EmbedError::Model(e) => e.into(),
@@ -175,7 +190,7 @@ impl From<ModelError> for ApiError {
             }
             ModelError::QueueFull => ApiError::Overloaded,
             ModelError::TenantQueueFull => ApiError::TenantQueueFull,
-            ModelError::InputTooLong(message) => ApiError::InputTooLong(message),
+            ModelError::InputTooLong { message, param } => ApiError::InputTooLong { message, param },
             ModelError::Failed(cause) => ApiError::Internal(cause),
         }
     }

@@ -15,10 +15,13 @@ pub(super) fn parse_input(input: Option<&Value>, max_inputs: usize) -> Result<Ve
                 return Err(EmbedError::invalid("input", "input must not be an empty array"));
             }
             if items.len() > max_inputs {
-                return Err(EmbedError::TooManyInputs(format!(
-                    "input has {} items; this server accepts at most {max_inputs} per request",
-                    items.len()
-                )));
+                return Err(EmbedError::TooMany {
+                    message: format!(
+                        "input has {} items; this server accepts at most {max_inputs} per request",
+                        items.len()
+                    ),
+                    param: "input",
+                });
             }
             items
                 .iter()
@@ -73,7 +76,7 @@ mod tests {
         for bad in [json!([]), json!(""), json!(["a", "  "]), json!(["a", 3]), json!(7)] {
             assert!(matches!(refused(bad.clone()), EmbedError::Invalid { param: "input", .. }), "{bad}");
         }
-        assert!(matches!(refused(json!(["a", "b", "c"])), EmbedError::TooManyInputs(_)));
+        assert!(matches!(refused(json!(["a", "b", "c"])), EmbedError::TooMany { .. }));
         assert!(matches!(parse_input(None, 2), Err(EmbedError::Invalid { .. })));
     }
 
@@ -114,7 +117,7 @@ mod tests {
                         prop_assert_eq!(texts, expected);
                     }
                     Err(EmbedError::Invalid { param, .. }) => prop_assert_eq!(param, "input"),
-                    Err(EmbedError::TooManyInputs(_)) => prop_assert!(input.as_array().is_some_and(|a| a.len() > max)),
+                    Err(EmbedError::TooMany { .. }) => prop_assert!(input.as_array().is_some_and(|a| a.len() > max)),
                     Err(other) => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
                 }
             }

@@ -7,6 +7,7 @@
 mod input;
 mod output;
 mod prompts;
+mod rerank;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,8 +17,9 @@ use serde::Serialize;
 use serde_json::Value;
 use time::Date;
 
-pub(crate) use output::{EmbeddingType, Embeddings, EncodingFormat, Output, Vector};
+pub(crate) use output::{EmbeddingType, Embeddings, EncodingFormat, Output, SparseVector, Vector};
 pub(crate) use prompts::TextParams;
+pub(crate) use rerank::RerankParams;
 
 use super::limits::{LimitError, LimitSnapshot, Limiter};
 use super::tenants::Tenant;
@@ -27,7 +29,7 @@ use crate::models::ModelError;
 use crate::models::engine::pooling::shape_vector;
 use crate::models::engine::tokenize::Tokens;
 use crate::models::serving::cache::ModelCache;
-use crate::models::spec::ModelSpec;
+use crate::models::spec::{ModelSpec, Task};
 use input::parse_input;
 
 /// Why a request produced no vectors.
@@ -36,12 +38,15 @@ pub enum EmbedError {
     /// A field's value is wrong; `param` names the field.
     #[error("{message}")]
     Invalid { message: String, param: &'static str },
-    /// More inputs than the tenant may send at once.
-    #[error("{0}")]
-    TooManyInputs(String),
+    /// More inputs (or documents) than may be sent at once; `param` names the field.
+    #[error("{message}")]
+    TooMany { message: String, param: &'static str },
     /// No such model for this tenant (whether it exists for another is not said).
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// The model exists but computes something this route does not serve.
+    #[error("The model `{model}` is a{} {} model: it is served by {}.", if matches!(task, Task::Embed) { "n" } else { "" }, task.as_str(), task.routes())]
+    WrongTask { model: String, task: Task },
     #[error(transparent)]
     Limit(#[from] LimitError),
     /// The model layer failed or refused; model names are the client's.
@@ -67,6 +72,9 @@ pub struct EmbedParams<'a> {
     pub dimensions: Option<usize>,
     pub output: Output,
     pub text: TextParams<'a>,
+    /// The tasks the route serves: dense only for OpenAI's route, dense or sparse for
+    /// `/v1/embed`, sparse only for `/embed_sparse`.
+    pub tasks: &'a [Task],
 }
 
 pub struct EmbedOutput {
@@ -108,6 +116,7 @@ pub struct Outcome<T> {
 /// model's dimension and token limit once its files are fetched).
 pub struct ModelInfo {
     pub name: String,
+    pub task: Task,
     pub dimensions: Option<usize>,
     pub max_tokens: Option<usize>,
 }
@@ -119,6 +128,8 @@ pub struct Embedder {
     usage: Arc<UsageLedger>,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    /// Most documents one rerank request may send.
+    max_documents: usize,
 }
 
 /// What one call learns as it goes, before its result.
@@ -143,8 +154,9 @@ impl Embedder {
         usage: Arc<UsageLedger>,
         metrics: Arc<Metrics>,
         timeout: Duration,
+        max_documents: usize,
     ) -> Self {
-        Self { models, limiter, usage, metrics, timeout }
+        Self { models, limiter, usage, metrics, timeout, max_documents }
     }
 
     /// Checks `tenant`'s limits, validates, embeds and shapes.
@@ -165,11 +177,17 @@ impl Embedder {
         self.limiter.refuse_early(tenant, &mut progress.limits)?;
         let texts = parse_input(params.input, tenant.max_inputs())?;
         let inputs_count = texts.len();
-        let (name, model_id) =
-            tenant.resolve(params.model).map_err(|n| EmbedError::ModelNotFound(n.to_owned()))?;
+        let (name, model_id) = self.resolve(tenant, params.model, params.tasks)?;
         progress.model = Some(model_id.to_owned());
         // Validate against the spec before loading: a bad request must not cost a model load.
         let spec = self.complete_spec(model_id, name).await?;
+        let task = spec.task();
+        if !params.tasks.contains(&task) {
+            return Err(EmbedError::WrongTask { model: name.to_owned(), task });
+        }
+        if task == Task::Sparse {
+            sparse_options_apply(&params)?;
+        }
         let dimensions = match params.dimensions {
             None => spec.dimensions,
             Some(d) if (1..=spec.dimensions).contains(&d) => d,
@@ -204,14 +222,7 @@ impl Embedder {
         let normalize = params.normalize.unwrap_or(spec.normalize());
         let model = self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
 
-        let count_refusal = |e: &ModelError| {
-            let reason = match e {
-                ModelError::QueueFull => "queue_full",
-                ModelError::TenantQueueFull => "tenant_queue_share",
-                _ => return,
-            };
-            self.metrics.refusals.with_label_values(&[model_id, reason]).inc();
-        };
+        let count_refusal = |e: &ModelError| self.count_refusal(model_id, e);
         let limits = &mut progress.limits;
         let work = async {
             model.admits(&tenant.id).inspect_err(count_refusal)?;
@@ -236,8 +247,12 @@ impl Embedder {
         m.truncated_inputs.with_label_values(&[model_id]).inc_by(truncated as u64);
         self.usage.record(&tenant.id, name, inputs_count, tokens);
 
-        let shaped = vectors.into_iter().map(|v| shape_vector(v, dimensions, normalize)).collect();
-        let vectors = Embeddings::new(shaped, &params.output);
+        let vectors = if task == Task::Sparse {
+            Embeddings::Sparse(vectors.iter().map(|v| SparseVector::of(v)).collect())
+        } else {
+            let shaped = vectors.into_iter().map(|v| shape_vector(v, dimensions, normalize)).collect();
+            Embeddings::new(shaped, &params.output)
+        };
         let usage = Usage { prompt_tokens: tokens, total_tokens: tokens };
         Ok(EmbedOutput { model: name.to_owned(), dimensions, vectors, usage })
     }
@@ -256,8 +271,7 @@ impl Embedder {
         let result = async {
             self.limiter.refuse_early(tenant, &mut progress.limits)?;
             let texts = parse_input(input, tenant.max_inputs())?;
-            let (name, model_id) =
-                tenant.resolve(model).map_err(|n| EmbedError::ModelNotFound(n.to_owned()))?;
+            let (name, model_id) = self.resolve(tenant, model, &[Task::Embed, Task::Sparse])?;
             progress.model = Some(model_id.to_owned());
             let spec = self.complete_spec(model_id, name).await?;
             let options = text.options(&spec, name)?;
@@ -280,6 +294,7 @@ impl Embedder {
             .filter_map(|(name, id)| self.models.spec(id).map(|spec| (name, spec)))
             .map(|(name, spec)| ModelInfo {
                 name: name.to_owned(),
+                task: spec.task(),
                 dimensions: spec.is_complete().then_some(spec.dimensions),
                 max_tokens: spec.is_complete().then_some(spec.max_tokens),
             })
@@ -315,6 +330,41 @@ impl Embedder {
         self.usage.flush_before_exit().await;
     }
 
+    /// Counts a request the model's queue refused.
+    fn count_refusal(&self, model_id: &str, e: &ModelError) {
+        let reason = match e {
+            ModelError::QueueFull => "queue_full",
+            ModelError::TenantQueueFull => "tenant_queue_share",
+            _ => return,
+        };
+        self.metrics.refusals.with_label_values(&[model_id, reason]).inc();
+    }
+
+    /// The model a request names, as `(name, cache id)`; with none, the tenant's default model,
+    /// or where that does not fit the route (`tasks`), the tenant's one model that does (a
+    /// Text Embeddings Inference route names no model).
+    fn resolve<'t>(
+        &self,
+        tenant: &'t Tenant,
+        requested: Option<&'t str>,
+        tasks: &[Task],
+    ) -> Result<(&'t str, &'t str), EmbedError> {
+        let found = tenant.resolve(requested).map_err(|n| EmbedError::ModelNotFound(n.to_owned()))?;
+        if requested.is_some() {
+            return Ok(found);
+        }
+        let task_of = |id: &str| self.models.spec(id).map(|s| s.task());
+        if task_of(found.1).is_some_and(|t| tasks.contains(&t)) {
+            return Ok(found);
+        }
+        let fitting: Vec<(&str, &str)> =
+            tenant.models().filter(|(_, id)| task_of(id).is_some_and(|t| tasks.contains(&t))).collect();
+        match fitting.as_slice() {
+            [one] => Ok(*one),
+            _ => Ok(found),
+        }
+    }
+
     /// The model's spec with every setting known: validation needs its dimension, limit and
     /// prompts, which a hub model has only once its files are fetched (by loading it).
     async fn complete_spec(&self, model_id: &str, name: &str) -> Result<Arc<ModelSpec>, EmbedError> {
@@ -324,5 +374,24 @@ impl Embedder {
         }
         self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
         self.models.spec(model_id).ok_or_else(|| EmbedError::ModelNotFound(name.to_owned()))
+    }
+}
+
+/// A sparse model's vectors are its vocabulary weights as they are: no `dimensions`, no
+/// normalisation, no other encoding than JSON numbers.
+fn sparse_options_apply(params: &EmbedParams<'_>) -> Result<(), EmbedError> {
+    let refuse = |param: &'static str, what: &str| {
+        Err(EmbedError::invalid(param, format!("{what} does not apply to a sparse model's vectors")))
+    };
+    if params.dimensions.is_some() {
+        return refuse("dimensions", "dimensions");
+    }
+    if params.normalize == Some(true) {
+        return refuse("normalize", "normalize: true");
+    }
+    match &params.output {
+        Output::Format(EncodingFormat::Float) => Ok(()),
+        Output::Format(EncodingFormat::Base64) => refuse("encoding_format", "encoding_format \"base64\""),
+        Output::Types(_) => refuse("embedding_types", "embedding_types"),
     }
 }

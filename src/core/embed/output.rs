@@ -81,12 +81,35 @@ pub enum Output {
     Types(Vec<EmbeddingType>),
 }
 
-/// A response's vectors: one list, or one per requested type (Cohere's shape).
+/// A response's vectors: one list, or one per requested type (Cohere's shape), or a sparse
+/// model's.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Embeddings {
     List(Vec<Vector>),
     ByType(BTreeMap<EmbeddingType, Vec<Vector>>),
+    Sparse(Vec<SparseVector>),
+}
+
+/// A sparse model's vector: its non-zero weights, by ascending vocabulary index (the shape
+/// Qdrant and most vector stores take).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SparseVector {
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl SparseVector {
+    /// The non-zero entries of a dense vector over the vocabulary.
+    pub fn of(dense: &[f32]) -> Self {
+        let (indices, values) = dense
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != 0.0)
+            .map(|(i, v)| (u32::try_from(i).unwrap_or(u32::MAX), *v))
+            .unzip();
+        Self { indices, values }
+    }
 }
 
 impl Embeddings {
@@ -101,11 +124,11 @@ impl Embeddings {
         }
     }
 
-    /// The one list of an [`Output::Format`] request.
-    pub fn into_list(self) -> Vec<Vector> {
+    /// The one list of an [`Output::Format`] request for a dense model (`None` otherwise).
+    pub fn into_list(self) -> Option<Vec<Vector>> {
         match self {
-            Embeddings::List(list) => list,
-            Embeddings::ByType(_) => unreachable!("asked for one format, answered with types"),
+            Embeddings::List(list) => Some(list),
+            Embeddings::ByType(_) | Embeddings::Sparse(_) => None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `POST /v1/embed`, the native API: the request and response shapes around the core.
+//! `POST /v1/embed`, the native API: the request and response shapes around the core. A sparse
+//! model's vectors come as `[{indices, values}]`.
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use crate::http::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::layers::{respond, respond_plain};
 use crate::models::engine::tokenize::Direction;
+use crate::models::spec::Task;
 
 /// Unknown fields are refused (422), on this route as on `/v1/embeddings`.
 #[derive(Debug, Deserialize)]
@@ -76,6 +78,7 @@ pub(crate) async fn embed(
             truncate: req.truncate,
             truncation_direction: req.truncation_direction,
         },
+        tasks: &[Task::Embed, Task::Sparse],
     };
     let outcome = state.embedder.embed(&tenant, params).await;
     respond(&tenant, outcome, |out| {

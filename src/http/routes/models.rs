@@ -23,6 +23,7 @@ pub(crate) async fn list(State(state): State<Arc<ApiState>>, Authed(tenant): Aut
                 "object": "model",
                 "created": 0,
                 "owned_by": tenant.id,
+                "task": model.task.as_str(),
                 // A hub model's are known once its files are fetched (null before).
                 "dimensions": model.dimensions,
                 "max_tokens": model.max_tokens,

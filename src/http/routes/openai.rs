@@ -16,6 +16,7 @@ use crate::http::auth::Authed;
 use crate::http::extract::JsonBody;
 use crate::http::layers::respond;
 use crate::models::engine::tokenize::Direction;
+use crate::models::spec::Task;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,12 +72,16 @@ pub(crate) async fn embeddings(
             truncate: req.truncate,
             truncation_direction: req.truncation_direction,
         },
+        // OpenAI's shape is dense vectors only.
+        tasks: &[Task::Embed],
     };
     let outcome = state.embedder.embed(&tenant, params).await;
     respond(&tenant, outcome, |out| {
         let data = out
             .vectors
             .into_list()
+            // One format for a dense model (the only task this route takes): always a list.
+            .unwrap_or_default()
             .into_iter()
             .enumerate()
             .map(|(index, embedding)| EmbeddingObject { object: "embedding", index, embedding })
