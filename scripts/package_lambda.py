@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Write the Lambda deployment zip: bootstrap, ONNX Runtime, config/lambda.toml, the default
-int8 model and its tokenizer, in the repository's layout (so config/lambda.toml's relative
-paths hold in /var/task). Prints the zipped and unzipped sizes.
+"""Write the Lambda deployment zip: bootstrap, ONNX Runtime, a config (config/lambda.toml by
+default) as config/lambda.toml, and every model file it names, in the repository's layout (so
+the config's relative paths hold in /var/task). Prints the zipped and unzipped sizes.
 
-Usage: scripts/package_lambda.py BOOTSTRAP OUT.zip
+Usage: scripts/package_lambda.py BOOTSTRAP OUT.zip [CONFIG]
 """
 
 import sys
@@ -15,15 +15,17 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config" / "lambda.toml"
 
 
-def package_files() -> list[tuple[Path, str]]:
-    """(source, path in zip) for everything config/lambda.toml needs."""
-    config = tomllib.loads(CONFIG.read_text())
-    files = [(CONFIG, "config/lambda.toml"), (CONFIG.parent / config["runtime"]["onnxruntime"], None)]
+def package_files(config_path: Path) -> list[tuple[Path, str]]:
+    """(source, path in zip) for everything the config needs."""
+    config = tomllib.loads(config_path.read_text())
+    files = [(config_path, "config/lambda.toml"), (config_path.parent / config["runtime"]["onnxruntime"], None)]
     models = list(config["models"].values())
     for tenant in config.get("tenants", {}).values():
         models += list(tenant.get("private_models", {}).values())
     for model in models:
-        files += [(CONFIG.parent / model["onnx"], None), (CONFIG.parent / model["tokenizer"], None)]
+        for key in ("onnx", "tokenizer", "tokenizer_config"):
+            if key in model:
+                files.append((config_path.parent / model[key], None))
     out, seen = [], set()
     for source, name in files:
         source = source.resolve()
@@ -41,9 +43,9 @@ DEMO_KEY_HASHES = {
 }
 
 
-def warn_about_demo_keys() -> None:
+def warn_about_demo_keys(config_path: Path) -> None:
     """The packaged config must not carry the published demo keys into a deployment."""
-    config = tomllib.loads(CONFIG.read_text())
+    config = tomllib.loads(config_path.read_text())
     demo = sorted(
         tenant
         for tenant, t in config.get("tenants", {}).items()
@@ -52,7 +54,7 @@ def warn_about_demo_keys() -> None:
     if demo:
         bar = "!" * 78
         print(
-            f"{bar}\nWARNING: {CONFIG.relative_to(ROOT)} gives tenants {', '.join(demo)} the demo keys\n"
+            f"{bar}\nWARNING: {config_path.relative_to(ROOT)} gives tenants {', '.join(demo)} the demo keys\n"
             "published in the README. This zip refuses to start on Lambda unless\n"
             "EMBEDSERVE__SERVER__ALLOW_DEMO_KEYS=true; replace the keys before deploying\n"
             f"(`embedserve hash-key`).\n{bar}",
@@ -62,9 +64,10 @@ def warn_about_demo_keys() -> None:
 
 def main() -> None:
     bootstrap, target = Path(sys.argv[1]), Path(sys.argv[2])
-    warn_about_demo_keys()
+    config = (Path(sys.argv[3]) if len(sys.argv) > 3 else CONFIG).resolve()
+    warn_about_demo_keys(config)
     target.parent.mkdir(parents=True, exist_ok=True)
-    entries = [(bootstrap, "bootstrap")] + package_files()
+    entries = [(bootstrap, "bootstrap")] + package_files(config)
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
         for source, name in entries:
             info = zipfile.ZipInfo.from_file(source, name)
@@ -78,7 +81,8 @@ def main() -> None:
         for i in z.infolist():
             print(f"  {i.file_size / 2**20:8.1f} MiB  {i.compress_size / 2**20:8.1f} MiB zipped  {i.filename}")
     zipped = target.stat().st_size
-    print(f"{target}: {zipped / 1e6:.1f} MB zipped (limit 50 MB), {unzipped / 1e6:.1f} MB unzipped (limit 250 MB)")
+    print(f"{target}: {zipped / 1e6:.1f} MB zipped ({'within' if zipped <= 50e6 else 'over: upload through S3, beyond'} "
+          f"the 50 MB direct upload limit), {unzipped / 1e6:.1f} MB unzipped (limit 250 MB)")
 
 
 if __name__ == "__main__":

@@ -651,6 +651,70 @@ def print_report(r: dict, file=sys.stdout) -> None:
     print("PASS" if not r["failures"] else "FAIL: " + "; ".join(r["failures"]), file=file)
 
 
+# --- fp32 compute from ONNX Runtime's dynamic int8 ------------------------------------------------
+
+
+def dequantize_matmuls(src: Path, dst: Path) -> int:
+    """`src`, a graph from ONNX Runtime's dynamic quantization (each weight MatMul is
+    DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul by the two scales), with every such
+    MatMul turned back into an fp32 MatMul on its own int8 weights, dequantized: (w - zero
+    point) * scale. What is left is exactly the weights of the file, computed in fp32.
+
+    Why: the dynamic graph quantizes each activation with one scale for the whole tensor,
+    computed at run time over the whole batch (padding included), so a text's vector depends on
+    what it is batched with (cosine 0.997 measured on bge-small), and one fp32 rounding that moves
+    a tensor's maximum moves every value of it: the same graph gave reranker logits 0.62 apart on
+    an AVX2 and an AVX-512 CPU. Dequantized, the weights are the same and the results are not
+    batch- or CPU-dependent. Returns the number of MatMuls restored."""
+    model = onnx.load(src)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    drop: set[int] = set()
+    replacements: dict[int, onnx.NodeProto] = {}
+    restored = 0
+    for node in graph.node:
+        if node.op_type != "MatMulInteger" or node.input[1] not in inits:
+            continue
+        dql = producer.get(node.input[0])
+        casts = consumers.get(node.output[0], [])
+        if dql is None or dql.op_type != "DynamicQuantizeLinear" or len(casts) != 1 or casts[0].op_type != "Cast":
+            sys.exit(f"error: {node.name or node.output[0]}: not DynamicQuantizeLinear -> MatMulInteger -> Cast")
+        muls = consumers.get(casts[0].output[0], [])
+        if len(muls) != 1 or muls[0].op_type != "Mul":
+            sys.exit(f"error: {node.output[0]}: its Cast is not followed by one Mul")
+        mul = muls[0]
+        scales = producer.get(next(i for i in mul.input if i != casts[0].output[0]))
+        if scales is None or scales.op_type != "Mul":
+            sys.exit(f"error: {node.output[0]}: its scale is not a Mul of the two scales")
+        weight_scale = next(i for i in scales.input if i in inits)
+        w_q = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        w_zp = numpy_helper.to_array(inits[node.input[3]]).astype(np.float32) if len(node.input) > 3 and node.input[3] else 0.0
+        w = ((w_q - w_zp) * numpy_helper.to_array(inits[weight_scale]).astype(np.float32)).astype(np.float32)
+        weight = f"{node.input[1]}_dequantized"
+        graph.initializer.append(numpy_helper.from_array(w, weight))
+        replacements[id(node)] = onnx.helper.make_node("MatMul", [dql.input[0], weight], [mul.output[0]], name=node.name)
+        drop |= {id(casts[0]), id(mul), id(scales)}
+        restored += 1
+    nodes = [replacements.get(id(n), n) for n in graph.node if id(n) not in drop]
+    # Quantizers nothing reads any more.
+    read = {i for n in nodes for i in n.input}
+    nodes = [n for n in nodes if not (n.op_type == "DynamicQuantizeLinear" and not any(o in read for o in n.output))]
+    read = {i for n in nodes for i in n.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in read]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.checker.check_model(model)
+    onnx.save(model, dst)
+    return restored
+
+
 # --- Restoring the shipped model's fp32 weights ------------------------------------------------
 
 
