@@ -5,7 +5,7 @@ use futures::future::join_all;
 use serde_json::json;
 
 use crate::helpers::*;
-use crate::spawned::{SpawnedServer, TempDir, default_config_text};
+use crate::spawned::{SpawnedServer, TempDir, default_config_text, give_acme};
 
 #[tokio::test]
 async fn fifty_concurrent_first_requests_cause_exactly_one_load_and_all_are_correct() {
@@ -106,11 +106,8 @@ fn three_model_config(budget: u64) -> String {
         "[models.minilm-l6-int8-cls]{}\n\n",
         minilm.replace("pooling = \"mean\"", "pooling = \"cls\"")
     );
-    text.replace("max_bytes = 1_073_741_824", &format!("max_bytes = {budget}"))
-        .replace(
-            "models = [\"minilm-l6-int8\"]\ndefault_model",
-            "models = [\"minilm-l6-int8\", \"minilm-l6-int8-cls\"]\ndefault_model",
-        )
+    give_acme(&text, "minilm-l6-int8-cls")
+        .replace("max_bytes = 1_073_741_824", &format!("max_bytes = {budget}"))
         .replace("# Demo tenants", &format!("{cls}# Demo tenants"))
 }
 

@@ -16,6 +16,9 @@ use crate::spawned::{SpawnedServer, TempDir, default_config_text};
 const INT8_CROSS_CPU_MIN_COSINE: f64 = REFERENCE_MIN_COSINE;
 /// fp32 vectors of one text on two kinds of CPU: only rounding differs.
 const FP32_CROSS_CPU_MIN_COSINE: f64 = 0.99999;
+/// The reranker's logits on two kinds of CPU: it computes in fp32 (its int8 weights dequantized,
+/// see scripts/quantize.py dequantize_matmuls), so only rounding differs.
+const RERANK_CROSS_CPU_LOGIT: f64 = 1e-3;
 
 struct Kind {
     name: &'static str,
@@ -70,12 +73,40 @@ fn config() -> String {
     )
 }
 
-/// Each model's vectors for the whole quality set, and the int8 kernels the server logged.
+/// Each model's vectors for the whole quality set, the reranker's logits for its reference pairs,
+/// and the int8 kernels the server logged.
 struct Run {
     minilm: Vec<Vec<f64>>,
     paraphrase: Vec<Vec<f64>>,
     paraphrase_fp32: Vec<Vec<f64>>,
+    rerank_logits: Vec<f64>,
     kernels: Vec<String>,
+}
+
+/// The reranker's logits (TEI's `raw_scores`) for every pair of tests/data/rerank-reference.json,
+/// in order.
+async fn rerank_logits(base: &str) -> Vec<f64> {
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/data/rerank-reference.json")).unwrap(),
+    )
+    .unwrap();
+    let client = client_with_key(Some(ACME_KEY));
+    let mut out = Vec::new();
+    for q in reference["queries"].as_array().unwrap() {
+        let texts: Vec<&Value> = q["documents"].as_array().unwrap().iter().map(|d| &d["document"]).collect();
+        let body = serde_json::json!({ "model": "ms-marco-minilm-l12", "query": q["query"], "texts": texts, "raw_scores": true });
+        let reply: Value =
+            client.post(format!("{base}/rerank")).json(&body).send().await.unwrap().json().await.unwrap();
+        let mut by_index: Vec<(u64, f64)> = reply
+            .as_array()
+            .unwrap_or_else(|| panic!("{reply}"))
+            .iter()
+            .map(|r| (r["index"].as_u64().unwrap(), r["score"].as_f64().unwrap()))
+            .collect();
+        by_index.sort_by_key(|r| r.0);
+        out.extend(by_index.into_iter().map(|r| r.1));
+    }
+    out
 }
 
 async fn run(name: &str, env: &[(&str, &str)]) -> Run {
@@ -86,6 +117,7 @@ async fn run(name: &str, env: &[(&str, &str)]) -> Run {
         minilm: embed_all(&base, "minilm-l6-int8", &qs).await,
         paraphrase: embed_all(&base, "paraphrase-l3", &qs).await,
         paraphrase_fp32: embed_all(&base, "paraphrase-l3-fp32", &qs).await,
+        rerank_logits: rerank_logits(&base).await,
         kernels: server
             .log_text()
             .lines()
@@ -94,7 +126,7 @@ async fn run(name: &str, env: &[(&str, &str)]) -> Run {
             .map(|v| v["int8_kernels"].as_str().unwrap().to_owned())
             .collect(),
     };
-    assert_eq!(run.kernels.len(), 2, "one int8 line per int8 model:\n{}", server.log_text());
+    assert_eq!(run.kernels.len(), 2, "one int8 line per int8 model used:\n{}", server.log_text());
     run
 }
 
@@ -142,5 +174,12 @@ async fn int8_models_agree_and_pass_the_gate_on_every_kind_of_cpu_this_host_can_
             println!("  {model}: min cosine to the host's vectors {min:.7} over {} texts", qs.all().len());
             assert!(min >= floor, "{cpu}: {model}: min cosine to the host's vectors {min} < {floor}");
         }
+        let worst =
+            got.rerank_logits.iter().zip(&host.rerank_logits).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        println!(
+            "  ms-marco-minilm-l12: largest logit difference to the host's {worst:.5} over {} pairs",
+            host.rerank_logits.len()
+        );
+        assert!(worst <= RERANK_CROSS_CPU_LOGIT, "{cpu}: reranker logits {worst} from the host's");
     }
 }

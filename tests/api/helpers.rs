@@ -119,10 +119,14 @@ impl TestServer {
 
     /// Embeds `input` with the native API and returns the float vectors.
     pub async fn embed(&self, model: &str, input: Value) -> Vec<Vec<f64>> {
-        let (status, body) =
-            self.post("/v1/embed", serde_json::json!({ "model": model, "input": input })).await;
-        assert_eq!(status, 200, "{body}");
-        vectors(&body["embeddings"])
+        self.embed_body(serde_json::json!({ "model": model, "input": input })).await
+    }
+
+    /// The float vectors `/v1/embed` answers for `body`; anything but 200 fails the test.
+    pub async fn embed_body(&self, body: Value) -> Vec<Vec<f64>> {
+        let (status, reply) = self.post("/v1/embed", body).await;
+        assert_eq!(status, 200, "{reply}");
+        vectors(&reply["embeddings"])
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::helpers::*;
-use crate::spawned::{SpawnedServer, TempDir, default_config_text};
+use crate::spawned::{SpawnedServer, TempDir, default_config_text, give_acme};
 
 const REPO: &str = "embedserve-test/minilm-l6-int8";
 const COMMIT: &str = "4b9c2f0e6d1a8b7c3e5f9a0d2c4b6e8f1a3c5e7d";
@@ -113,7 +113,7 @@ fn config(extra: &str) -> String {
     );
     let at = text.find("[tenants.").unwrap();
     let text = format!("{}{model}\n{}", &text[..at], &text[at..]);
-    text.replacen("models = [\"minilm-l6-int8\"]", "models = [\"minilm-l6-int8\", \"hub-minilm\"]", 1)
+    give_acme(&text, "hub-minilm")
 }
 
 fn snapshot(hf_home: &Path) -> PathBuf {

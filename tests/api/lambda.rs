@@ -336,3 +336,46 @@ fn read_logs(dir: &TempDir) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[tokio::test]
+async fn under_the_lambda_emulator_a_function_that_reranks_answers_like_the_server() {
+    let lambda = Emulator::start_with(&[("EMBEDSERVE_CONFIG", "config/lambda-rerank.toml")]).await;
+    let server = TestServer::shared();
+    let body = json!({
+        "model": "ms-marco-minilm-l12",
+        "query": "How many people live in Berlin?",
+        "documents": ["Berlin has about 3.7 million inhabitants.", "The cat sat on the mat.", { "text": "Paris is in France." }],
+        "return_documents": true,
+    });
+    for route in ["/v1/rerank", "/v2/rerank"] {
+        let (status, from_lambda) = lambda.post_json(Some(ACME_KEY), route, body.clone()).await;
+        assert_eq!(status, 200, "{from_lambda}");
+        let (_, from_server) = server.post(route, body.clone()).await;
+        // The same order and documents; scores within rounding (a run's padding may differ).
+        let strip = |v: &Value| -> Vec<(Value, Value, f64)> {
+            v["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| (r["index"].clone(), r["document"].clone(), r["relevance_score"].as_f64().unwrap()))
+                .collect()
+        };
+        for (a, b) in strip(&from_lambda).iter().zip(strip(&from_server)) {
+            assert_eq!((&a.0, &a.1), (&b.0, &b.1), "{route}");
+            assert!((a.2 - b.2).abs() <= 1e-5, "{route}: {} vs {}", a.2, b.2);
+        }
+        assert_eq!(from_lambda["usage"], from_server["usage"]);
+    }
+    let tei = json!({ "query": "Berlin", "texts": ["Berlin is a city.", "A cat."], "raw_scores": true });
+    let (status, from_lambda) = lambda.post_json(Some(ACME_KEY), "/rerank", tei.clone()).await;
+    assert_eq!(status, 200, "{from_lambda}");
+    let from_server = server.post("/rerank", tei).await.1;
+    for (a, b) in from_lambda.as_array().unwrap().iter().zip(from_server.as_array().unwrap()) {
+        assert_eq!(a["index"], b["index"]);
+        assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() <= 1e-4, "{a} vs {b}");
+    }
+    // Bad input in the error shape, as from the server.
+    let bad = json!({ "model": "ms-marco-minilm-l12", "query": "q", "documents": [] });
+    let (status, from_lambda) = lambda.post_json(Some(ACME_KEY), "/v1/rerank", bad.clone()).await;
+    assert_eq!((status, &from_lambda), (422, &server.post("/v1/rerank", bad).await.1));
+}

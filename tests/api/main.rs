@@ -21,6 +21,7 @@ mod other_family;
 mod output_types;
 mod quality;
 mod reload;
+mod rerank;
 mod scale_out;
 mod schemathesis;
 mod tenancy;

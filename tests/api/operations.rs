@@ -19,9 +19,27 @@ async fn health_ready_and_models_answer() {
     assert_eq!(models["object"], "list");
     let data = models["data"].as_array().unwrap();
     let ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["minilm-l6-int8", "paraphrase-l3"]);
-    assert!(data.iter().all(|m| m["object"] == "model" && m["dimensions"] == 384 && m["owned_by"] == "acme"));
-    assert_eq!(data[0]["max_tokens"], 256);
+    assert_eq!(
+        ids,
+        ["bge-small-en-v1-5", "minilm-l6-int8", "ms-marco-minilm-l12", "paraphrase-l3", "splade-tiny"]
+    );
+    assert!(data.iter().all(|m| m["object"] == "model" && m["owned_by"] == "acme"));
+    let listed = |id: &str| data.iter().find(|m| m["id"] == id).unwrap();
+    // Each model's task, width and token limit, as the catalogue states them.
+    for (id, task, dimensions, max_tokens) in [
+        ("bge-small-en-v1-5", "embed", 384, 512),
+        ("minilm-l6-int8", "embed", 384, 256),
+        ("ms-marco-minilm-l12", "rerank", 1, 512),
+        ("paraphrase-l3", "embed", 384, 128),
+        ("splade-tiny", "sparse", 30522, 512),
+    ] {
+        let m = listed(id);
+        assert_eq!(
+            (m["task"].as_str(), m["dimensions"].as_u64(), m["max_tokens"].as_u64()),
+            (Some(task), Some(dimensions), Some(max_tokens)),
+            "{id}: {m}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -44,6 +44,13 @@ pub fn default_config_text() -> String {
     text.replace("\"../assets/", &format!("\"{}/assets/", repo().display()))
 }
 
+/// `text` (a config/default.toml) with `model` added to acme's catalogue, after its default.
+pub fn give_acme(text: &str, model: &str) -> String {
+    let acme = "models = [\"minilm-l6-int8\"";
+    assert!(text.contains(acme), "acme's catalogue no longer starts with minilm-l6-int8");
+    text.replacen(acme, &format!("{acme}, \"{model}\""), 1)
+}
+
 impl SpawnedServer {
     /// Writes `config` and serves it on a free port; returns once `/ready` answers 200.
     pub async fn start(name: &str, config: &str) -> SpawnedServer {

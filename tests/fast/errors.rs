@@ -117,3 +117,110 @@ async fn a_request_over_the_timeout_gets_504() {
     let sample = "embedserve_refusals_total{model=\"minilm-l6-int8\",reason=\"timeout\"}";
     assert_eq!(metric_value(&app.metrics(), sample), 1.0);
 }
+
+#[tokio::test]
+async fn bad_rerank_requests_get_a_clear_4xx_on_every_rerank_route() {
+    let app = FastApp::default().await;
+    let model = "ms-marco-minilm-l12";
+    let many: Vec<String> = (0..1_001).map(|i| format!("d{i}")).collect();
+    for route in ["/v1/rerank", "/v2/rerank"] {
+        let cases = [
+            (json!({ "model": model, "documents": ["a"] }), 422, "query"),
+            (json!({ "model": model, "query": "", "documents": ["a"] }), 422, "query"),
+            (json!({ "model": model, "query": 3, "documents": ["a"] }), 422, "query"),
+            (json!({ "model": model, "query": "q" }), 422, "documents"),
+            (json!({ "model": model, "query": "q", "documents": [] }), 422, "documents"),
+            (json!({ "model": model, "query": "q", "documents": ["a", 7] }), 422, "documents"),
+            (json!({ "model": model, "query": "q", "documents": ["a", " "] }), 422, "documents"),
+            (
+                json!({ "model": model, "query": "q", "documents": [{ "title": "no text" }] }),
+                422,
+                "documents",
+            ),
+            (json!({ "model": model, "query": "q", "documents": ["a"], "top_n": 0 }), 422, "top_n"),
+            (
+                json!({ "model": model, "query": "q", "documents": ["a"], "max_tokens_per_doc": 0 }),
+                422,
+                "max_tokens_per_doc",
+            ),
+            (json!({ "model": model, "query": "q", "documents": many }), 413, "documents"),
+            // An embedding model on a rerank route names its task and routes.
+            (json!({ "model": "minilm-l6-int8", "query": "q", "documents": ["a"] }), 422, "model"),
+        ];
+        for (body, status, param) in cases {
+            assert_refused(&app, route, body, status, Some(param)).await;
+        }
+    }
+    let r = app
+        .post(
+            "/v1/rerank",
+            Some(ACME_KEY),
+            json!({ "model": "minilm-l6-int8", "query": "q", "documents": ["a"] }),
+        )
+        .await;
+    assert_eq!(r.body["error"]["code"], "wrong_task");
+    assert!(
+        r.body["error"]["message"].as_str().unwrap().contains("/v1/embed and /v1/embeddings"),
+        "{}",
+        r.body
+    );
+    assert_refused(&app, "/rerank", json!({ "query": "q", "texts": [] }), 422, Some("texts")).await;
+    // The other way round: a rerank model on an embedding route, a sparse one on OpenAI's.
+    assert_refused(&app, "/v1/embed", json!({ "model": model, "input": "x" }), 422, Some("model")).await;
+    assert_refused(
+        &app,
+        "/v1/embeddings",
+        json!({ "model": "splade-tiny", "input": "x" }),
+        422,
+        Some("model"),
+    )
+    .await;
+    for (field, value) in
+        [("dimensions", json!(8)), ("encoding_format", json!("base64")), ("normalize", json!(true))]
+    {
+        let mut body = json!({ "model": "splade-tiny", "input": "x" });
+        body[field] = value;
+        assert_refused(&app, "/v1/embed", body, 422, Some(field)).await;
+    }
+    assert_eq!(
+        app.post("/v1/rerank", Some(ACME_KEY), json!({ "model": model, "query": "q", "documents": ["a"] }))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_rerank_answer_is_sorted_best_first_and_cut_to_top_n() {
+    let app = FastApp::default().await;
+    let documents: Vec<String> = (0..40).map(|i| format!("document number {i} {}", "x".repeat(i))).collect();
+    let r = app
+        .post(
+            "/v1/rerank",
+            Some(ACME_KEY),
+            json!({ "model": "ms-marco-minilm-l12", "query": "q", "documents": documents, "top_n": 5 }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let scores: Vec<f64> = r.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["relevance_score"].as_f64().unwrap())
+        .collect();
+    assert_eq!(scores.len(), 5);
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)), "a sigmoid of the logit: {scores:?}");
+    // 40 documents were split into runs and put back together: every index answered once.
+    let all = app
+        .post(
+            "/v1/rerank",
+            Some(ACME_KEY),
+            json!({ "model": "ms-marco-minilm-l12", "query": "q", "documents": documents }),
+        )
+        .await;
+    let mut indices: Vec<u64> =
+        all.body["results"].as_array().unwrap().iter().map(|x| x["index"].as_u64().unwrap()).collect();
+    indices.sort_unstable();
+    assert_eq!(indices, (0..40).collect::<Vec<u64>>());
+}
