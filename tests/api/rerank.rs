@@ -49,6 +49,7 @@ async fn rerank(server: &TestServer, body: Value) -> Value {
 async fn the_real_reranker_scores_and_sorts_as_python_onnx_runtime_does() {
     let server = TestServer::shared();
     let reference = data("rerank-reference.json");
+    let mut worst = 0.0f64;
     for q in reference["queries"].as_array().unwrap() {
         let docs = q["documents"].as_array().unwrap();
         let texts: Vec<&str> = docs.iter().map(|d| d["document"].as_str().unwrap()).collect();
@@ -93,11 +94,13 @@ async fn the_real_reranker_scores_and_sorts_as_python_onnx_runtime_does() {
             let d = &docs[r["index"].as_u64().unwrap() as usize];
             let (got, want) = (r["score"].as_f64().unwrap(), d["logit"].as_f64().unwrap());
             assert!((got - want).abs() <= RERANK_LOGIT_TOLERANCE, "logit {got}, reference {want}");
+            worst = worst.max((got - want).abs());
         }
         let tei_order: Vec<u64> =
             tei.as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
         assert_eq!(tei_order, order, "the same model, the same order");
     }
+    eprintln!("reranker: largest logit difference to Python onnxruntime {worst:.2e}");
 }
 
 #[tokio::test]
@@ -177,6 +180,7 @@ async fn a_cross_encoder_folder_scores_pairs_exactly_as_sentence_transformers_do
     let server = TestServer::start(settings);
     let reference = data("tiny-cross-encoder-reference.json");
     assert_eq!(reference["activation"], "Sigmoid");
+    let mut worst = 0.0f64;
     for pair in reference["pairs"].as_array().unwrap() {
         let body = json!({ "model": "tiny-ce", "query": pair["query"], "documents": [pair["document"]] });
         let reply = rerank(&server, body).await;
@@ -187,11 +191,13 @@ async fn a_cross_encoder_folder_scores_pairs_exactly_as_sentence_transformers_do
             "{}: {got} vs CrossEncoder.predict {want}",
             pair["document"]
         );
+        worst = worst.max((got - want).abs());
         assert_eq!(
             reply["usage"]["total_tokens"], pair["tokens"],
             "longest-first truncation, as transformers"
         );
     }
+    eprintln!("tiny CrossEncoder: largest score difference to CrossEncoder.predict {worst:.2e}");
     let models: Value = server.get("/v1/models").await.json().await.unwrap();
     let task =
         models["data"].as_array().unwrap().iter().find(|m| m["id"] == "tiny-ce").unwrap()["task"].clone();
@@ -199,8 +205,9 @@ async fn a_cross_encoder_folder_scores_pairs_exactly_as_sentence_transformers_do
 }
 
 /// `got`'s sparse vector against `want`'s: the same indices and values within `tolerance`, except
-/// entries under `tolerance` in one of them (a logit within rounding of zero).
-fn assert_sparse_equal(got: &Value, want: &Value, tolerance: f64, what: &str) {
+/// entries under `tolerance` in one of them (a logit within rounding of zero). Returns the
+/// largest difference.
+fn assert_sparse_equal(got: &Value, want: &Value, tolerance: f64, what: &str) -> f64 {
     let map = |v: &Value, i: &str, x: &str| -> BTreeMap<u64, f64> {
         v[i].as_array()
             .unwrap()
@@ -210,9 +217,11 @@ fn assert_sparse_equal(got: &Value, want: &Value, tolerance: f64, what: &str) {
             .collect()
     };
     let (got, want) = (map(got, "indices", "values"), map(want, "indices", "values"));
+    let mut worst = 0.0f64;
     for (index, w) in &want {
         let g = got.get(index).copied().unwrap_or(0.0);
         assert!((g - w).abs() <= tolerance, "{what}: index {index}: {g} vs {w}");
+        worst = worst.max((g - w).abs());
     }
     for (index, g) in &got {
         assert!(
@@ -221,6 +230,7 @@ fn assert_sparse_equal(got: &Value, want: &Value, tolerance: f64, what: &str) {
         );
     }
     assert!(want.len().abs_diff(got.len()) <= 2, "{what}: {} vs {} non-zeros", got.len(), want.len());
+    worst
 }
 
 #[tokio::test]
@@ -241,21 +251,27 @@ async fn a_sparse_encoder_folder_encodes_exactly_as_sentence_transformers_does()
     assert_eq!(status, 200, "{reply}");
     let tokens: u64 = texts.iter().map(|t| t["tokens"].as_u64().unwrap()).sum();
     assert_eq!(reply["usage"]["total_tokens"], tokens);
-    for (got, want) in reply["embeddings"].as_array().unwrap().iter().zip(&texts) {
-        assert_sparse_equal(got, want, EXACT_TOLERANCE, want["text"].as_str().unwrap());
-    }
+    let worst = reply["embeddings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&texts)
+        .map(|(got, want)| assert_sparse_equal(got, want, EXACT_TOLERANCE, want["text"].as_str().unwrap()))
+        .fold(0.0, f64::max);
+    eprintln!("tiny SparseEncoder: largest value difference to SparseEncoder.encode {worst:.2e}");
 }
 
 #[tokio::test]
 async fn the_real_splade_model_matches_transformers_on_both_routes() {
     let server = TestServer::shared();
     let reference = data("splade-reference.json");
+    let mut worst = 0.0f64;
     for want in reference["texts"].as_array().unwrap() {
         let (status, reply) =
             server.post("/v1/embed", json!({ "model": "splade-tiny", "input": want["text"] })).await;
         assert_eq!(status, 200, "{reply}");
         let what = want["text"].as_str().unwrap().chars().take(40).collect::<String>();
-        assert_sparse_equal(&reply["embeddings"][0], want, 1e-3, &what);
+        worst = worst.max(assert_sparse_equal(&reply["embeddings"][0], want, 1e-3, &what));
         assert_eq!(reply["usage"]["total_tokens"], want["tokens"]);
         // TEI's shape: [[{index, value}]], the same entries.
         let (status, tei) = server.post("/embed_sparse", json!({ "inputs": [want["text"]] })).await;
@@ -267,6 +283,7 @@ async fn the_real_splade_model_matches_transformers_on_both_routes() {
         });
         assert_eq!(as_vector, reply["embeddings"][0], "/embed_sparse picks the tenant's one sparse model");
     }
+    eprintln!("SPLADE-tiny: largest value difference to transformers {worst:.2e}");
 }
 
 #[tokio::test]
@@ -284,6 +301,7 @@ async fn bge_queries_take_their_instruction_and_find_their_passages() {
         |key: &str| reference[key].as_array().unwrap().iter().map(|t| t["text"].clone()).collect::<Vec<_>>();
     let queries = embed(texts("queries"), Some("query")).await;
     let passages = embed(texts("passages"), None).await;
+    let mut least = 1.0f64;
     for (got, want) in queries
         .iter()
         .zip(reference["queries"].as_array().unwrap())
@@ -292,7 +310,9 @@ async fn bge_queries_take_their_instruction_and_find_their_passages() {
         let want: Vec<f64> = want["vector"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
         let cos = cosine(got, &want);
         assert!(cos >= FP32_REFERENCE_MIN_COSINE, "cosine {cos}");
+        least = least.min(cos);
     }
+    eprintln!("bge-small: least cosine to its reference {least:.7}");
     for (q, want) in queries.iter().zip(reference["queries"].as_array().unwrap()) {
         let mut ranked: Vec<(f64, usize)> =
             passages.iter().enumerate().map(|(i, p)| (cosine(q, p), i)).collect();
