@@ -15,7 +15,7 @@ LAMBDA_CONFIG ?= config/lambda.toml
 # cargo-lambda and zig come from PyPI into the venv (tests/requirements.txt).
 WITH_VENV := PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: help run test check build assets quantize models-venv venv bench bench-lambda lambda-zip load-test reference lint servers cluster cluster-down
+.PHONY: help run test check build assets quantize models-venv venv reference-venv bench bench-lambda bench-lambda-rerank lambda-zip load-test reference lint servers cluster cluster-down
 
 ## help: list the targets and what each does
 help:
@@ -93,6 +93,14 @@ lambda-zip: assets venv
 bench-lambda: lambda-zip
 	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) $(CARGO) bench --bench lambda
 
+## bench-lambda-rerank: the same for the function that also reranks (config/lambda-rerank.toml), one query
+## with 20 passages per invocation (SIZES="1024 3008" picks the memory sizes)
+SIZES ?= 1024 1769 3008
+bench-lambda-rerank:
+	$(MAKE) lambda-zip LAMBDA_CONFIG=config/lambda-rerank.toml LAMBDA_ZIP=target/lambda/embedserve-rerank.zip
+	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) EMBEDSERVE_BENCH_ZIP=target/lambda/embedserve-rerank.zip \
+	  EMBEDSERVE_BENCH_ROUTE=rerank EMBEDSERVE_BENCH_SIZES="$(SIZES)" $(CARGO) bench --bench lambda
+
 ## venv: the Python clients and tools the tests drive (openai SDK, cargo-lambda, hadolint)
 venv: $(VENV)/.installed
 $(VENV)/.installed: tests/requirements.txt
@@ -100,10 +108,11 @@ $(VENV)/.installed: tests/requirements.txt
 	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 	touch $@
 
-## bench: cold start, latency and throughput figures on this machine, then what the Redis
-## limit store adds (local vs Redis in alternating rounds)
-bench: assets servers
+## bench: cold start, latency and throughput figures on this machine, rerank and sparse beside their
+## ceilings, then what the Redis limit store adds (local vs Redis in alternating rounds)
+bench: assets servers reference-venv
 	$(CARGO) bench --bench serve
+	$(CARGO) bench --bench rerank
 	$(CARGO) bench --bench store
 
 ## load-test: the goose load scenarios against the release binary (SCENARIOS="ramp spike" runs some);
@@ -113,9 +122,12 @@ load-test: assets build
 	cd load-tests && $(CARGO) run --release --quiet -- $(SCENARIOS)
 
 ## reference: regenerate tests/data/reference.json with Python onnxruntime + tokenizers
-reference: assets venv
-	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -r scripts/requirements-reference.txt
+reference: assets reference-venv
 	$(VENV_PY) scripts/make_reference.py
+
+# Python onnxruntime and tokenizers in the venv: the independent reference and the rerank ceiling.
+reference-venv: venv
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -r scripts/requirements-reference.txt
 
 ## lint: clippy on the release profile, warnings as errors
 lint:

@@ -7,6 +7,11 @@
 //! emulator's round trip), peak memory, and the cost per million requests at each size, marking
 //! the cheapest size whose warm p99 meets the target.
 //!
+//! `make bench-lambda-rerank` does the same for the function that also reranks
+//! (config/lambda-rerank.toml), each invocation one query with 20 passages on `/v1/rerank`
+//! (EMBEDSERVE_BENCH_ZIP and EMBEDSERVE_BENCH_ROUTE=rerank; EMBEDSERVE_BENCH_SIZES="1024" picks
+//! the memory sizes).
+//!
 //! Emulator timings on this machine estimate Lambda; they do not measure it: other CPUs, no
 //! Firecracker, and the cgroup quota slices CPU time differently from Lambda's scheduler.
 
@@ -18,12 +23,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+#[allow(dead_code)] // the rerank workload is shared with benches/rerank.rs and the load tests
+mod support {
+    pub mod rerank;
+}
+
 const KEY: &str = "acme-dev-key";
 const SIZES_MB: [u64; 4] = [512, 1024, 1769, 3008];
 const COLD_RUNS: usize = 5;
-const WARM_INVOCATIONS: usize = 300;
-/// The latency the recommendation must meet: warm function duration p99.
+/// The latency the recommendation must meet: warm function duration p99 (embeddings).
 const P99_TARGET_MS: f64 = 50.0;
+/// The same for one query with 20 passages (rerank).
+const RERANK_P99_TARGET_MS: f64 = 2_000.0;
 /// Public x86_64 Lambda prices (us-east-1), first pricing tier.
 const PRICE_PER_GB_SECOND: f64 = 0.000_016_666_7;
 const PRICE_PER_MILLION_REQUESTS: f64 = 0.20;
@@ -60,7 +71,16 @@ impl Size {
 
 fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let package = unpack(repo);
+    let zip = std::env::var_os("EMBEDSERVE_BENCH_ZIP")
+        .map_or_else(|| repo.join("target/lambda/embedserve.zip"), PathBuf::from);
+    let reranking = std::env::var("EMBEDSERVE_BENCH_ROUTE").is_ok_and(|r| r == "rerank");
+    let sizes_mb: Vec<u64> = std::env::var("EMBEDSERVE_BENCH_SIZES").map_or_else(
+        |_| SIZES_MB.to_vec(),
+        |s| s.split([',', ' ']).filter(|v| !v.is_empty()).map(|v| v.parse().expect("sizes in MB")).collect(),
+    );
+    let (warm_invocations, p99_target) =
+        if reranking { (30, RERANK_P99_TARGET_MS) } else { (300, P99_TARGET_MS) };
+    let package = unpack(repo, &zip);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let python = std::env::var_os("EMBEDSERVE_TEST_PYTHON")
         .map(PathBuf::from)
@@ -77,26 +97,41 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let url = format!("http://127.0.0.1:{port}/lambda-url/_/v1/embed");
+    let route = if reranking { "rerank" } else { "embed" };
+    let url = format!("http://127.0.0.1:{port}/lambda-url/_/v1/{route}");
     let client = reqwest::Client::new();
-    let invoke = |text: &'static str| {
-        let (client, url) = (client.clone(), url.clone());
+    let requests = support::rerank::workload(repo, 16);
+    let bodies: Vec<serde_json::Value> = if reranking {
+        requests.iter().map(|r| r.body("ms-marco-minilm-l12")).collect()
+    } else {
+        vec![
+            json!({ "input": "The first request after a cold start." }),
+            json!({ "input": "A warm request." }),
+        ]
+    };
+    let invoke = |i: usize| {
+        let (client, url, body) = (client.clone(), url.clone(), bodies[i % bodies.len()].clone());
         async move {
             let t = Instant::now();
-            let r = client.post(&url).bearer_auth(KEY).json(&json!({ "input": text })).send().await.unwrap();
+            let r = client.post(&url).bearer_auth(KEY).json(&body).send().await.unwrap();
             assert_eq!(r.status(), 200);
             r.bytes().await.unwrap();
             t.elapsed().as_secs_f64() * 1e3
         }
     };
 
-    println!("embedserve on the Lambda emulator: the package from target/lambda/embedserve.zip");
+    println!("embedserve on the Lambda emulator: the package from {}", zip.display());
+    let what = if reranking {
+        "rerank invocations (one query, 20 passages of about 60 tokens)"
+    } else {
+        "one-sentence invocations"
+    };
     println!(
-        "each size: {COLD_RUNS} cold starts, then {WARM_INVOCATIONS} warm one-sentence invocations, under a cgroup \
+        "each size: {COLD_RUNS} cold starts, then {warm_invocations} warm {what}, under a cgroup \
          with size/1769 of a vCPU and the size's memory limit"
     );
     let mut sizes = Vec::new();
-    for mb in SIZES_MB {
+    for mb in sizes_mb {
         let cgroup = Cgroup::new(mb);
         let (mut inits, mut firsts, mut colds) = (Vec::new(), Vec::new(), Vec::new());
         let mut function: Option<Function> = None;
@@ -107,16 +142,15 @@ fn main() {
             let started = Instant::now();
             let f = Function::spawn(&package, port, mb, &cgroup);
             // The request waits in the emulator until the function asks for its first event.
-            rt.block_on(invoke("The first request after a cold start."));
+            rt.block_on(invoke(0));
             colds.push(started.elapsed().as_secs_f64() * 1e3);
             inits.push(f.init_ms.recv_timeout(Duration::from_secs(5)).unwrap_or(f64::NAN));
             firsts.push(f.durations.recv_timeout(Duration::from_secs(5)).unwrap_or(f64::NAN));
             function = Some(f);
         }
         let f = function.take().unwrap();
-        let mut round_trips: Vec<f64> =
-            (0..WARM_INVOCATIONS).map(|_| rt.block_on(invoke("A warm request."))).collect();
-        let mut warm: Vec<f64> = (0..WARM_INVOCATIONS)
+        let mut round_trips: Vec<f64> = (1..=warm_invocations).map(|i| rt.block_on(invoke(i))).collect();
+        let mut warm: Vec<f64> = (0..warm_invocations)
             .map(|_| f.durations.recv_timeout(Duration::from_secs(5)).unwrap())
             .collect();
         let peak_mib = cgroup.peak_bytes() as f64 / 1048576.0;
@@ -153,7 +187,7 @@ fn main() {
 
     let cheapest = sizes
         .iter()
-        .filter(|s| s.warm_p99_ms <= P99_TARGET_MS)
+        .filter(|s| s.warm_p99_ms <= p99_target)
         .min_by(|a, b| a.per_million_warm().total_cmp(&b.per_million_warm()))
         .map(|s| s.mb);
     println!();
@@ -163,7 +197,11 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for s in &sizes {
-        let mark = if Some(s.mb) == cheapest { " **cheapest with p99 ≤ 50 ms**" } else { "" };
+        let mark = if Some(s.mb) == cheapest {
+            format!(" **cheapest with p99 ≤ {p99_target} ms**")
+        } else {
+            String::new()
+        };
         println!(
             "| {} MB{mark} | {:.2} | {:.0} | {:.1} | {:.0} | {:.2} / {:.2} | {:.0} ({:.0}%) | ${:.3} | ${:.2} |",
             s.mb,
@@ -199,12 +237,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Unpacks the zip into target/lambda/package, as Lambda unpacks it into /var/task.
-fn unpack(repo: &Path) -> PathBuf {
-    let zip = repo.join("target/lambda/embedserve.zip");
+fn unpack(repo: &Path, zip: &Path) -> PathBuf {
     assert!(zip.exists(), "run `make lambda-zip` first");
     let dir = repo.join("target/lambda/package");
     let _ = std::fs::remove_dir_all(&dir);
-    let status = Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&zip).arg(&dir).status().unwrap();
+    let status = Command::new("python3").args(["-m", "zipfile", "-e"]).arg(zip).arg(&dir).status().unwrap();
     assert!(status.success());
     for exe in ["bootstrap", "assets/onnxruntime/libonnxruntime.so.1.31.1"] {
         let _ = Command::new("chmod").arg("755").arg(dir.join(exe)).status();

@@ -23,6 +23,7 @@ use embedserve::Settings;
 use support::ceiling::{SENTENCES, embeddings_per_second};
 use support::http::{KEY, MODEL, THROUGHPUT_SECONDS, cold_start, cpu_seconds, latency, throughput};
 
+#[allow(dead_code)] // each bench uses its own part of the shared support
 mod support {
     pub mod ceiling;
     pub mod http;

@@ -54,3 +54,44 @@ pub fn embeddings_per_second(
     };
     batches.iter().map(|&b| rate(b)).collect()
 }
+
+/// Pairs/s of the rerank `model` at `batch` pairs per run, tokenizing (pair template, longest
+/// side cut first) and running `requests`' (query, passage) pairs in order, cycled, for `each`.
+pub fn pairs_per_second(
+    settings: &Settings,
+    model: &str,
+    requests: &[(String, Vec<String>)],
+    batch: usize,
+    each: Duration,
+) -> anyhow::Result<f64> {
+    use embedserve::models::engine::tokenize::PairOptions;
+    let spec = settings.models.get(model).ok_or_else(|| anyhow::anyhow!("no model `{model}` in config"))?;
+    let options =
+        SessionOptions { intra_threads: settings.intra_threads(), cpu_arena: settings.runtime.cpu_arena };
+    let runtime = OrtLoader::new(settings.onnxruntime_path().as_deref(), options)?;
+    let (encoder, mut backend) = runtime.load(spec)?;
+    let pairs: Vec<(&str, &str)> =
+        requests.iter().flat_map(|(q, ps)| ps.iter().map(move |p| (q.as_str(), p.as_str()))).collect();
+    let pair_options = PairOptions { truncate: true, ..PairOptions::default() };
+    let mut at = 0;
+    let mut run = || -> anyhow::Result<()> {
+        let mut encoded = Vec::with_capacity(batch);
+        let chunk: Vec<(&str, &str)> = pairs.iter().cycle().skip(at).take(batch).copied().collect();
+        at = (at + batch) % pairs.len();
+        // Consecutive pairs of one query are encoded together, as a request's are.
+        for group in chunk.chunk_by(|a, b| a.0 == b.0) {
+            let documents: Vec<String> = group.iter().map(|(_, p)| p.to_string()).collect();
+            encoded.extend(encoder.encode_pairs(group[0].0, &documents, &pair_options)?);
+        }
+        backend.run(&encoded.iter().collect::<Vec<_>>())?;
+        Ok(())
+    };
+    run()?;
+    let started = Instant::now();
+    let mut done = 0;
+    while started.elapsed() < each {
+        run()?;
+        done += batch;
+    }
+    Ok(done as f64 / started.elapsed().as_secs_f64())
+}

@@ -1,4 +1,4 @@
-//! embedserve's load tests: five scenarios, run by goose against the repository's release
+//! embedserve's load tests: six scenarios, run by goose against the repository's release
 //! binary on this machine.
 //!
 //! Each scenario starts its own server with the configuration it needs, drives it with goose,
@@ -13,6 +13,9 @@
 /// The in-process ceiling and the sample sentences, shared with `make bench`.
 #[path = "../../benches/support/ceiling.rs"]
 mod ceiling;
+/// The rerank workload (one query, 20 passages), shared with `make bench`.
+#[path = "../../benches/support/rerank.rs"]
+mod rerank;
 mod server;
 mod workload;
 
@@ -32,7 +35,7 @@ use serde_json::json;
 use server::{Repo, Server, UNLIMITED, tenant_table};
 use workload::{Embed, Figures, Recorder, Sample, Workload, scenario};
 
-const SCENARIOS: [&str; 5] = ["ramp", "multi-tenant", "noisy-neighbour", "spike", "mixed-lengths"];
+const SCENARIOS: [&str; 6] = ["ramp", "multi-tenant", "noisy-neighbour", "spike", "mixed-lengths", "rerank"];
 const MODEL: &str = "minilm-l6-int8";
 
 struct Run {
@@ -64,7 +67,8 @@ async fn main() -> anyhow::Result<()> {
             "multi-tenant" => multi_tenant(&run).await,
             "noisy-neighbour" => noisy_neighbour(&run).await,
             "spike" => spike(&run).await,
-            _ => mixed_lengths(&run).await,
+            "mixed-lengths" => mixed_lengths(&run).await,
+            _ => rerank_beside_embeddings(&run).await,
         }
         .with_context(|| format!("scenario {name}"))?;
         println!("{section}");
@@ -138,6 +142,7 @@ async fn attack(
 fn one_sentence(key: &str, model: &str, name: String, i: usize) -> Embed {
     Embed {
         key: key.to_owned(),
+        path: "/v1/embed",
         body: json!({ "input": SENTENCES[i % SENTENCES.len()], "model": model }).to_string().into(),
         inputs: 1,
         name,
@@ -168,15 +173,8 @@ async fn ramp(run: &Run) -> anyhow::Result<String> {
     // server's run; the higher figure counts, since this machine's speed drifts.
     let settings = embedserve::Settings::load(&run.repo.0.join("config/default.toml"))?;
     let batches = [1, 8, 32, 64];
-    let measure = || {
-        ceiling::embeddings_per_second(
-            &settings,
-            MODEL,
-            &SENTENCES,
-            &batches,
-            Duration::from_secs(4),
-        )
-    };
+    let measure =
+        || ceiling::embeddings_per_second(&settings, MODEL, &SENTENCES, &batches, Duration::from_secs(4));
     let before = measure()?;
 
     let config = run.repo.default_config(&[])?;
@@ -401,6 +399,7 @@ async fn noisy_neighbour(run: &Run) -> anyhow::Result<String> {
         (0..FLOOD_INPUTS).map(|i| format!("{} (flood {i})", SENTENCES[i % SENTENCES.len()])).collect();
     let flood_body: Arc<str> = json!({ "input": flood_input, "model": MODEL }).to_string().into();
     let flood_workload: Arc<dyn Workload> = Arc::new(move |_: Duration| Embed {
+        path: "/v1/embed",
         key: "flood-key".to_owned(),
         body: Arc::clone(&flood_body),
         inputs: FLOOD_INPUTS,
@@ -535,6 +534,7 @@ async fn mixed_lengths(run: &Run) -> anyhow::Result<String> {
         };
         Embed {
             key: "acme-dev-key".to_owned(),
+            path: "/v1/embed",
             body: json!({ "input": text.join(" "), "model": MODEL }).to_string().into(),
             inputs: 1,
             name: name.to_owned(),
@@ -567,6 +567,100 @@ async fn mixed_lengths(run: &Run) -> anyhow::Result<String> {
         "{:.0} tokens/s served; {:.0} padded tokens per ONNX Runtime run on average. Report: `reports/mixed-lengths.html`.\n",
         tokens / seconds,
         metrics.sum("embedserve_batch_tokens_sum", &[]) / runs.max(1.0)
+    );
+    Ok(out)
+}
+
+/// 6. Rerank (one query, 20 passages) alone, then beside one-sentence embeddings of the tenant.
+async fn rerank_beside_embeddings(run: &Run) -> anyhow::Result<String> {
+    const RERANKER: &str = "ms-marco-minilm-l12";
+    const USERS: usize = 8;
+    const HOLD: u64 = 20;
+    let requests = rerank::workload(&run.repo.0, 16);
+    let bodies: Arc<Vec<Arc<str>>> =
+        Arc::new(requests.iter().map(|r| r.body(RERANKER).to_string().into()).collect());
+    let config = run.repo.default_config(&[])?;
+    let server = Server::start(&run.binary, &run.reports.join("rerank.toml"), &config).await?;
+    // The first 2 s of each phase, while users start, are not counted.
+    let named =
+        |elapsed: Duration, name: String| if elapsed.as_secs() < 2 { "ramping".to_owned() } else { name };
+    let reranks = |phase: &'static str| -> Arc<dyn Workload> {
+        let (counter, bodies) = (std::sync::atomic::AtomicUsize::new(0), Arc::clone(&bodies));
+        Arc::new(move |elapsed: Duration| {
+            let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Embed {
+                key: "acme-dev-key".to_owned(),
+                path: "/v1/rerank",
+                body: Arc::clone(&bodies[i % bodies.len()]),
+                inputs: rerank::PASSAGES,
+                name: named(elapsed, format!("rerank, {phase}")),
+            }
+        })
+    };
+    let embeds = |phase: &'static str| -> Arc<dyn Workload> {
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        Arc::new(move |elapsed: Duration| {
+            let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            one_sentence("acme-dev-key", MODEL, named(elapsed, format!("embed, {phase}")), i)
+        })
+    };
+    let plan = |users: usize| format!("{users},1s;{users},{HOLD}s;0,0s");
+    let (alone, together) = (Recorder::new(), Recorder::new());
+    let (cpu, wall) = (server.cpu_seconds(), Instant::now());
+    let users = scenario("rerank", reranks("alone"), Arc::clone(&alone), Duration::ZERO)?;
+    attack(run, &server, "rerank-alone", &plan(USERS), vec![users]).await?;
+    let (cpu, wall) = (server.cpu_seconds() - cpu, wall.elapsed().as_secs_f64());
+    // Equal weights: goose gives the two scenarios USERS users each.
+    let rerank_users = scenario("rerank", reranks("together"), Arc::clone(&together), Duration::ZERO)?;
+    let embed_users = scenario("embed", embeds("together"), Arc::clone(&together), Duration::ZERO)?;
+    attack(
+        run,
+        &server,
+        "rerank",
+        &plan(2 * USERS),
+        vec![rerank_users.set_weight(1)?, embed_users.set_weight(1)?],
+    )
+    .await?;
+    let embed_only = Recorder::new();
+    let users = scenario("embed", embeds("alone"), Arc::clone(&embed_only), Duration::ZERO)?;
+    attack(run, &server, "rerank-embed-alone", &plan(USERS), vec![users]).await?;
+    drop(server);
+
+    let settings = embedserve::Settings::load(&run.repo.0.join("config/default.toml"))?;
+    let pairs: Vec<(String, Vec<String>)> =
+        requests.iter().map(|r| (r.query.clone(), r.passages.clone())).collect();
+    let ceiling = ceiling::pairs_per_second(&settings, RERANKER, &pairs, 32, Duration::from_secs(6))?;
+
+    let mut samples = alone.samples();
+    samples.extend(together.samples());
+    samples.extend(embed_only.samples());
+    let counted = (HOLD - 1) as f64;
+    let names = ["rerank, alone", "rerank, together", "embed, alone", "embed, together"];
+    let figures: Vec<(String, Figures)> =
+        names.iter().map(|n| (n.to_string(), Figures::of(samples_named(&samples, n), counted))).collect();
+    let rows: Vec<(String, &Figures)> = figures.iter().map(|(n, f)| (n.clone(), f)).collect();
+    let all = Figures::of(&samples, 3.0 * HOLD as f64);
+    let mut out = format!(
+        "## 6. Rerank beside embeddings\n\n{USERS} clients reranking one query with {} passages of about 60 tokens \
+         ({RERANKER}) for {HOLD} s; then as many again embedding one sentence ({MODEL}) beside them; then the \
+         embedding clients alone. In rerank rows, embeddings/s counts the pairs scored.\n\n{}\n",
+        rerank::PASSAGES,
+        table(&rows)
+    );
+    let rerank_alone = &figures[0].1;
+    let _ = writeln!(
+        out,
+        "In-process ceiling (embedserve's engine on the same pairs at batch 32, no HTTP, no queue): {ceiling:.0} pairs/s; reranking alone the server scores {:.0} pairs/s, {:.0}% of it. Server CPU while reranking alone: {:.2} cores, {:.2} ms per pair.",
+        rerank_alone.embeddings_per_second,
+        100.0 * rerank_alone.embeddings_per_second / ceiling,
+        cpu / wall,
+        1e3 * cpu / (rerank_alone.embeddings_per_second * wall).max(1.0)
+    );
+    let _ = writeln!(
+        out,
+        "Goal: no errors other than the documented refusals: {} errors, {}. Report: `reports/rerank.html`.\n",
+        all.errors,
+        verdict(all.errors == 0)
     );
     Ok(out)
 }

@@ -56,7 +56,8 @@ impl Server {
 
     /// The server's Prometheus text.
     pub async fn metrics(&self) -> anyhow::Result<Metrics> {
-        let text = reqwest_client().get(format!("{}/metrics", self.metrics_base)).send().await?.text().await?;
+        let text =
+            reqwest_client().get(format!("{}/metrics", self.metrics_base)).send().await?.text().await?;
         Ok(Metrics(text))
     }
 

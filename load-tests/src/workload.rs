@@ -1,4 +1,5 @@
-//! Goose glue: one transaction that posts what a scenario's [`Workload`] picks to `/v1/embed`,
+//! Goose glue: one transaction that posts what a scenario's [`Workload`] picks (to `/v1/embed`
+//! or another route),
 //! and a [`Recorder`] that keeps every response's phase, status and latency, so the summary can
 //! give percentiles of the served requests apart from the refusals (goose's own tables mix
 //! them) and per phase of a run.
@@ -8,11 +9,14 @@ use std::time::{Duration, Instant};
 
 use goose::prelude::*;
 
-/// One request: whose key, what body, and the name it is reported under.
+/// One request: whose key, where, what body, and the name it is reported under.
 pub struct Embed {
     pub key: String,
+    /// The route posted to.
+    pub path: &'static str,
     /// The JSON body, serialised.
     pub body: Arc<str>,
+    /// Units of work it carries: inputs embedded, or documents reranked.
     pub inputs: usize,
     pub name: String,
 }
@@ -72,7 +76,7 @@ pub fn scenario(
         Box::pin(async move {
             let embed = workload.next(recorder.elapsed());
             let builder = user
-                .get_request_builder(&GooseMethod::Post, "/v1/embed")?
+                .get_request_builder(&GooseMethod::Post, embed.path)?
                 .bearer_auth(&embed.key)
                 .header("content-type", "application/json")
                 .body(embed.body.to_string());
