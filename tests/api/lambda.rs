@@ -379,3 +379,31 @@ async fn under_the_lambda_emulator_a_function_that_reranks_answers_like_the_serv
     let (status, from_lambda) = lambda.post_json(Some(ACME_KEY), "/v1/rerank", bad.clone()).await;
     assert_eq!((status, &from_lambda), (422, &server.post("/v1/rerank", bad).await.1));
 }
+
+#[tokio::test]
+async fn under_the_lambda_emulator_token_ids_cohere_and_tei_routes_answer_like_the_server() {
+    let lambda = Emulator::start().await;
+    let server = TestServer::shared();
+    // "Hello, world!" in tiktoken's cl100k_base, as LangChain sends it.
+    let ids = tiktoken_rs::cl100k_base_singleton().encode_ordinary("Hello, world!");
+    let body = json!({ "input": [ids], "model": "minilm-l6-int8", "encoding_format": "float" });
+    let (status, from_lambda) = lambda.post_json(Some(ACME_KEY), "/v1/embeddings", body.clone()).await;
+    assert_eq!(status, 200, "{from_lambda}");
+    let text = server.embed("minilm-l6-int8", json!(["Hello, world!"])).await;
+    let v: Vec<f64> =
+        from_lambda["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert!(cosine(&v, &text[0]) >= 0.9999, "token ids under Lambda: cosine {}", cosine(&v, &text[0]));
+    let bad = json!({ "input": [[9906, 4_000_000]] });
+    let (status, from_lambda) = lambda.post_json(Some(ACME_KEY), "/v1/embeddings", bad.clone()).await;
+    assert_eq!((status, &from_lambda), (422, &server.post("/v1/embeddings", bad).await.1));
+    for (route, body) in [
+        ("/v2/embed", json!({ "texts": ["Hello, world!"], "input_type": "search_query" })),
+        ("/embed", json!({ "inputs": ["Hello, world!"] })),
+    ] {
+        let (status, from_lambda) = lambda.post_json(Some(ACME_KEY), route, body.clone()).await;
+        assert_eq!(status, 200, "{route}: {from_lambda}");
+        let first = if route == "/embed" { &from_lambda[0] } else { &from_lambda["embeddings"]["float"][0] };
+        let v: Vec<f64> = first.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert!(cosine(&v, &text[0]) >= 0.9999, "{route} under Lambda");
+    }
+}

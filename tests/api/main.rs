@@ -8,6 +8,7 @@ mod spawned;
 
 mod batching;
 mod cache;
+mod clients;
 mod cpu_kinds;
 mod embeddings;
 mod errors;

@@ -10,6 +10,7 @@ mod helpers;
 
 mod batching;
 mod cache;
+mod clients;
 mod errors;
 mod hardening;
 mod operations;

@@ -1,9 +1,93 @@
 //! A request's `input`, as JSON gave it, checked into texts: a non-empty string or a non-empty
-//! array of at most the tenant's `max_inputs` non-empty strings.
+//! array of at most the tenant's `max_inputs` non-empty strings; on OpenAI's route also token
+//! ids, as OpenAI takes them: one array of integers (one input) or an array of such arrays.
 
 use serde_json::Value;
 
 use super::EmbedError;
+
+/// A request's inputs: texts, or token ids still to be decoded (see
+/// `models::engine::token_ids`).
+#[derive(Debug, PartialEq)]
+pub(super) enum Inputs {
+    Texts(Vec<String>),
+    TokenIds(Vec<Vec<u32>>),
+}
+
+impl Inputs {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Inputs::Texts(t) => t.len(),
+            Inputs::TokenIds(t) => t.len(),
+        }
+    }
+}
+
+/// Texts as [`parse_input`] takes them, or, when `token_ids`, OpenAI's token-id forms: `[int]`
+/// (one input) or `[[int]]` (one per array), each id in 0..=u32::MAX, no array empty.
+pub(super) fn parse_inputs(
+    input: Option<&Value>,
+    max_inputs: usize,
+    token_ids: bool,
+) -> Result<Inputs, EmbedError> {
+    let items = match input {
+        Some(Value::Array(items)) if token_ids => items,
+        _ => return parse_input(input, max_inputs).map(Inputs::Texts),
+    };
+    match items.first() {
+        Some(Value::Number(_)) => Ok(Inputs::TokenIds(vec![ids_of(items, "input")?])),
+        Some(Value::Array(_)) => {
+            if items.len() > max_inputs {
+                return Err(EmbedError::TooMany {
+                    message: format!(
+                        "input has {} items; this server accepts at most {max_inputs} per request",
+                        items.len()
+                    ),
+                    param: "input",
+                });
+            }
+            let inputs = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::Array(ids) => ids_of(ids, &format!("input[{i}]")),
+                    other => Err(EmbedError::invalid(
+                        "input",
+                        format!(
+                            "input[{i}] must be an array of token ids like input[0], got {}",
+                            json_kind(other)
+                        ),
+                    )),
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Inputs::TokenIds(inputs))
+        }
+        _ => parse_input(input, max_inputs).map(Inputs::Texts),
+    }
+}
+
+/// One input's token ids; `at` names it in errors.
+fn ids_of(items: &[Value], at: &str) -> Result<Vec<u32>, EmbedError> {
+    if items.is_empty() {
+        return Err(EmbedError::invalid("input", format!("{at} is empty")));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(j, item)| {
+            item.as_u64().and_then(|id| u32::try_from(id).ok()).ok_or_else(|| {
+                let got = match item {
+                    Value::Number(n) => n.to_string(),
+                    other => json_kind(other).to_owned(),
+                };
+                EmbedError::invalid(
+                    "input",
+                    format!("{at}[{j}] must be a token id (an integer from 0 to {}), got {got}", u32::MAX),
+                )
+            })
+        })
+        .collect()
+}
 
 /// `input` is a non-empty string or a non-empty array of at most `max_inputs` non-empty strings.
 pub(super) fn parse_input(input: Option<&Value>, max_inputs: usize) -> Result<Vec<String>, EmbedError> {
@@ -78,6 +162,42 @@ mod tests {
         }
         assert!(matches!(refused(json!(["a", "b", "c"])), EmbedError::TooMany { .. }));
         assert!(matches!(parse_input(None, 2), Err(EmbedError::Invalid { .. })));
+    }
+
+    #[test]
+    fn token_ids_are_one_array_of_integers_or_arrays_of_them() {
+        let ids = |v: Value| parse_inputs(Some(&v), 2, true);
+        assert_eq!(ids(json!([1, 2, 3])).unwrap(), Inputs::TokenIds(vec![vec![1, 2, 3]]));
+        assert_eq!(ids(json!([[1], [2, 3]])).unwrap(), Inputs::TokenIds(vec![vec![1], vec![2, 3]]));
+        assert_eq!(ids(json!(["a"])).unwrap(), Inputs::Texts(vec!["a".into()]));
+        let message = |v: Value| match ids(v).unwrap_err() {
+            EmbedError::Invalid { message, param: "input" } => message,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            message(json!([1, -2])),
+            "input[1] must be a token id (an integer from 0 to 4294967295), got -2"
+        );
+        assert_eq!(
+            message(json!([[1], [2, 1.5]])),
+            "input[1][1] must be a token id (an integer from 0 to 4294967295), got 1.5"
+        );
+        assert_eq!(message(json!([[1], []])), "input[1] is empty");
+        assert_eq!(
+            message(json!([[1], "a"])),
+            "input[1] must be an array of token ids like input[0], got a string"
+        );
+        assert_eq!(
+            message(json!([1, "a"])),
+            "input[1] must be a token id (an integer from 0 to 4294967295), got a string"
+        );
+        assert_eq!(
+            message(json!([4294967296u64])),
+            "input[0] must be a token id (an integer from 0 to 4294967295), got 4294967296"
+        );
+        assert!(matches!(ids(json!([[1], [2], [3]])), Err(EmbedError::TooMany { .. })));
+        // Where token ids are not taken, the text rules answer.
+        assert!(matches!(parse_inputs(Some(&json!([1])), 2, false), Err(EmbedError::Invalid { .. })));
     }
 
     mod properties {

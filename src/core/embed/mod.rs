@@ -24,13 +24,15 @@ pub(crate) use rerank::RerankParams;
 use super::limits::{LimitError, LimitSnapshot, Limiter};
 use super::tenants::Tenant;
 use super::usage::{Counts, UsageLedger, UsageUnavailable};
+use crate::core::clip::clip;
 use crate::metrics::Metrics;
 use crate::models::ModelError;
 use crate::models::engine::pooling::shape_vector;
-use crate::models::engine::tokenize::Tokens;
+use crate::models::engine::token_ids::{TokenIdsEncoding, TokenIdsError};
+use crate::models::engine::tokenize::{DecodeError, Tokens};
 use crate::models::serving::cache::ModelCache;
 use crate::models::spec::{ModelSpec, Task};
-use input::parse_input;
+use input::{Inputs, parse_input, parse_inputs};
 
 /// Why a request produced no vectors.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,9 @@ pub struct EmbedParams<'a> {
     /// The tasks the route serves: dense only for OpenAI's route, dense or sparse for
     /// `/v1/embed`, sparse only for `/embed_sparse`.
     pub tasks: &'a [Task],
+    /// Whether `input` may be token ids (OpenAI's route), decoded by the model's
+    /// `token_ids_encoding`.
+    pub token_ids: bool,
 }
 
 pub struct EmbedOutput {
@@ -91,6 +96,13 @@ pub struct TokenizeOutput {
     pub model: String,
     pub max_tokens: usize,
     pub inputs: Vec<Tokens>,
+}
+
+/// What TEI's `/decode` answers.
+pub struct DecodeOutput {
+    /// The model as the client named it.
+    pub model: String,
+    pub texts: Vec<String>,
 }
 
 /// Tokens billed, in OpenAI's shape.
@@ -175,8 +187,8 @@ impl Embedder {
     ) -> Result<EmbedOutput, EmbedError> {
         // A tenant with no request left is refused before it costs a model load or tokenizing.
         self.limiter.refuse_early(tenant, &mut progress.limits)?;
-        let texts = parse_input(params.input, tenant.max_inputs())?;
-        let inputs_count = texts.len();
+        let inputs = parse_inputs(params.input, tenant.max_inputs(), params.token_ids)?;
+        let inputs_count = inputs.len();
         let (name, model_id) = self.resolve(tenant, params.model, params.tasks)?;
         progress.model = Some(model_id.to_owned());
         // Validate against the spec before loading: a bad request must not cost a model load.
@@ -205,7 +217,7 @@ impl Embedder {
             if types.is_empty() {
                 return Err(EmbedError::invalid(
                     "embedding_types",
-                    "embedding_types must list at least one of float, int8, uint8, binary, ubinary",
+                    "embedding_types must list at least one of float, int8, uint8, binary, ubinary, base64",
                 ));
             }
             if types.iter().any(|t| t.packs_bits()) && dimensions % 8 != 0 {
@@ -220,6 +232,10 @@ impl Embedder {
         }
         let options = params.text.options(&spec, name)?;
         let normalize = params.normalize.unwrap_or(spec.normalize());
+        let texts = match inputs {
+            Inputs::Texts(texts) => texts,
+            Inputs::TokenIds(ids) => decode_token_ids(spec.token_ids_encoding, ids, name).await?,
+        };
         let model = self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
 
         let count_refusal = |e: &ModelError| self.count_refusal(model_id, e);
@@ -285,6 +301,62 @@ impl Embedder {
         .await;
         self.limiter.peek(tenant, &mut progress.limits);
         progress.finish(result)
+    }
+
+    /// Token ids back to text with a model's own tokenizer (TEI's `/decode`): `ids` is one array
+    /// of ids or an array of them. Counts as one request; loads the model if it is not loaded.
+    pub async fn decode(
+        &self,
+        tenant: &Tenant,
+        ids: Option<&Value>,
+        model: Option<&str>,
+        skip_special_tokens: bool,
+    ) -> Outcome<DecodeOutput> {
+        let mut progress = Progress::default();
+        let result = async {
+            self.limiter.refuse_early(tenant, &mut progress.limits)?;
+            let ids = match ids {
+                None | Some(Value::Null) => return Err(EmbedError::invalid("ids", "ids is required")),
+                Some(value) => match parse_inputs(Some(value), tenant.max_inputs(), true) {
+                    Ok(Inputs::TokenIds(ids)) => ids,
+                    Ok(Inputs::Texts(_)) | Err(EmbedError::Invalid { .. }) => {
+                        return Err(EmbedError::invalid(
+                            "ids",
+                            "ids must be an array of token ids (integers from 0) or an array of such arrays",
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            let (name, model_id) = self.resolve(tenant, model, &[Task::Embed, Task::Sparse, Task::Rerank])?;
+            progress.model = Some(model_id.to_owned());
+            self.complete_spec(model_id, name).await?;
+            self.limiter.admit(tenant, 0, &mut progress.limits).await?;
+            let model = self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
+            let texts = tokio::time::timeout(self.timeout, model.decode(ids, skip_special_tokens))
+                .await
+                .map_err(|_| EmbedError::Timeout(self.timeout.as_millis() as u64))??
+                .map_err(|e| match e {
+                    DecodeError::Unknown { .. } => EmbedError::invalid("ids", e.to_string()),
+                    DecodeError::Failed(cause) => EmbedError::Model(ModelError::Failed(cause)),
+                })?;
+            Ok(DecodeOutput { model: name.to_owned(), texts })
+        }
+        .await;
+        self.limiter.peek(tenant, &mut progress.limits);
+        progress.finish(result)
+    }
+
+    /// The model a route that names none would use for `tasks` (the tenant's default, or its
+    /// one model that fits), with its spec once complete (loading a hub model's files).
+    pub async fn default_model(
+        &self,
+        tenant: &Tenant,
+        tasks: &[Task],
+    ) -> Result<(String, Arc<ModelSpec>), EmbedError> {
+        let (name, model_id) = self.resolve(tenant, None, tasks)?;
+        let spec = self.complete_spec(model_id, name).await?;
+        Ok((name.to_owned(), spec))
     }
 
     /// The models `tenant` may use, in its names, with what is known of each.
@@ -375,6 +447,26 @@ impl Embedder {
         self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
         self.models.spec(model_id).ok_or_else(|| EmbedError::ModelNotFound(name.to_owned()))
     }
+}
+
+/// Token-id inputs as text, on a blocking thread (an encoding's tables are built on first use).
+/// A text that decodes to nothing but whitespace is refused as an empty text is.
+async fn decode_token_ids(
+    encoding: TokenIdsEncoding,
+    ids: Vec<Vec<u32>>,
+    name: &str,
+) -> Result<Vec<String>, EmbedError> {
+    let texts = tokio::task::spawn_blocking(move || encoding.decode(&ids))
+        .await
+        .map_err(|e| EmbedError::Model(ModelError::failed(format!("decoding token ids: {e}"))))?
+        .map_err(|e| match e {
+            TokenIdsError::Off => EmbedError::invalid("input", format!("model `{}` {e}", clip(name))),
+            TokenIdsError::Unknown { .. } => EmbedError::invalid("input", e.to_string()),
+        })?;
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        return Err(EmbedError::invalid("input", format!("input[{i}] decodes to an empty text")));
+    }
+    Ok(texts)
 }
 
 /// A sparse model's vectors are its vocabulary weights as they are: no `dimensions`, no

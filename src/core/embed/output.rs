@@ -33,7 +33,8 @@ pub enum Vector {
 /// - `uint8`: that plus 128 (1..=255);
 /// - `ubinary`: one bit per value, 1 where the value is positive, eight to a byte, first value
 ///   in the highest bit;
-/// - `binary`: those bytes minus 128, as int8.
+/// - `binary`: those bytes minus 128, as int8;
+/// - `base64`: the float values' little-endian f32 bytes, base64-encoded (Cohere's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbeddingType {
@@ -42,6 +43,7 @@ pub enum EmbeddingType {
     Uint8,
     Binary,
     Ubinary,
+    Base64,
 }
 
 impl EmbeddingType {
@@ -60,6 +62,7 @@ impl EmbeddingType {
         };
         match self {
             EmbeddingType::Float => Vector::Float(v.to_vec()),
+            EmbeddingType::Base64 => Vector::encode(v.to_vec(), EncodingFormat::Base64),
             EmbeddingType::Int8 => Vector::Int8(v.iter().map(|&x| int8(x)).collect()),
             EmbeddingType::Uint8 => {
                 Vector::Uint8(v.iter().map(|&x| (i16::from(int8(x)) + 128) as u8).collect())
@@ -170,6 +173,14 @@ mod tests {
         // Nine values: the last byte holds one bit, in its highest place.
         let nine = [1.0; 9];
         assert_eq!(serde_json::to_value(EmbeddingType::Ubinary.encode(&nine)).unwrap(), json!([255, 128]));
+        let Vector::Base64(b) = EmbeddingType::Base64.encode(&v) else { panic!() };
+        let floats: Vec<f32> = STANDARD
+            .decode(b)
+            .unwrap()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(floats, v);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct TextParams<'a> {
     /// Cut over-long inputs (the default) or refuse them with 413.
     pub truncate: Option<bool>,
     pub truncation_direction: Option<Direction>,
+    /// A lower token limit than the model's (Cohere's `max_tokens`).
+    pub max_tokens: Option<usize>,
 }
 
 /// Input types that mean nothing to a model without prompts: it embeds them all alike.
@@ -63,10 +65,14 @@ impl TextParams<'_> {
                 }
             }
         };
+        if self.max_tokens == Some(0) {
+            return Err(EmbedError::invalid("max_tokens", "max_tokens must be at least 1"));
+        }
         Ok(EncodeOptions {
             prompt: prompt.to_owned(),
             truncate: self.truncate.unwrap_or(true),
             direction: self.truncation_direction.unwrap_or_default(),
+            max_tokens: self.max_tokens,
         })
     }
 }

@@ -77,8 +77,10 @@ pub(crate) async fn embed(
             prompt_name: req.prompt_name.as_deref(),
             truncate: req.truncate,
             truncation_direction: req.truncation_direction,
+            max_tokens: None,
         },
         tasks: &[Task::Embed, Task::Sparse],
+        token_ids: false,
     };
     let outcome = state.embedder.embed(&tenant, params).await;
     respond(&tenant, outcome, |out| {

@@ -1,6 +1,7 @@
 //! One file per route (or family of routes): each translates between its wire format and the
 //! core.
 
+pub(super) mod cohere;
 pub(super) mod embed;
 pub(super) mod health;
 pub(super) mod models;

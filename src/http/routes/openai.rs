@@ -71,9 +71,11 @@ pub(crate) async fn embeddings(
             prompt_name: req.prompt_name.as_deref(),
             truncate: req.truncate,
             truncation_direction: req.truncation_direction,
+            max_tokens: None,
         },
         // OpenAI's shape is dense vectors only.
         tasks: &[Task::Embed],
+        token_ids: true,
     };
     let outcome = state.embedder.embed(&tenant, params).await;
     respond(&tenant, outcome, |out| {

@@ -58,6 +58,7 @@ pub(crate) async fn tokenize(
         prompt_name: req.prompt_name.as_deref(),
         truncate: req.truncate,
         truncation_direction: req.truncation_direction,
+        max_tokens: None,
     };
     let outcome = state.embedder.tokenize(&tenant, req.input.as_ref(), req.model.as_deref(), text).await;
     respond(&tenant, outcome, |out| {

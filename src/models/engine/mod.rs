@@ -7,6 +7,7 @@
 pub mod int8;
 pub mod onnx;
 pub mod pooling;
+pub mod token_ids;
 pub mod tokenize;
 
 use crate::models::spec::ModelSpec;

@@ -51,6 +51,9 @@ pub struct Tokens {
     pub tokens: Vec<String>,
     /// Which of them the tokenizer added (`[CLS]`, `</s>`, ...).
     pub special: Vec<bool>,
+    /// Each token's byte range in the text as tokenized (prompt included); `(0, 0)` for the
+    /// tokens the tokenizer added.
+    pub offsets: Vec<(usize, usize)>,
     pub truncated: bool,
 }
 
@@ -75,6 +78,9 @@ pub struct EncodeOptions {
     /// Cut over-long inputs (`true`) or refuse them (`false`).
     pub truncate: bool,
     pub direction: Direction,
+    /// A lower limit than the model's for this request (Cohere's `max_tokens`), special tokens
+    /// included; at least one text token is always kept.
+    pub max_tokens: Option<usize>,
 }
 
 impl EncodeOptions {
@@ -122,6 +128,15 @@ impl EncodeError {
             _ => "input",
         }
     }
+}
+
+/// Why token ids could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("ids[{input}][{position}] is {id}, outside the model's vocabulary of {vocab} tokens")]
+    Unknown { input: usize, position: usize, id: u32, vocab: usize },
+    #[error("decoding failed: {0}")]
+    Failed(String),
 }
 
 /// How to turn a query and its documents into pairs for a rerank model.
@@ -316,10 +331,24 @@ impl TextEncoder {
                     ids: enc.get_ids().to_vec(),
                     tokens: enc.get_tokens().to_vec(),
                     special: enc.get_special_tokens_mask().iter().map(|&m| m == 1).collect(),
+                    offsets: enc.get_offsets().to_vec(),
                     truncated,
                 })
             })
             .collect()
+    }
+
+    /// Token ids back to text, one string per input (TEI's `/decode`). An id outside the
+    /// vocabulary is named by its place: `(input, position, id)`.
+    pub fn decode(&self, inputs: &[Vec<u32>], skip_special_tokens: bool) -> Result<Vec<String>, DecodeError> {
+        let vocab = self.tokenizer.get_vocab_size(true);
+        for (input, ids) in inputs.iter().enumerate() {
+            if let Some(position) = ids.iter().position(|&id| id as usize >= vocab) {
+                return Err(DecodeError::Unknown { input, position, id: ids[position], vocab });
+            }
+        }
+        let ids: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+        self.tokenizer.decode_batch(&ids, skip_special_tokens).map_err(|e| DecodeError::Failed(e.to_string()))
     }
 
     fn encode_one(
@@ -329,10 +358,12 @@ impl TextEncoder {
         options: &EncodeOptions,
     ) -> Result<(Encoding, bool), EncodeError> {
         let failed = |e: tokenizers::Error| EncodeError::Failed(e.to_string());
-        let room = self.max_tokens - self.added;
-        let cap = self.max_tokens.saturating_mul(MAX_BYTES_PER_TOKEN);
+        let max_tokens =
+            options.max_tokens.map_or(self.max_tokens, |m| m.clamp(self.added + 1, self.max_tokens));
+        let room = max_tokens - self.added;
+        let cap = max_tokens.saturating_mul(MAX_BYTES_PER_TOKEN);
         let mut window =
-            if options.truncate { self.max_tokens.saturating_mul(FIRST_WINDOW_BYTES_PER_TOKEN) } else { cap };
+            if options.truncate { max_tokens.saturating_mul(FIRST_WINDOW_BYTES_PER_TOKEN) } else { cap };
         let prompt = options.prompt.as_str();
         loop {
             let (part, cut) = match options.direction {
@@ -349,7 +380,7 @@ impl TextEncoder {
             .map_err(failed)?;
             let over = enc.len() > room;
             if !cut && !over || window >= cap || over && options.truncate {
-                let limit = self.max_tokens;
+                let limit = max_tokens;
                 if !options.truncate && cut {
                     return Err(EncodeError::TooManyBytes { index, bytes: cap, limit });
                 }

@@ -19,7 +19,9 @@ use queue::QueuedTokens;
 use worker::Job;
 
 use crate::models::ModelError;
-use crate::models::engine::tokenize::{EncodeOptions, Encoded, PairOptions, TextEncoder, Tokens};
+use crate::models::engine::tokenize::{
+    DecodeError, EncodeOptions, Encoded, PairOptions, TextEncoder, Tokens,
+};
 
 /// A model ready to serve: its tokenizer and the queue of its inference thread.
 pub(crate) struct LoadedModel {
@@ -74,6 +76,18 @@ impl LoadedModel {
         Ok(tokio::task::spawn_blocking(move || encoder.tokens(&texts, &options))
             .await
             .map_err(ModelError::failed)??)
+    }
+
+    /// Token ids back to text with the model's tokenizer, on the blocking pool.
+    pub(crate) async fn decode(
+        &self,
+        ids: Vec<Vec<u32>>,
+        skip_special_tokens: bool,
+    ) -> Result<Result<Vec<String>, DecodeError>, ModelError> {
+        let encoder = Arc::clone(&self.encoder);
+        tokio::task::spawn_blocking(move || encoder.decode(&ids, skip_special_tokens))
+            .await
+            .map_err(ModelError::failed)
     }
 
     /// Refuses at once when the queue, or `tenant`'s share of it, is already full: a flood's

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use crate::models::engine::token_ids::TokenIdsEncoding;
+
 /// One model, from a `[models.<id>]` table: an export folder (`path`), with any key overriding
 /// what the folder says, or every file and fact written out.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -100,6 +102,10 @@ pub struct ModelSpec {
     /// The prompt used when a request names none.
     #[serde(default)]
     pub default_prompt: Option<String>,
+    /// The tiktoken encoding of token-id inputs on `/v1/embeddings` (decoded to text, then
+    /// tokenized by the model's own tokenizer): `cl100k_base` unless set; `none` refuses them.
+    #[serde(default)]
+    pub token_ids_encoding: TokenIdsEncoding,
     /// What was taken from `path`, and from which file, for `check-config` to show.
     #[serde(skip)]
     pub derived: Vec<Derived>,
