@@ -38,19 +38,12 @@ pub fn embeddings_per_second(
     let (encoder, mut backend) = runtime.load(spec)?;
     let mut rate = |batch: usize| -> anyhow::Result<f64> {
         let inputs: Vec<String> = texts.iter().cycle().take(batch).map(|s| s.to_string()).collect();
-        let mut run = || -> anyhow::Result<()> {
+        let run = || -> anyhow::Result<()> {
             let encoded = encoder.encode(&inputs, &EncodeOptions::truncating())?;
             backend.run(&encoded.iter().collect::<Vec<_>>())?;
             Ok(())
         };
-        run()?;
-        let started = Instant::now();
-        let mut done = 0;
-        while started.elapsed() < each {
-            run()?;
-            done += batch;
-        }
-        Ok(done as f64 / started.elapsed().as_secs_f64())
+        per_second(run, batch, each)
     };
     batches.iter().map(|&b| rate(b)).collect()
 }
@@ -74,7 +67,7 @@ pub fn pairs_per_second(
         requests.iter().flat_map(|(q, ps)| ps.iter().map(move |p| (q.as_str(), p.as_str()))).collect();
     let pair_options = PairOptions { truncate: true, ..PairOptions::default() };
     let mut at = 0;
-    let mut run = || -> anyhow::Result<()> {
+    let run = || -> anyhow::Result<()> {
         let mut encoded = Vec::with_capacity(batch);
         let chunk: Vec<(&str, &str)> = pairs.iter().cycle().skip(at).take(batch).copied().collect();
         at = (at + batch) % pairs.len();
@@ -86,6 +79,16 @@ pub fn pairs_per_second(
         backend.run(&encoded.iter().collect::<Vec<_>>())?;
         Ok(())
     };
+    per_second(run, batch, each)
+}
+
+/// Items per second of `run`, which handles `batch` items a call: one warm-up call, then as
+/// many as fit in `each`.
+fn per_second(
+    mut run: impl FnMut() -> anyhow::Result<()>,
+    batch: usize,
+    each: Duration,
+) -> anyhow::Result<f64> {
     run()?;
     let started = Instant::now();
     let mut done = 0;

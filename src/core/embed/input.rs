@@ -38,13 +38,7 @@ pub(super) fn parse_inputs(
         Some(Value::Number(_)) => Ok(Inputs::TokenIds(vec![ids_of(items, "input")?])),
         Some(Value::Array(_)) => {
             if items.len() > max_inputs {
-                return Err(EmbedError::TooMany {
-                    message: format!(
-                        "input has {} items; this server accepts at most {max_inputs} per request",
-                        items.len()
-                    ),
-                    param: "input",
-                });
+                return Err(too_many(items.len(), max_inputs));
             }
             let inputs = items
                 .iter()
@@ -63,6 +57,13 @@ pub(super) fn parse_inputs(
             Ok(Inputs::TokenIds(inputs))
         }
         _ => parse_input(input, max_inputs).map(Inputs::Texts),
+    }
+}
+
+fn too_many(count: usize, max_inputs: usize) -> EmbedError {
+    EmbedError::TooMany {
+        message: format!("input has {count} items; this server accepts at most {max_inputs} per request"),
+        param: "input",
     }
 }
 
@@ -99,13 +100,7 @@ pub(super) fn parse_input(input: Option<&Value>, max_inputs: usize) -> Result<Ve
                 return Err(EmbedError::invalid("input", "input must not be an empty array"));
             }
             if items.len() > max_inputs {
-                return Err(EmbedError::TooMany {
-                    message: format!(
-                        "input has {} items; this server accepts at most {max_inputs} per request",
-                        items.len()
-                    ),
-                    param: "input",
-                });
+                return Err(too_many(items.len(), max_inputs));
             }
             items
                 .iter()

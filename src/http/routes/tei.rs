@@ -99,22 +99,8 @@ pub(crate) async fn embed_sparse(
     Authed(tenant): Authed,
     JsonBody(req): JsonBody<EmbedSparseRequest>,
 ) -> Response {
-    let params = EmbedParams {
-        input: req.inputs.as_ref(),
-        model: req.model.as_deref(),
-        normalize: None,
-        dimensions: None,
-        output: Output::Format(EncodingFormat::Float),
-        text: TextParams {
-            input_type: None,
-            prompt_name: req.prompt_name.as_deref(),
-            truncate: req.truncate,
-            truncation_direction: req.truncation_direction,
-            max_tokens: None,
-        },
-        tasks: &[Task::Sparse],
-        token_ids: false,
-    };
+    let text = tei_text(req.prompt_name.as_deref(), req.truncate, req.truncation_direction);
+    let params = tei_params(req.inputs.as_ref(), req.model.as_deref(), text, &[Task::Sparse]);
     let outcome = state.embedder.embed(&tenant, params).await;
     respond(&tenant, outcome, |out| {
         let vectors: Vec<Vec<SparseValue>> = match out.vectors {
@@ -154,21 +140,11 @@ pub(crate) async fn embed(
     Authed(tenant): Authed,
     JsonBody(req): JsonBody<TeiEmbedRequest>,
 ) -> Response {
+    let text = tei_text(req.prompt_name.as_deref(), req.truncate, req.truncation_direction);
     let params = EmbedParams {
-        input: req.inputs.as_ref(),
-        model: req.model.as_deref(),
         normalize: Some(req.normalize.unwrap_or(true)),
         dimensions: req.dimensions,
-        output: Output::Format(EncodingFormat::Float),
-        text: TextParams {
-            input_type: None,
-            prompt_name: req.prompt_name.as_deref(),
-            truncate: req.truncate,
-            truncation_direction: req.truncation_direction,
-            max_tokens: None,
-        },
-        tasks: &[Task::Embed],
-        token_ids: false,
+        ..tei_params(req.inputs.as_ref(), req.model.as_deref(), text, &[Task::Embed])
     };
     let outcome = state.embedder.embed(&tenant, params).await;
     respond(&tenant, outcome, |out| {
@@ -212,13 +188,7 @@ pub(crate) async fn tokenize(
     Authed(tenant): Authed,
     JsonBody(req): JsonBody<TeiTokenizeRequest>,
 ) -> Response {
-    let text = TextParams {
-        input_type: None,
-        prompt_name: req.prompt_name.as_deref(),
-        truncate: Some(true),
-        truncation_direction: None,
-        max_tokens: None,
-    };
+    let text = tei_text(req.prompt_name.as_deref(), Some(true), None);
     let special_too = req.add_special_tokens.unwrap_or(true);
     let outcome = state.embedder.tokenize(&tenant, req.inputs.as_ref(), req.model.as_deref(), text).await;
     respond(&tenant, outcome, |out| {
@@ -301,6 +271,34 @@ pub(crate) async fn info(State(state): State<Arc<ApiState>>, Authed(tenant): Aut
             .into_response()
         });
     respond_plain(&tenant, result)
+}
+
+/// A TEI request's prompt and truncation (TEI names prompts `prompt_name`).
+fn tei_text(
+    prompt_name: Option<&str>,
+    truncate: Option<bool>,
+    direction: Option<Direction>,
+) -> TextParams<'_> {
+    TextParams { prompt_name, truncate, truncation_direction: direction, ..TextParams::default() }
+}
+
+/// A TEI embedding request: float vectors of a model of `tasks`, no token ids.
+fn tei_params<'a>(
+    input: Option<&'a Value>,
+    model: Option<&'a str>,
+    text: TextParams<'a>,
+    tasks: &'a [Task],
+) -> EmbedParams<'a> {
+    EmbedParams {
+        input,
+        model,
+        normalize: None,
+        dimensions: None,
+        output: Output::Format(EncodingFormat::Float),
+        text,
+        tasks,
+        token_ids: false,
+    }
 }
 
 fn pooling_name(pooling: Option<Pooling>) -> &'static str {
