@@ -12,5 +12,6 @@ mod batching;
 mod cache;
 mod errors;
 mod hardening;
+mod isolation;
 mod operations;
 mod tenancy;
