@@ -14,6 +14,7 @@ mod errors;
 mod export_folders;
 mod hardening;
 mod hub;
+mod isolation;
 mod lambda;
 mod openai_sdk;
 mod operations;
