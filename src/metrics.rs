@@ -15,6 +15,12 @@ pub struct Metrics {
     pub inference_seconds: HistogramVec,
     /// Inputs per ONNX Runtime run, by model.
     pub batch_size: HistogramVec,
+    /// ONNX Runtime runs that failed, by model and kind (`error` | `panic`), retries included.
+    pub failed_runs: IntCounterVec,
+    /// Inputs that failed in a run of their own (their requests got an error), by model.
+    pub isolated_inputs: IntCounterVec,
+    /// Models that stopped serving (their warm-up input failed too) and were unloaded, by model.
+    pub model_stops: IntCounterVec,
     /// Tokens processed (after truncation), by tenant and model: the billing figure.
     pub tokens: IntCounterVec,
     /// Inputs embedded, by tenant and model.
@@ -107,6 +113,21 @@ impl Metrics {
                 "Inputs per ONNX Runtime run by model.",
                 &["model"],
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+            ),
+            failed_runs: counter(
+                "embedserve_failed_runs_total",
+                "ONNX Runtime runs that failed, by model and kind (error or panic), retries included.",
+                &["model", "kind"],
+            ),
+            isolated_inputs: counter(
+                "embedserve_isolated_inputs_total",
+                "Inputs that failed in a run of their own; their requests got an error.",
+                &["model"],
+            ),
+            model_stops: counter(
+                "embedserve_model_stops_total",
+                "Models unloaded because their warm-up input failed after a round of failed runs.",
+                &["model"],
             ),
             tokens: counter(
                 "embedserve_tokens_total",

@@ -139,12 +139,10 @@ impl UsageLedger {
         let mut out = match &self.store {
             None => BTreeMap::new(),
             Some(store) => {
-                let mut days = Vec::new();
-                let mut day = start;
-                while day <= end {
-                    days.push(day);
-                    day = day.next_day().ok_or(UsageUnavailable)?;
-                }
+                // The calendar's last day has no next one: the range ends there, not in an error.
+                let days: Vec<Date> = std::iter::successors(Some(start), |day| day.next_day())
+                    .take_while(|day| *day <= end)
+                    .collect();
                 store.read_usage(tenant, &days).await.ok_or(UsageUnavailable)?
             }
         };
@@ -163,14 +161,16 @@ impl UsageLedger {
         let Some(store) = &self.store else { return true };
         let mut batch = self.batch.lock().await;
         loop {
-            if batch.is_none() {
-                let taken = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-                if taken.is_empty() {
-                    return true;
+            let (id, counts) = match &*batch {
+                Some(held) => held,
+                None => {
+                    let taken = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+                    if taken.is_empty() {
+                        return true;
+                    }
+                    batch.insert((uuid::Uuid::new_v4().to_string(), taken))
                 }
-                *batch = Some((uuid::Uuid::new_v4().to_string(), taken));
-            }
-            let (id, counts) = batch.as_ref().expect("a batch was just set");
+            };
             if !store.add_usage(id, counts).await {
                 self.metrics.usage_held.set(self.held(counts.len()) as i64);
                 return false;

@@ -48,6 +48,13 @@ pub(crate) enum ApiError {
         .detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
     )]
     ModelUnavailable { model: String, cause: String, detail: Option<String>, retry_after: u64 },
+    /// Inputs the model failed on in runs of their own; the cause goes to the log.
+    #[error(
+        "The model could not process {} of `{param}`; the request's other inputs were not at fault. \
+         Change or remove {} and retry.",
+        inputs_named(.indices), if .indices.len() == 1 { "it" } else { "them" }
+    )]
+    ModelFailed { indices: Vec<usize>, param: &'static str, cause: String },
     #[error("The model's queue is full; retry shortly.")]
     Overloaded,
     /// The tenant already holds its share of the model's queue.
@@ -94,7 +101,7 @@ impl ApiError {
             | ApiError::NotReady
             | ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::ModelFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -120,6 +127,7 @@ impl ApiError {
             ApiError::NotReady => ("server_error", "not_ready"),
             ApiError::StoreUnavailable(_) => ("server_error", "store_unavailable"),
             ApiError::Internal(_) => ("server_error", "internal_error"),
+            ApiError::ModelFailed { .. } => ("server_error", "model_error"),
         }
     }
 
@@ -131,6 +139,7 @@ impl ApiError {
             ApiError::TooLarge(_) => Some("input"),
             ApiError::TooMany { param, .. } => Some(param),
             ApiError::WrongTask(_) => Some("model"),
+            ApiError::ModelFailed { param, .. } => Some(param),
             _ => None,
         }
     }
@@ -149,6 +158,7 @@ impl ApiError {
     fn cause(&self) -> Option<String> {
         match self {
             ApiError::ModelUnavailable { cause, .. }
+            | ApiError::ModelFailed { cause, .. }
             | ApiError::Internal(cause)
             | ApiError::StoreUnavailable(cause) => Some(cause.clone()),
             _ => None,
@@ -191,8 +201,22 @@ impl From<ModelError> for ApiError {
             ModelError::QueueFull => ApiError::Overloaded,
             ModelError::TenantQueueFull => ApiError::TenantQueueFull,
             ModelError::InputTooLong { message, param } => ApiError::InputTooLong { message, param },
+            ModelError::InputsFailed { indices, param, cause } => {
+                ApiError::ModelFailed { indices, param, cause }
+            }
             ModelError::Failed(cause) => ApiError::Internal(cause),
         }
+    }
+}
+
+/// `input 3`, `inputs 1 and 4`, `inputs 0, 2, 5 and 7 more`: at most three indices are listed.
+fn inputs_named(indices: &[usize]) -> String {
+    const LISTED: usize = 3;
+    let shown: Vec<String> = indices.iter().take(LISTED).map(ToString::to_string).collect();
+    match indices.len() {
+        1 => format!("input {}", shown[0]),
+        n if n <= LISTED => format!("inputs {} and {}", shown[..n - 1].join(", "), shown[n - 1]),
+        n => format!("inputs {} and {} more", shown.join(", "), n - LISTED),
     }
 }
 
@@ -224,5 +248,23 @@ mod tests {
         assert_eq!(clip("a\u{202e}b\nc"), "a\\u{202e}b\\u{a}c");
         let message = ApiError::ModelNotFound("m".repeat(500)).to_string();
         assert!(message.len() < 200, "{message}");
+    }
+
+    #[test]
+    fn failed_inputs_are_named_by_index_and_capped() {
+        let named = |indices: &[usize]| {
+            ApiError::ModelFailed { indices: indices.to_vec(), param: "input", cause: String::new() }
+                .to_string()
+        };
+        assert!(
+            named(&[3]).starts_with("The model could not process input 3 of `input`;"),
+            "{}",
+            named(&[3])
+        );
+        assert!(named(&[3]).ends_with("Change or remove it and retry."));
+        assert!(named(&[1, 4]).contains("inputs 1 and 4 of"), "{}", named(&[1, 4]));
+        assert!(named(&[0, 2, 5]).contains("inputs 0, 2 and 5 of"), "{}", named(&[0, 2, 5]));
+        let many: Vec<usize> = (0..1000).collect();
+        assert!(named(&many).contains("inputs 0, 1, 2 and 997 more of"), "{}", named(&many));
     }
 }

@@ -20,6 +20,11 @@ pub enum ModelError {
     /// `param` the request field it was in).
     #[error("{message}")]
     InputTooLong { message: String, param: &'static str },
+    /// These inputs (indices into the request's `param` field, ascending) failed in runs of
+    /// their own: the model cannot process them. The request's other inputs, and every other
+    /// request, were not affected. `cause` is for the log.
+    #[error("the model could not process input {indices:?}: {cause}")]
+    InputsFailed { indices: Vec<usize>, param: &'static str, cause: String },
     /// Tokenizing or inference failed; the cause is for the log.
     #[error("{0}")]
     Failed(String),
@@ -48,6 +53,17 @@ impl ModelError {
                 ModelError::Unavailable { model: name.to_owned(), cause, detail, retry_after }
             }
             ModelError::NotFound(_) => ModelError::NotFound(name.to_owned()),
+            other => other,
+        }
+    }
+
+    /// The same error, with failed inputs counted in the request field `param` (`documents`
+    /// for a rerank request's pairs).
+    pub fn in_field(self, param: &'static str) -> Self {
+        match self {
+            ModelError::InputsFailed { indices, cause, .. } => {
+                ModelError::InputsFailed { indices, param, cause }
+            }
             other => other,
         }
     }

@@ -57,7 +57,7 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
 }
 
 #[tokio::test]
-async fn an_onnx_runtime_failure_is_a_generic_500_and_the_service_keeps_serving() {
+async fn an_onnx_runtime_failure_is_a_500_naming_the_input_and_the_service_keeps_serving() {
     // A model allowed more tokens than its 512 position embeddings: short inputs work, and a
     // long one fails inside ONNX Runtime, for real.
     let mut settings = default_settings();
@@ -74,7 +74,9 @@ async fn an_onnx_runtime_failure_is_a_generic_500_and_the_service_keeps_serving(
         server.post("/v1/embed", json!({ "input": ["short", long], "model": "overlong" })).await;
     assert_eq!(status, 500, "{body}");
     let message = assert_error_shape(&body);
-    assert_eq!(message, "The server had an error while processing your request.");
+    assert_eq!(body["error"]["code"], "model_error", "{body}");
+    assert!(message.starts_with("The model could not process input 1 of `input`;"), "{message}");
+    assert!(!message.contains("ONNX"), "the cause leaked: {message}");
 
     let (status, _) = server.post("/v1/embed", json!({ "input": "still here", "model": "overlong" })).await;
     assert_eq!(status, 200);

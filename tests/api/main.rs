@@ -15,6 +15,7 @@ mod errors;
 mod export_folders;
 mod hardening;
 mod hub;
+mod isolation;
 mod lambda;
 mod openai_sdk;
 mod operations;

@@ -93,14 +93,15 @@ async fn unknown_models_routes_and_methods_answer_in_the_error_shape() {
 }
 
 #[tokio::test]
-async fn an_inference_failure_is_a_generic_500_and_the_service_keeps_serving() {
+async fn an_inference_failure_is_a_500_naming_the_input_and_the_service_keeps_serving() {
     let app = FastApp::default().await;
     let failing = format!("breaks {FAILING_CHAR} here");
     for route in EMBED_ROUTES {
         let r = app.post(route, Some(ACME_KEY), json!({ "input": ["fine", failing] })).await;
         assert_eq!(r.status, 500, "{}", r.body);
         let message = assert_error_shape(&r.body);
-        assert_eq!(message, "The server had an error while processing your request.");
+        assert_eq!(r.body["error"]["code"], "model_error");
+        assert!(message.starts_with("The model could not process input 1 of `input`"), "{message}");
         assert!(!r.body.to_string().contains("fake"), "the cause leaked: {}", r.body);
     }
     assert_eq!(app.post("/v1/embed", Some(ACME_KEY), json!({ "input": "still here" })).await.status, 200);

@@ -9,10 +9,12 @@
 //! - A vector is the mean over tokens of a fixed pseudo-random projection of each token id:
 //!   the same input gives the same vector alone or in any batch.
 //! - A run sleeps `run_delay` (to stand for inference time), records its inputs as text,
-//!   and fails when an input contains [`FAILING_CHAR`], as an ONNX Runtime error would.
+//!   and fails when an input contains [`FAILING_CHAR`], as an ONNX Runtime error would; it
+//!   panics when an input contains [`PANICKING_CHAR`], or on every run (warm-up runs included)
+//!   while [`FakeLoader::panic_on_every_run`] is on, as a broken backend would.
 //! - A model whose `onnx` path ends in [`BROKEN_MODEL`] fails to load.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ use embedserve::models::spec::ModelSpec;
 
 /// An input containing this character makes its run fail.
 pub const FAILING_CHAR: char = '~';
+/// An input containing this character makes its run panic.
+pub const PANICKING_CHAR: char = '^';
 /// A model whose `onnx` path ends with this fails to load.
 pub const BROKEN_MODEL: &str = "broken.onnx";
 
@@ -44,6 +48,7 @@ struct Shared {
     run_delay: Duration,
     loads: AtomicUsize,
     runs: Mutex<Vec<Vec<String>>>,
+    panic_always: AtomicBool,
 }
 
 impl FakeLoader {
@@ -59,6 +64,11 @@ impl FakeLoader {
     /// Successful loads so far, all models together.
     pub fn loads(&self) -> usize {
         self.shared.loads.load(Ordering::SeqCst)
+    }
+
+    /// While `on`, every run of every model panics, warm-up runs included.
+    pub fn panic_on_every_run(&self, on: bool) {
+        self.shared.panic_always.store(on, Ordering::SeqCst);
     }
 
     /// Every run so far (warm-up runs included), each as its inputs' text without whitespace.
@@ -89,6 +99,12 @@ impl Backend for FakeBackend {
         std::thread::sleep(self.shared.run_delay);
         let texts: Vec<String> = batch.iter().map(|e| decode(&e.ids)).collect();
         self.shared.runs.lock().unwrap_or_else(|e| e.into_inner()).push(texts.clone());
+        if self.shared.panic_always.load(Ordering::SeqCst) {
+            panic!("fake backend panic on every run");
+        }
+        if texts.iter().any(|t| t.contains(PANICKING_CHAR)) {
+            panic!("fake backend panic: an input contains {PANICKING_CHAR:?}");
+        }
         if texts.iter().any(|t| t.contains(FAILING_CHAR)) {
             bail!("fake inference failure: an input contains {FAILING_CHAR:?}");
         }

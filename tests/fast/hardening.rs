@@ -176,3 +176,22 @@ async fn malformed_bodies_are_refused_cleanly_and_the_service_keeps_serving() {
     }
     assert_eq!(app.post("/v1/embed", Some(ACME_KEY), json!({ "input": "still here" })).await.status, 200);
 }
+
+#[tokio::test]
+async fn usage_dates_at_the_ends_of_the_calendar_get_422_not_a_panic() {
+    let app = FastApp::default().await;
+    for query in [
+        "end=-9999-01-01",
+        "end=-9999-01-29",
+        "start=-9999-01-01&end=9999-12-31",
+        "start=9999-12-31",
+        "end=%2B10000-01-01",
+    ] {
+        let r = app.get(&format!("/v1/usage?{query}"), Some(ACME_KEY)).await;
+        assert_eq!(r.status, 422, "{query} -> {}", r.body);
+        assert_error_shape(&r.body);
+    }
+    let r = app.get("/v1/usage?start=-9999-01-01&end=-9999-01-01", Some(ACME_KEY)).await;
+    assert_eq!(r.status, 200, "the calendar's first day itself is a valid range: {}", r.body);
+    assert_eq!(app.get("/v1/usage", Some(ACME_KEY)).await.status, 200);
+}

@@ -13,5 +13,6 @@ mod cache;
 mod clients;
 mod errors;
 mod hardening;
+mod isolation;
 mod operations;
 mod tenancy;

@@ -247,7 +247,11 @@ impl Embedder {
             let truncated = inputs.iter().filter(|e| e.truncated).count();
             // Both limits at once, now that the tokens are known: one round trip to a shared store.
             self.limiter.admit(tenant, tokens, limits).await?;
-            let vectors = model.infer(&tenant.id, inputs).await.inspect_err(count_refusal)?;
+            let vectors = model
+                .infer(&tenant.id, inputs)
+                .await
+                .inspect_err(count_refusal)
+                .map_err(|e| e.for_model(name))?;
             Ok::<_, EmbedError>((vectors, tokens, truncated))
         };
         let (vectors, tokens, truncated) =

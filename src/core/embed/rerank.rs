@@ -114,8 +114,12 @@ impl Embedder {
             let tokens: usize = pairs.iter().map(|e| e.len()).sum();
             let truncated = pairs.iter().filter(|e| e.truncated).count();
             self.limiter.admit(tenant, tokens, limits).await?;
-            let logits =
-                model.infer(&tenant.id, pairs).await.inspect_err(|e| self.count_refusal(model_id, e))?;
+            // A pair the model cannot score is named by its document's index.
+            let logits = model
+                .infer(&tenant.id, pairs)
+                .await
+                .inspect_err(|e| self.count_refusal(model_id, e))
+                .map_err(|e| e.for_model(name).in_field("documents"))?;
             Ok::<_, EmbedError>((logits, tokens, truncated))
         };
         let (logits, tokens, truncated) =

@@ -79,7 +79,16 @@ fn range(query: &HashMap<String, String>, today: Date) -> Result<(Date, Date), A
         })
     };
     let end = date("end")?.unwrap_or(today);
-    let start = date("start")?.unwrap_or(end - time::Duration::days(DEFAULT_DAYS - 1));
+    let start = match date("start")? {
+        Some(start) => start,
+        // Checked: near the calendar's first day, 29 days back does not exist (no panic).
+        None => end.checked_sub(time::Duration::days(DEFAULT_DAYS - 1)).ok_or_else(|| {
+            invalid(
+                Some("end"),
+                format!("`end` ({end}) is too early to count {DEFAULT_DAYS} days back from."),
+            )
+        })?,
+    };
     if end < start {
         return Err(invalid(Some("end"), format!("`end` ({end}) is before `start` ({start}).")));
     }
@@ -119,6 +128,9 @@ mod tests {
             query(&[("start", "2026-03-02"), ("end", "2026-03-01")]),
             query(&[("start", "2025-01-01"), ("end", "2026-02-05")]),
             query(&[("tenant", "globex")]),
+            query(&[("end", "-9999-01-01")]),
+            query(&[("end", "-9999-01-29")]),
+            query(&[("start", "-9999-01-01"), ("end", "9999-12-31")]),
         ] {
             let e = range(&bad, today).unwrap_err();
             assert_eq!(e.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");

@@ -281,7 +281,9 @@ impl TextEncoder {
                 let (first, second) = if over {
                     let (q, d) =
                         truncate_encodings(query.clone(), Some(document), &params).map_err(failed)?;
-                    (q, d.expect("a pair stays a pair"))
+                    let d =
+                        d.ok_or_else(|| EncodeError::Failed("truncating a pair lost its document".into()))?;
+                    (q, d)
                 } else {
                     (query.clone(), document)
                 };

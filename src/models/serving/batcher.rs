@@ -88,19 +88,21 @@ impl<J: Weighed> FairQueue<J> {
         // Visits since a job was last taken: a whole turn without one ends a non-empty batch.
         let mut fruitless = 0;
         while let Some(tenant) = self.turn.pop_front() {
-            let lane = self.lanes.get_mut(&tenant).expect("every tenant in turn has a lane");
+            // Every tenant in turn has a lane; one without is skipped rather than trusted.
+            let Some(lane) = self.lanes.get_mut(&tenant) else { continue };
             lane.deficit += self.quantum;
             let mut full = false;
             let mut took = false;
-            while let Some(job) = lane.jobs.front() {
+            while let Some(job) = lane.jobs.pop_front() {
                 if job.tokens() > lane.deficit {
+                    lane.jobs.push_front(job);
                     break;
                 }
                 if !batch.is_empty() && inputs + job.inputs() > max_inputs {
+                    lane.jobs.push_front(job);
                     full = true;
                     break;
                 }
-                let job = lane.jobs.pop_front().expect("front exists");
                 lane.deficit -= job.tokens();
                 lane.tokens -= job.tokens();
                 inputs += job.inputs();

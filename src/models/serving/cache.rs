@@ -14,14 +14,19 @@
 //!   session is freed when the last request holding it is answered. Pinned models never leave.
 //! - A failed load fails only that model's requests, with 503 and `Retry-After`; the next
 //!   attempt waits out a backoff that doubles from 1 s up to 60 s.
+//! - A model whose thread stopped serving (it failed its warm-up input: see `worker`) leaves
+//!   the cache at the next lookup, and loads again after the same backoff (doubling while it
+//!   stops again before answering a request). The cache never hands out a dead model.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::OnceCell;
 
 use super::LoadedModel;
@@ -58,6 +63,8 @@ pub(crate) struct ModelCache {
     slots: DashMap<String, Arc<Slot>>,
     /// Last measured resident size per model, kept across evictions for the next estimate.
     sizes: DashMap<String, u64>,
+    /// Times each model stopped serving in a row without answering a request in between.
+    stops: DashMap<String, u32>,
     options: CacheOptions,
     metrics: Arc<Metrics>,
     /// One load at a time: RSS growth is then one model's, and budget decisions do not race.
@@ -86,6 +93,11 @@ struct Failure {
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
+/// The wait before attempt `attempts + 1`: 1 s, doubling, at most 60 s.
+fn backoff(attempts: u32) -> Duration {
+    (BACKOFF_START * 2u32.saturating_pow(attempts.saturating_sub(1))).min(BACKOFF_MAX)
+}
+
 impl ModelCache {
     pub(crate) fn new(
         runtime: Arc<dyn ModelLoader>,
@@ -100,6 +112,7 @@ impl ModelCache {
             resolved: DashMap::new(),
             slots: DashMap::new(),
             sizes: DashMap::new(),
+            stops: DashMap::new(),
             options,
             metrics,
             load_lock: tokio::sync::Mutex::new(()),
@@ -113,7 +126,7 @@ impl ModelCache {
         if let Some(resolved) = self.resolved.get(id) {
             return Some(Arc::clone(resolved.value()));
         }
-        self.specs.read().expect("specs lock").get(id).cloned()
+        self.specs.read().get(id).cloned()
     }
 
     /// The loaded model `id`, loading it first if needed.
@@ -125,6 +138,9 @@ impl ModelCache {
         let slot = Arc::clone(self.slots.entry(id.to_owned()).or_default().value());
         slot.last_used.store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
         if let Some(model) = slot.model.get() {
+            if let Some(cause) = model.health.stopped() {
+                return Err(self.unload_stopped(id, &slot, model, cause));
+            }
             self.metrics.cache_lookups.with_label_values(&[id, "hit"]).inc();
             return Ok(Arc::clone(model));
         }
@@ -142,7 +158,7 @@ impl ModelCache {
     /// Installs a new set of specs (configuration reload). Models whose spec changed or was
     /// removed leave the cache; requests already holding them finish first.
     pub(crate) fn replace_specs(&self, specs: BTreeMap<String, ModelSpec>) {
-        let mut current = self.specs.write().expect("specs lock");
+        let mut current = self.specs.write();
         let changed: Vec<String> = current
             .iter()
             .filter(|(id, old)| specs.get(*id).is_none_or(|new| new != old.as_ref()))
@@ -160,7 +176,7 @@ impl ModelCache {
     }
 
     fn check_backoff(&self, id: &str, slot: &Slot) -> Result<(), ModelError> {
-        let failure = slot.failure.lock().expect("failure lock");
+        let failure = slot.failure.lock();
         match failure.as_ref() {
             Some(f) if f.retry_at > Instant::now() => Err(ModelError::Unavailable {
                 model: id.to_owned(),
@@ -207,7 +223,7 @@ impl ModelCache {
                     .resident_bytes
                     .unwrap_or_else(|| self.sizes.get(id).map_or(measured, |s| measured.min(*s)));
                 slot.resident.store(resident, Ordering::Relaxed);
-                *slot.failure.lock().expect("failure lock") = None;
+                *slot.failure.lock() = None;
                 self.sizes.insert(id.to_owned(), resident);
                 m.model_loads.with_label_values(&[id, "ok"]).inc();
                 m.model_load_seconds.with_label_values(&[id]).observe(seconds);
@@ -221,13 +237,48 @@ impl ModelCache {
         }
     }
 
+    /// Takes a model whose thread stopped out of the cache: a fresh slot replaces its own (once,
+    /// however many requests see it), holding a failure whose backoff the next load waits out.
+    fn unload_stopped(&self, id: &str, slot: &Arc<Slot>, model: &LoadedModel, cause: &str) -> ModelError {
+        let attempts = if model.health.served() { 1 } else { self.stops.get(id).map_or(1, |n| *n + 1) };
+        let backoff = backoff(attempts);
+        let failure =
+            Failure { retry_at: Instant::now() + backoff, attempts, cause: cause.to_owned(), detail: None };
+        let replaced = match self.slots.entry(id.to_owned()) {
+            Entry::Occupied(mut entry) if Arc::ptr_eq(entry.get(), slot) => {
+                entry.insert(Arc::new(Slot { failure: Mutex::new(Some(failure)), ..Slot::default() }));
+                true
+            }
+            _ => false,
+        };
+        // The entry's shard lock is released here: `resident_bytes` reads every shard.
+        if replaced {
+            self.stops.insert(id.to_owned(), attempts);
+            self.metrics.model_resident_bytes.with_label_values(&[id]).set(0);
+            self.metrics.cache_resident_bytes.set(self.resident_bytes() as i64);
+            tracing::error!(
+                model = id,
+                error = cause,
+                attempts,
+                backoff_s = backoff.as_secs(),
+                "model unloaded: it stopped serving; it loads again after the backoff"
+            );
+        }
+        ModelError::Unavailable {
+            model: id.to_owned(),
+            cause: cause.to_owned(),
+            detail: None,
+            retry_after: backoff.as_secs().max(1),
+        }
+    }
+
     /// Records a failed load: the backoff before the next attempt, the metric, the log line.
     fn failed(&self, id: &str, slot: &Slot, e: anyhow::Error) -> ModelError {
         let cause = format!("{e:#}");
         let detail = e.downcast_ref::<HubError>().map(ToString::to_string);
-        let mut failure = slot.failure.lock().expect("failure lock");
+        let mut failure = slot.failure.lock();
         let attempts = failure.as_ref().map_or(1, |f| f.attempts + 1);
-        let backoff = (BACKOFF_START * 2u32.saturating_pow(attempts - 1)).min(BACKOFF_MAX);
+        let backoff = backoff(attempts);
         *failure = Some(Failure {
             retry_at: Instant::now() + backoff,
             attempts,
@@ -282,20 +333,30 @@ impl ModelCache {
         tokio::task::spawn_blocking(move || {
             let (encoder, mut backend) = runtime.load(&spec)?;
             // The first run allocates what every later one reuses; pay it here, not on a request.
+            // The thread keeps the input to tell a broken model from bad inputs later.
             let warm = encoder.encode(&["warm up".to_owned()], &EncodeOptions::truncating())?;
             backend.run(&warm.iter().collect::<Vec<_>>()).context("warm-up run failed")?;
+            let probe = warm.into_iter().next().context("the warm-up input did not tokenize")?;
             let queued =
                 Arc::new(QueuedTokens::new(options.max_queue_tokens, options.max_tenant_queue_percent));
-            let (queue, worker) = worker::spawn(
+            let spawned = worker::spawn(
                 id.clone(),
                 backend,
+                probe,
                 batching_for(&spec, options.batching),
                 options.queue_capacity,
                 Arc::clone(&queued),
                 metrics,
             )
             .context("cannot start the inference thread")?;
-            Ok(LoadedModel { id, encoder: Arc::new(encoder), queue, queued, worker })
+            Ok(LoadedModel {
+                id,
+                encoder: Arc::new(encoder),
+                queue: spawned.queue,
+                queued,
+                worker: spawned.handle,
+                health: spawned.health,
+            })
         })
         .await
         .context("model load task failed")?

@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use queue::QueuedTokens;
-use worker::Job;
+use worker::{Health, Job, JobError};
 
 use crate::models::ModelError;
 use crate::models::engine::tokenize::{
@@ -30,6 +30,8 @@ pub(crate) struct LoadedModel {
     pub(crate) queue: SyncSender<Job>,
     pub(crate) queued: Arc<QueuedTokens>,
     pub(crate) worker: std::thread::JoinHandle<()>,
+    /// Whether the inference thread still serves (see `worker::Health`).
+    pub(crate) health: Arc<Health>,
 }
 
 impl LoadedModel {
@@ -99,7 +101,9 @@ impl LoadedModel {
     /// Queues tokenized inputs for the model's thread, in `tenant`'s lane, and waits for their
     /// vectors (in input order, full width, not normalised). A queue that cannot take the
     /// request's tokens refuses it at once: [`ModelError::QueueFull`] when the queue is full,
-    /// [`ModelError::TenantQueueFull`] when the tenant already holds its share of it.
+    /// [`ModelError::TenantQueueFull`] when the tenant already holds its share of it. Inputs the
+    /// model cannot process alone are [`ModelError::InputsFailed`]; a model that stopped
+    /// serving is [`ModelError::Unavailable`] until the cache has reloaded it.
     pub(crate) async fn infer(
         &self,
         tenant: &str,
@@ -107,20 +111,34 @@ impl LoadedModel {
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let tokens: usize = inputs.iter().map(Encoded::len).sum();
         let tenant: Arc<str> = Arc::from(tenant);
-        self.queued.reserve(&tenant, tokens)?;
+        let reservation = self.queued.hold(&tenant, tokens)?;
         let (reply, done) = oneshot::channel();
-        let job = Job { tenant: Arc::clone(&tenant), inputs, enqueued: Instant::now(), reply };
+        let job = Job { tenant, inputs, enqueued: Instant::now(), reservation, reply };
+        // A job that is not sent, or that the thread drops, gives its tokens back as it drops.
         if let Err(e) = self.queue.try_send(job) {
-            self.queued.release(&tenant, tokens);
             return Err(match e {
                 TrySendError::Full(_) => ModelError::QueueFull,
-                TrySendError::Disconnected(_) => {
-                    ModelError::failed(format!("inference worker of {} stopped", self.id))
-                }
+                TrySendError::Disconnected(_) => self.stopped(None),
             });
         }
-        done.await
-            .map_err(|_| ModelError::failed(format!("inference worker of {} dropped a job", self.id)))?
-            .map_err(|cause| ModelError::failed(format!("inference failed on {}: {cause}", self.id)))
+        match done.await {
+            Ok(Ok(vectors)) => Ok(vectors),
+            Ok(Err(JobError::Inputs { indices, cause })) => Err(ModelError::InputsFailed {
+                indices,
+                param: "input",
+                cause: format!("inference failed on {}: {cause}", self.id),
+            }),
+            Ok(Err(JobError::Stopped(cause))) => Err(self.stopped(Some(cause))),
+            Err(_) => Err(self.stopped(None)),
+        }
+    }
+
+    /// The error for a request the model's thread will not answer: it stopped, and the cache
+    /// reloads the model at the next lookup after a backoff.
+    fn stopped(&self, cause: Option<String>) -> ModelError {
+        let cause = cause
+            .or_else(|| self.health.stopped().map(str::to_owned))
+            .unwrap_or_else(|| "the inference thread stopped".to_owned());
+        ModelError::Unavailable { model: self.id.clone(), cause, detail: None, retry_after: 1 }
     }
 }

@@ -1,6 +1,8 @@
 //! The token bound on each model's queue, and each tenant's share of it: a request that would
 //! overfill either is refused at once, so a flooding tenant leaves room for the others and a
-//! flood's refusals cost no tokenizing.
+//! flood's refusals cost no tokenizing. A request's tokens are held by a [`Reservation`], which
+//! gives back whatever it still holds when dropped: a job lost to a panic or a stopped worker
+//! cannot leak queue room.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,6 +54,16 @@ impl QueuedTokens {
         Ok(())
     }
 
+    /// [`Self::reserve`], held by a [`Reservation`] that releases the tokens when dropped.
+    pub(crate) fn hold(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        tokens: usize,
+    ) -> Result<Reservation, QueueRefusal> {
+        self.reserve(tenant, tokens)?;
+        Ok(Reservation { queued: Arc::clone(self), tenant: Arc::clone(tenant), tokens })
+    }
+
     /// Refuses at once, before any tokenizing, when the queue or `tenant`'s share of it is full.
     pub(crate) fn check(&self, tenant: &str) -> Result<(), QueueRefusal> {
         let q = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -77,6 +89,29 @@ impl QueuedTokens {
 
     pub(crate) fn queued(&self) -> usize {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+/// A request's tokens in a model's queue. The worker releases them piece by piece as it takes
+/// them; dropping the reservation releases the rest, however the request ends.
+pub(crate) struct Reservation {
+    queued: Arc<QueuedTokens>,
+    tenant: Arc<str>,
+    tokens: usize,
+}
+
+impl Reservation {
+    /// Gives back `tokens` of the reservation (at most what it still holds).
+    pub(crate) fn release(&mut self, tokens: usize) {
+        let tokens = tokens.min(self.tokens);
+        self.tokens -= tokens;
+        self.queued.release(&self.tenant, tokens);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.release(self.tokens);
     }
 }
 
@@ -114,5 +149,19 @@ mod tests {
         assert_eq!(budget.reserve(&tenant, 1), Err(QueueRefusal::Full));
         budget.release(&tenant, 5000);
         assert_eq!(budget.queued(), 0);
+    }
+
+    #[test]
+    fn a_dropped_reservation_gives_back_what_it_still_holds() {
+        let budget = Arc::new(QueuedTokens::new(100, 100));
+        let tenant: Arc<str> = Arc::from("t");
+        let mut held = budget.hold(&tenant, 60).unwrap();
+        held.release(25);
+        assert_eq!(budget.queued(), 35);
+        held.release(1_000);
+        assert_eq!(budget.queued(), 0, "never more than it holds");
+        let _other = budget.hold(&tenant, 30).unwrap();
+        drop(budget.hold(&tenant, 50).unwrap());
+        assert_eq!(budget.queued(), 30, "only the dropped one's tokens came back");
     }
 }

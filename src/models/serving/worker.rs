@@ -12,15 +12,25 @@
 //! by `max_batch_size` inputs and `max_batch_tokens` padded tokens (longest × count); each
 //! request is answered, in input order, as soon as its last piece has run.
 //!
-//! The queue is bounded in tokens ([`QueuedTokens`], checked before a job is sent here); a job
-//! whose client went away is dropped before it runs.
+//! A run that fails (an error or a panic, caught) is retried in halves, down to single inputs,
+//! so only the inputs that fail alone get an error and every other input gets its vector from
+//! exactly one successful run. Before the first input of a round is blamed, the thread runs its
+//! warm-up input again (it succeeded at load): if that fails too, the model is broken rather than
+//! the inputs, and the thread stops ([`Health`]), answering the round's unanswered requests and
+//! everything queued with [`JobError::Stopped`]; the cache then reloads the model after a backoff.
+//!
+//! The queue is bounded in tokens ([`QueuedTokens`], checked before a job is sent here, held
+//! by the job's [`Reservation`]); a job whose client went away is dropped before it runs.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,20 +38,57 @@ use tokio::sync::oneshot;
 
 use super::batcher::{FairQueue, Weighed};
 use super::memory;
-use super::queue::QueuedTokens;
+use super::queue::{QueuedTokens, Reservation};
 use crate::metrics::Metrics;
 use crate::models::engine::Backend;
 use crate::models::engine::tokenize::Encoded;
 
 /// Vectors for one job, in input order, full width and not normalised.
-pub(crate) type JobResult = Result<Vec<Vec<f32>>, String>;
+pub(crate) type JobResult = Result<Vec<Vec<f32>>, JobError>;
 
-/// Work for one request: its tokenized inputs and where to send the vectors.
+/// Why a job got no vectors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JobError {
+    /// These inputs (indices into the job's, ascending) failed in runs of their own; `cause` is
+    /// the first one's error.
+    Inputs { indices: Vec<usize>, cause: String },
+    /// The model stopped serving before the job ran (see [`Health`]).
+    Stopped(String),
+}
+
+/// Work for one request: its tokenized inputs, its room in the queue and where to send the
+/// vectors.
 pub(crate) struct Job {
     pub tenant: Arc<str>,
     pub inputs: Vec<Encoded>,
     pub enqueued: Instant,
+    pub reservation: Reservation,
     pub reply: oneshot::Sender<JobResult>,
+}
+
+/// What a model's thread tells the cache about itself.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    /// Why the thread stopped serving, once it has.
+    stopped: OnceLock<String>,
+    /// Whether a run for a request succeeded since the model loaded.
+    served: AtomicBool,
+}
+
+impl Health {
+    /// Why the model stopped serving, if it has: the cache then unloads it.
+    pub(crate) fn stopped(&self) -> Option<&str> {
+        self.stopped.get().map(String::as_str)
+    }
+
+    /// Whether the model answered a request since it loaded.
+    pub(crate) fn served(&self) -> bool {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    fn stop(&self, cause: String) {
+        let _ = self.stopped.set(cause);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -57,33 +104,54 @@ pub(crate) struct BatchSizes {
     pub fair_quantum_tokens: usize,
 }
 
+/// The model's thread as the cache holds it.
+pub(crate) struct Spawned {
+    pub queue: SyncSender<Job>,
+    pub handle: JoinHandle<()>,
+    pub health: Arc<Health>,
+}
+
 /// Starts the model's thread. It finishes the queued jobs and stops when every sender is
-/// dropped, releasing the session; join the handle to know the memory is free.
+/// dropped, releasing the session; join the handle to know the memory is free. `probe` is an
+/// input the model ran at load (its warm-up): see [`Health`].
 pub(crate) fn spawn(
     model: String,
     engine: Box<dyn Backend>,
+    probe: Encoded,
     sizes: BatchSizes,
     queue_capacity: usize,
     queued: Arc<QueuedTokens>,
     metrics: Arc<Metrics>,
-) -> std::io::Result<(SyncSender<Job>, JoinHandle<()>)> {
+) -> std::io::Result<Spawned> {
     let (tx, rx) = sync_channel(queue_capacity);
+    let health = Arc::new(Health::default());
+    let status = Arc::clone(&health);
     let handle = std::thread::Builder::new().name(format!("infer-{model}")).spawn(move || {
         let queue = FairQueue::new(sizes.fair_quantum_tokens);
-        Worker {
+        let name = model.clone();
+        let worker = Worker {
             model,
             engine,
+            probe,
             sizes,
             queued,
             metrics,
+            health: status,
             queue,
             recent: HashMap::new(),
             circulating: 0,
             padded_since_trim: 0,
+        };
+        // A panic outside a run (runs catch their own) ends the thread: the queued jobs' replies
+        // and reservations are dropped with it, and the cache reloads the model.
+        let health = Arc::clone(&worker.health);
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(move || worker.serve(rx))) {
+            let cause = format!("the inference thread panicked: {}", panic_message(panic.as_ref()));
+            tracing::error!(model = name, error = cause, "inference thread stopped");
+            health.stop(cause);
         }
-        .serve(rx)
     })?;
-    Ok((tx, handle))
+    Ok(Spawned { queue: tx, handle, health })
 }
 
 /// A tenant that sent work this recently counts as active when batches are sized.
@@ -93,8 +161,12 @@ const CONTENTION_WINDOW: Duration = Duration::from_secs(1);
 struct JobState {
     enqueued: Instant,
     reply: Option<oneshot::Sender<JobResult>>,
+    /// The job's queued tokens not yet taken into a round.
+    reservation: Reservation,
     out: Vec<Vec<f32>>,
-    failure: Option<String>,
+    /// Inputs that failed in runs of their own, and the first one's cause.
+    failed: Vec<usize>,
+    cause: Option<String>,
     /// Pieces not yet run.
     remaining: usize,
     /// Queue wait is observed when the first piece is taken.
@@ -127,9 +199,12 @@ impl Weighed for Piece {
 struct Worker {
     model: String,
     engine: Box<dyn Backend>,
+    /// An input that ran at load, to tell a broken model from bad inputs.
+    probe: Encoded,
     sizes: BatchSizes,
     queued: Arc<QueuedTokens>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     queue: FairQueue<Piece>,
     /// When each tenant last sent work.
     recent: HashMap<Arc<str>, Instant>,
@@ -168,8 +243,8 @@ impl Worker {
             self.circulating = pieces.iter().map(|p| p.range.len()).sum::<usize>() + self.queue.inputs();
             let now = Instant::now();
             for piece in &pieces {
-                self.queued.release(&piece.tenant, piece.tokens);
                 let mut job = piece.job.borrow_mut();
+                job.reservation.release(piece.tokens);
                 if !job.started {
                     job.started = true;
                     self.metrics
@@ -179,15 +254,51 @@ impl Worker {
                 }
             }
             self.metrics.queue_tokens.with_label_values(&[&self.model]).set(self.queued.queued() as i64);
-            self.padded_since_trim +=
-                run_round(self.engine.as_mut(), &pieces, self.sizes, &self.model, &self.metrics);
+            let mut runner = Runner {
+                engine: self.engine.as_mut(),
+                probe: &self.probe,
+                model: &self.model,
+                metrics: &self.metrics,
+                round: Round::default(),
+            };
+            run_round(&mut runner, &pieces, self.sizes);
+            let round = runner.round;
+            self.padded_since_trim += round.padded;
+            if round.succeeded > 0 {
+                self.health.served.store(true, Ordering::Relaxed);
+            }
+            if let Some(Err(cause)) = round.probed {
+                self.stop(&rx, cause);
+                return;
+            }
         }
         tracing::debug!(model = self.model, "inference worker stopped");
     }
 
+    /// Stops serving: marks the model stopped, so the cache unloads it, and answers every
+    /// queued job with [`JobError::Stopped`]; their reservations go back with them. Jobs sent
+    /// after this are dropped with the channel, their reservations too.
+    fn stop(&mut self, rx: &Receiver<Job>, cause: String) {
+        tracing::error!(
+            model = self.model,
+            error = cause,
+            "the model failed its warm-up input after an input failed alone: it stops and will be reloaded"
+        );
+        self.metrics.model_stops.with_label_values(&[&self.model]).inc();
+        self.health.stop(cause.clone());
+        while let Ok(job) = rx.try_recv() {
+            self.push(job);
+        }
+        for piece in self.queue.remove_where(|_| true) {
+            if let Some(reply) = piece.job.borrow_mut().reply.take() {
+                let _ = reply.send(Err(JobError::Stopped(cause.clone())));
+            }
+        }
+    }
+
     /// Splits a request into pieces in its tenant's lane.
     fn push(&mut self, job: Job) {
-        let Job { tenant, inputs, enqueued, reply } = job;
+        let Job { tenant, inputs, enqueued, reservation, reply } = job;
         self.recent.insert(Arc::clone(&tenant), enqueued);
         let size = self.sizes.shared_batch_size.max(1);
         let count = inputs.len().div_ceil(size);
@@ -198,8 +309,10 @@ impl Worker {
         let state = JobState {
             enqueued,
             reply: Some(reply),
+            reservation,
             out: vec![Vec::new(); inputs.len()],
-            failure: None,
+            failed: Vec::new(),
+            cause: None,
             remaining: count,
             started: false,
             forgotten: false,
@@ -279,8 +392,8 @@ impl Worker {
     /// Drops the pieces of requests whose clients went away, counting each request once.
     fn forget(&self, pieces: Vec<Piece>) {
         for piece in pieces {
-            self.queued.release(&piece.tenant, piece.tokens);
             let mut job = piece.job.borrow_mut();
+            job.reservation.release(piece.tokens);
             if !job.forgotten {
                 job.forgotten = true;
                 self.metrics.refusals.with_label_values(&[&self.model, "client_gone"]).inc();
@@ -289,16 +402,19 @@ impl Worker {
     }
 }
 
+/// What a round did: padded tokens run, runs that succeeded, and the warm-up input's result if
+/// an input failed alone.
+#[derive(Debug, Default)]
+struct Round {
+    padded: usize,
+    succeeded: usize,
+    probed: Option<Result<(), String>>,
+}
+
 /// Runs every input of `pieces`, shortest first, in chunks of similar lengths, and answers
-/// each request as soon as its last piece has run. Returns the padded tokens run.
-fn run_round(
-    engine: &mut dyn Backend,
-    pieces: &[Piece],
-    sizes: BatchSizes,
-    model: &str,
-    metrics: &Metrics,
-) -> usize {
-    let mut padded = 0;
+/// each request as soon as its last piece has run. When the model turns out broken, answers
+/// the round's unanswered requests with [`JobError::Stopped`] and runs nothing more.
+fn run_round(runner: &mut Runner<'_>, pieces: &[Piece], sizes: BatchSizes) {
     let mut order: Vec<(usize, usize)> =
         pieces.iter().enumerate().flat_map(|(p, piece)| piece.range.clone().map(move |i| (p, i))).collect();
     let input = |&(p, i): &(usize, usize)| &pieces[p].inputs[i];
@@ -309,27 +425,27 @@ fn run_round(
     while start < order.len() {
         let end = start + chunk_len(&lengths[start..], sizes);
         let chunk = &order[start..end];
-        // Sorted shortest first, so the chunk's last input sets its padded width.
-        let width = lengths[end - 1].max(1);
         start = end;
 
         let batch: Vec<&Encoded> = chunk.iter().map(input).collect();
-        let timer = Instant::now();
-        let result = engine.run(&batch);
-        metrics.inference_seconds.with_label_values(&[model]).observe(timer.elapsed().as_secs_f64());
-        metrics.batch_size.with_label_values(&[model]).observe(batch.len() as f64);
-        metrics.batch_tokens.with_label_values(&[model]).observe((width * batch.len()) as f64);
-        padded += width * batch.len();
-        match result {
-            Ok(vectors) => {
-                for (&(p, i), v) in chunk.iter().zip(vectors) {
-                    pieces[p].job.borrow_mut().out[i] = v;
+        let results = match runner.run_isolating(&batch) {
+            Ok(results) => results,
+            Err(cause) => {
+                for (piece, _) in pieces.iter().zip(&left).filter(|(_, left)| **left > 0) {
+                    if let Some(reply) = piece.job.borrow_mut().reply.take() {
+                        let _ = reply.send(Err(JobError::Stopped(cause.clone())));
+                    }
                 }
+                return;
             }
-            Err(e) => {
-                let message = format!("{e:#}");
-                for &(p, _) in chunk {
-                    pieces[p].job.borrow_mut().failure = Some(message.clone());
+        };
+        for (&(p, i), result) in chunk.iter().zip(results) {
+            let mut job = pieces[p].job.borrow_mut();
+            match result {
+                Ok(vector) => job.out[i] = vector,
+                Err(cause) => {
+                    job.failed.push(i);
+                    job.cause.get_or_insert(cause);
                 }
             }
         }
@@ -340,7 +456,92 @@ fn run_round(
             }
         }
     }
-    padded
+}
+
+/// Runs batches on a model, counting what each run did.
+struct Runner<'a> {
+    engine: &'a mut dyn Backend,
+    /// The warm-up input, which ran at load.
+    probe: &'a Encoded,
+    model: &'a str,
+    metrics: &'a Metrics,
+    round: Round,
+}
+
+impl Runner<'_> {
+    /// One result per input of `batch`, in order. A failed run is retried as two halves, each
+    /// alone, down to single inputs: only an input that fails by itself gets an error, and
+    /// every other gets the vector of the one run of its that succeeded. `k` failing inputs in
+    /// a run of `n` cost at most about `2k·log2(n)` more runs, all of them smaller. `Err` when
+    /// the model itself is broken: the warm-up input failed too.
+    fn run_isolating(&mut self, batch: &[&Encoded]) -> Result<Vec<Result<Vec<f32>, String>>, String> {
+        match self.run(batch) {
+            Ok(vectors) => Ok(vectors.into_iter().map(Ok).collect()),
+            Err(cause) if batch.len() == 1 => {
+                self.model_works()?;
+                self.metrics.isolated_inputs.with_label_values(&[self.model]).inc();
+                tracing::warn!(model = self.model, error = cause, "an input failed in a run of its own");
+                Ok(vec![Err(cause)])
+            }
+            Err(_) => {
+                let (first, second) = batch.split_at(batch.len() / 2);
+                let mut results = self.run_isolating(first)?;
+                results.extend(self.run_isolating(second)?);
+                Ok(results)
+            }
+        }
+    }
+
+    /// Whether the warm-up input still runs, asked once a round: an input is blamed only if so.
+    fn model_works(&mut self) -> Result<(), String> {
+        let (engine, probe) = (&mut *self.engine, self.probe);
+        self.round
+            .probed
+            .get_or_insert_with(|| run_caught(engine, &[probe]).map(drop).map_err(|(_, cause)| cause))
+            .clone()
+    }
+
+    fn run(&mut self, batch: &[&Encoded]) -> Result<Vec<Vec<f32>>, String> {
+        let width = batch.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
+        let timer = Instant::now();
+        let result = run_caught(self.engine, batch);
+        let (m, model) = (self.metrics, self.model);
+        m.inference_seconds.with_label_values(&[model]).observe(timer.elapsed().as_secs_f64());
+        m.batch_size.with_label_values(&[model]).observe(batch.len() as f64);
+        m.batch_tokens.with_label_values(&[model]).observe((width * batch.len()) as f64);
+        self.round.padded += width * batch.len();
+        match result {
+            Ok(vectors) => {
+                self.round.succeeded += 1;
+                Ok(vectors)
+            }
+            Err((kind, cause)) => {
+                m.failed_runs.with_label_values(&[model, kind]).inc();
+                Err(cause)
+            }
+        }
+    }
+}
+
+/// One run with its panic caught. The error says what failed: `error` (the backend's error, or
+/// a wrong number of vectors) or `panic`.
+fn run_caught(engine: &mut dyn Backend, batch: &[&Encoded]) -> Result<Vec<Vec<f32>>, (&'static str, String)> {
+    match catch_unwind(AssertUnwindSafe(|| engine.run(batch))) {
+        Ok(Ok(vectors)) if vectors.len() == batch.len() => Ok(vectors),
+        Ok(Ok(vectors)) => {
+            Err(("error", format!("the model gave {} vectors for {} inputs", vectors.len(), batch.len())))
+        }
+        Ok(Err(e)) => Err(("error", format!("{e:#}"))),
+        Err(panic) => Err(("panic", format!("the run panicked: {}", panic_message(panic.as_ref())))),
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// How many of `lengths` (sorted ascending) go in the next run: at most `max_batch_size`
@@ -369,9 +570,12 @@ fn finish_piece(piece: &Piece) {
     if job.remaining > 0 {
         return;
     }
-    let result = match job.failure.take() {
-        Some(message) => Err(message),
-        None => Ok(std::mem::take(&mut job.out)),
+    let result = if job.failed.is_empty() {
+        Ok(std::mem::take(&mut job.out))
+    } else {
+        let mut indices = std::mem::take(&mut job.failed);
+        indices.sort_unstable();
+        Err(JobError::Inputs { indices, cause: job.cause.take().unwrap_or_default() })
     };
     if let Some(reply) = job.reply.take() {
         let _ = reply.send(result);
