@@ -196,7 +196,7 @@ mod tests {
         let before = std::time::Instant::now();
         let state = bucket.peek();
         let least = (before - taken).as_millis().min(10) as u64;
-        let most = ((started.elapsed().as_micros() + 999) / 1000).min(10) as u64;
+        let most = started.elapsed().as_micros().div_ceil(1000).min(10) as u64;
         assert!(least >= 5, "slept at least 5 ms");
         assert!((least..=most).contains(&state.remaining), "{state:?}, {least}..={most} ms passed");
     }
