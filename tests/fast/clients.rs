@@ -204,6 +204,13 @@ async fn tei_tokenize_and_decode_round_trip() {
             .unwrap()
             .starts_with("ids[0][1] is 1000000, outside the model's vocabulary")
     );
+    let r = app.post("/decode", Some(ACME_KEY), json!({ "ids": [[5], [6, -1]] })).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["error"]["param"], "ids");
+    assert_eq!(
+        r.body["error"]["message"],
+        "ids[1][1] must be a token id (an integer from 0 to 4294967295), got -1"
+    );
     let r = app.post("/decode", Some(ACME_KEY), json!({ "ids": "abc" })).await;
     assert_eq!((r.status, r.body["error"]["param"].as_str()), (422, Some("ids")), "{}", r.body);
 }

@@ -30,47 +30,56 @@ pub(super) fn parse_inputs(
     max_inputs: usize,
     token_ids: bool,
 ) -> Result<Inputs, EmbedError> {
-    let items = match input {
-        Some(Value::Array(items)) if token_ids => items,
-        _ => return parse_input(input, max_inputs).map(Inputs::Texts),
-    };
-    match items.first() {
-        Some(Value::Number(_)) => Ok(Inputs::TokenIds(vec![ids_of(items, "input")?])),
-        Some(Value::Array(_)) => {
-            if items.len() > max_inputs {
-                return Err(too_many(items.len(), max_inputs));
-            }
-            let inputs = items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| match item {
-                    Value::Array(ids) => ids_of(ids, &format!("input[{i}]")),
-                    other => Err(EmbedError::invalid(
-                        "input",
-                        format!(
-                            "input[{i}] must be an array of token ids like input[0], got {}",
-                            json_kind(other)
-                        ),
-                    )),
-                })
-                .collect::<Result<_, _>>()?;
-            Ok(Inputs::TokenIds(inputs))
-        }
+    match input {
+        Some(Value::Array(items)) if token_ids => match token_ids_of(items, "input", max_inputs) {
+            Some(ids) => ids.map(Inputs::TokenIds),
+            None => parse_input(input, max_inputs).map(Inputs::Texts),
+        },
         _ => parse_input(input, max_inputs).map(Inputs::Texts),
     }
 }
 
-fn too_many(count: usize, max_inputs: usize) -> EmbedError {
+/// `field`'s token ids in OpenAI's forms: `[int]` (one input) or `[[int]]` (at most
+/// `max_inputs`), every array non-empty, each id in 0..=u32::MAX; `None` when `items` is in
+/// neither form (no number or array first). Errors name `field[i][j]`.
+pub(super) fn token_ids_of(
+    items: &[Value],
+    field: &'static str,
+    max_inputs: usize,
+) -> Option<Result<Vec<Vec<u32>>, EmbedError>> {
+    let parsed = match items.first()? {
+        Value::Number(_) => ids_of(items, field, field).map(|ids| vec![ids]),
+        Value::Array(_) if items.len() > max_inputs => Err(too_many(items.len(), max_inputs, field)),
+        Value::Array(_) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::Array(ids) => ids_of(ids, field, &format!("{field}[{i}]")),
+                other => Err(EmbedError::invalid(
+                    field,
+                    format!(
+                        "{field}[{i}] must be an array of token ids like {field}[0], got {}",
+                        json_kind(other)
+                    ),
+                )),
+            })
+            .collect(),
+        _ => return None,
+    };
+    Some(parsed)
+}
+
+fn too_many(count: usize, max_inputs: usize, field: &'static str) -> EmbedError {
     EmbedError::TooMany {
-        message: format!("input has {count} items; this server accepts at most {max_inputs} per request"),
-        param: "input",
+        message: format!("{field} has {count} items; this server accepts at most {max_inputs} per request"),
+        param: field,
     }
 }
 
-/// One input's token ids; `at` names it in errors.
-fn ids_of(items: &[Value], at: &str) -> Result<Vec<u32>, EmbedError> {
+/// One input's token ids; `at` names it in errors, `field` is the request field.
+fn ids_of(items: &[Value], field: &'static str, at: &str) -> Result<Vec<u32>, EmbedError> {
     if items.is_empty() {
-        return Err(EmbedError::invalid("input", format!("{at} is empty")));
+        return Err(EmbedError::invalid(field, format!("{at} is empty")));
     }
     items
         .iter()
@@ -82,7 +91,7 @@ fn ids_of(items: &[Value], at: &str) -> Result<Vec<u32>, EmbedError> {
                     other => json_kind(other).to_owned(),
                 };
                 EmbedError::invalid(
-                    "input",
+                    field,
                     format!("{at}[{j}] must be a token id (an integer from 0 to {}), got {got}", u32::MAX),
                 )
             })
@@ -100,7 +109,7 @@ pub(super) fn parse_input(input: Option<&Value>, max_inputs: usize) -> Result<Ve
                 return Err(EmbedError::invalid("input", "input must not be an empty array"));
             }
             if items.len() > max_inputs {
-                return Err(too_many(items.len(), max_inputs));
+                return Err(too_many(items.len(), max_inputs, "input"));
             }
             items
                 .iter()

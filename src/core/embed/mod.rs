@@ -32,7 +32,7 @@ use crate::models::engine::token_ids::{TokenIdsEncoding, TokenIdsError};
 use crate::models::engine::tokenize::{DecodeError, Tokens};
 use crate::models::serving::cache::ModelCache;
 use crate::models::spec::{ModelSpec, Task};
-use input::{Inputs, parse_input, parse_inputs};
+use input::{Inputs, parse_input, parse_inputs, token_ids_of};
 
 /// Why a request produced no vectors.
 #[derive(Debug, thiserror::Error)]
@@ -321,17 +321,15 @@ impl Embedder {
             self.limiter.refuse_early(tenant, &mut progress.limits)?;
             let ids = match ids {
                 None | Some(Value::Null) => return Err(EmbedError::invalid("ids", "ids is required")),
-                Some(value) => match parse_inputs(Some(value), tenant.max_inputs(), true) {
-                    Ok(Inputs::TokenIds(ids)) => ids,
-                    Ok(Inputs::Texts(_)) | Err(EmbedError::Invalid { .. }) => {
-                        return Err(EmbedError::invalid(
-                            "ids",
-                            "ids must be an array of token ids (integers from 0) or an array of such arrays",
-                        ));
-                    }
-                    Err(e) => return Err(e),
-                },
-            };
+                Some(Value::Array(items)) => token_ids_of(items, "ids", tenant.max_inputs()),
+                Some(_) => None,
+            }
+            .unwrap_or_else(|| {
+                Err(EmbedError::invalid(
+                    "ids",
+                    "ids must be an array of token ids (integers from 0) or an array of such arrays",
+                ))
+            })?;
             let (name, model_id) = self.resolve(tenant, model, &[Task::Embed, Task::Sparse, Task::Rerank])?;
             progress.model = Some(model_id.to_owned());
             self.complete_spec(model_id, name).await?;
