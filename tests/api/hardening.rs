@@ -379,3 +379,95 @@ fn the_demo_keys_are_refused_on_a_non_loopback_address_unless_allowed() {
     let _ = allowed.wait();
     assert!(started, "it did not start with allow_demo_keys");
 }
+
+/// One request with a wrong key from source address `from` (a loopback address of its own),
+/// on a fresh connection; the status line's code.
+async fn fail_auth_from(server: &str, from: std::net::Ipv4Addr) -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    let mut stream = socket.connect(server.parse().unwrap()).await.unwrap();
+    let request = format!(
+        "POST /v1/embed HTTP/1.1\r\nHost: {server}\r\nAuthorization: Bearer wrong-key\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(30)).await.expect("an answer");
+    let head = String::from_utf8_lossy(&answer);
+    head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or_else(|| panic!("no status: {head}"))
+}
+
+/// p50 and p99 of `samples`, in ms.
+fn p50_p99(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+    (at(0.5), at(0.99))
+}
+
+/// Valid-key requests every 20 ms until `stop`: each must be 200; their latencies.
+async fn valid_key_latencies(server: &SpawnedServer, stop: &std::sync::atomic::AtomicBool) -> Vec<Duration> {
+    let mut took = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) || took.len() < 20 {
+        let t = Instant::now();
+        let (status, body) = server.post_as(ACME_KEY, "/v1/embed", json!({ "input": "a valid key" })).await;
+        assert_eq!(status, 200, "{body}");
+        took.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    took
+}
+
+/// Failing addresses the throttle remembers in the test below: 127.10.0.1 onwards.
+const FAILING_ADDRESSES: u32 = 20_000;
+/// Generous: the throttle's bounded map holds 20,000 clients in a few MB.
+const THROTTLE_RSS_GROWTH_MIB: u64 = 64;
+
+#[tokio::test]
+async fn twenty_thousand_failing_addresses_keep_the_throttle_bounded_and_valid_keys_served() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = &SpawnedServer::start("auth-flood", &default_config_text()).await;
+    let (pid, target) = (server.child.id(), addr(server));
+    let warm = server.post_as(ACME_KEY, "/v1/embed", json!({ "input": "warm up" })).await;
+    assert_eq!(warm.0, 200, "{}", warm.1);
+    let stop = AtomicBool::new(true);
+    let mut quiet = valid_key_latencies(server, &stop).await;
+    let before = rss_kib(pid, "VmRSS:");
+
+    stop.store(false, Ordering::Relaxed);
+    let started = Instant::now();
+    let flood = async {
+        use futures::StreamExt;
+        let addresses = (0..FAILING_ADDRESSES).map(|n| std::net::Ipv4Addr::from(0x7f0a_0001 + n));
+        let statuses: Vec<u16> = futures::stream::iter(addresses)
+            .map(|from| fail_auth_from(&target, from))
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        stop.store(true, Ordering::Relaxed);
+        statuses
+    };
+    let (statuses, mut during) = tokio::join!(flood, valid_key_latencies(server, &stop));
+    let seconds = started.elapsed().as_secs_f64();
+    let unauthorized = statuses.iter().filter(|s| **s == 401).count();
+    assert_eq!(unauthorized, statuses.len(), "each new address is within its allowance: 401");
+    let after = rss_kib(pid, "VmRSS:");
+
+    // One address past its allowance (30 a minute in the default config) is still refused.
+    let guesser = std::net::Ipv4Addr::new(127, 9, 9, 9);
+    let mut last = 0;
+    for _ in 0..31 {
+        last = fail_auth_from(&target, guesser).await;
+    }
+    assert_eq!(last, 429, "a persistent guesser is throttled after the flood");
+
+    let growth_mib = after.saturating_sub(before) / 1024;
+    let ((q50, q99), (d50, d99)) = (p50_p99(&mut quiet), p50_p99(&mut during));
+    println!(
+        "auth throttle: {FAILING_ADDRESSES} failing addresses in {seconds:.1} s ({:.0}/s); RSS {} -> {} MiB \
+         (+{growth_mib}); valid key p50/p99 {q50:.1}/{q99:.1} ms before, {d50:.1}/{d99:.1} ms during ({} requests)",
+        f64::from(FAILING_ADDRESSES) / seconds,
+        before / 1024,
+        after / 1024,
+        during.len()
+    );
+    assert!(growth_mib < THROTTLE_RSS_GROWTH_MIB, "RSS grew {growth_mib} MiB");
+}
