@@ -18,6 +18,7 @@ use crate::http::ApiState;
 use crate::metrics::Metrics;
 use crate::models::engine::ModelLoader;
 use crate::models::engine::onnx::{OrtLoader, SessionOptions};
+use crate::models::serving::TokenizePool;
 use crate::models::serving::cache::{CacheOptions, ModelCache};
 use crate::models::serving::worker::BatchSizes;
 use crate::redis::RedisStore;
@@ -82,8 +83,9 @@ pub fn build_app_with(settings: Settings, loader: Arc<dyn ModelLoader>) -> anyho
         max_tenant_queue_percent: s.max_tenant_queue_percent,
         max_bytes: settings.cache.max_bytes,
         pinned: settings.cache.pinned.iter().cloned().collect(),
+        tokenizers: TokenizePool::per_cpu(),
     };
-    let models = ModelCache::new(loader, settings.all_models(), options, Arc::clone(&metrics));
+    let models = Arc::new(ModelCache::new(loader, settings.all_models(), options, Arc::clone(&metrics)));
     let shared: Option<Arc<dyn SharedStore>> = match settings.store.backend {
         StoreKind::Local => None,
         StoreKind::Redis => Some(RedisStore::connect(&settings.store, Arc::clone(&metrics))?),

@@ -57,7 +57,7 @@ pub fn spawn_watchers(state: Arc<AppState>) {
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading configuration");
-                let _ = state.reload();
+                reload_off_runtime(&state).await;
             }
         });
     }
@@ -73,10 +73,17 @@ pub fn spawn_watchers(state: Arc<AppState>) {
             if now != seen {
                 seen = now;
                 tracing::info!(file = %state.config_path.display(), "configuration file changed: reloading");
-                let _ = state.reload();
+                reload_off_runtime(&state).await;
             }
         }
     });
+}
+
+/// Reads, parses and applies the file on the blocking pool: requests keep being served
+/// meanwhile.
+async fn reload_off_runtime(state: &Arc<AppState>) {
+    let state = Arc::clone(state);
+    let _ = tokio::task::spawn_blocking(move || state.reload()).await;
 }
 
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {

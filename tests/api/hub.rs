@@ -27,19 +27,32 @@ const ONNX_SHA256: &str = "9997d159981bc014e19330d363bef2106e36b977d4d1a1e63c3e8
 struct Hub {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<String>>>,
+    /// Each request for an ONNX file, with its `Range` header.
+    onnx_ranges: Arc<Mutex<Vec<String>>>,
 }
 
 struct HubState {
     folder: PathBuf,
     requests: Arc<Mutex<Vec<String>>>,
+    onnx_ranges: Arc<Mutex<Vec<String>>>,
+    /// How long each answer for an ONNX file takes: a slow download.
+    onnx_delay: std::time::Duration,
 }
 
 impl Hub {
     fn start() -> Hub {
+        Self::slow(std::time::Duration::ZERO)
+    }
+
+    /// A hub whose every answer for an ONNX file waits `onnx_delay` first.
+    fn slow(onnx_delay: std::time::Duration) -> Hub {
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let onnx_ranges = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new(HubState {
             folder: repo().join("assets/models/minilm-l6-int8-st"),
             requests: Arc::clone(&requests),
+            onnx_ranges: Arc::clone(&onnx_ranges),
+            onnx_delay,
         });
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -53,7 +66,7 @@ impl Hub {
                 axum::serve(listener, app).await.unwrap();
             });
         });
-        Hub { addr: rx.recv().unwrap(), requests }
+        Hub { addr: rx.recv().unwrap(), requests, onnx_ranges }
     }
 
     fn url(&self) -> String {
@@ -71,6 +84,11 @@ async fn resolve(
     headers: HeaderMap,
 ) -> Response {
     state.requests.lock().unwrap().push(file.clone());
+    if file.ends_with(".onnx") {
+        let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).unwrap_or("whole");
+        state.onnx_ranges.lock().unwrap().push(range.to_owned());
+        tokio::time::sleep(state.onnx_delay).await;
+    }
     if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {TOKEN}")) {
         return (StatusCode::UNAUTHORIZED, [("x-error-code", "GatedRepo")], "a token is required")
             .into_response();
@@ -200,6 +218,62 @@ async fn a_hub_model_downloads_once_into_the_hf_cache_verified_and_a_second_proc
 }
 
 #[tokio::test]
+async fn a_slow_download_outlives_a_timed_out_request_is_joined_not_repeated_and_blocks_no_other_load() {
+    // Each answer for the ONNX file takes 2.5 s; requests are abandoned after 1 s + 1 s.
+    let hub = Hub::slow(std::time::Duration::from_millis(2_500));
+    let hf_home = TempDir::new("hf-slow");
+    let home = hf_home.0.to_str().unwrap().to_owned();
+    let endpoint = hub.url();
+    let env = [("HF_HOME", home.as_str()), ("HF_ENDPOINT", endpoint.as_str()), ("HF_TOKEN", TOKEN)];
+    let text = config("").replace("request_timeout_ms = 30_000", "request_timeout_ms = 1_000");
+    assert!(text.contains("request_timeout_ms = 1_000"), "the config sets request_timeout_ms");
+    let server = SpawnedServer::start_with_env("hub-slow", &text, &env).await;
+
+    let started = std::time::Instant::now();
+    let first = embed(&server, "hub-minilm");
+    // Another model's first load while the download runs: it must not wait behind it.
+    let other = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let t = std::time::Instant::now();
+        let answer = embed(&server, "paraphrase-l3").await;
+        (answer, t.elapsed())
+    };
+    let ((status, body), ((other_status, other_body), other_took)) = tokio::join!(first, other);
+    assert_eq!(status, 504, "the request is abandoned at its deadline: {body}");
+    assert_eq!(other_status, 200, "{other_body}");
+    assert!(
+        other_took < std::time::Duration::from_secs(2),
+        "another model loaded within its deadline while the download ran ({other_took:?})"
+    );
+
+    // The load goes on without its requester; later requests join it, then are served.
+    let (status, body) = loop {
+        let (status, body) = embed(&server, "hub-minilm").await;
+        if status != 504 || started.elapsed() > std::time::Duration::from_secs(60) {
+            break (status, body);
+        }
+    };
+    assert_eq!(status, 200, "{body}");
+    let (_, local) = embed(&server, "minilm-l6-int8").await;
+    assert_eq!(body["embeddings"], local["embeddings"]);
+    let ranges = hub.onnx_ranges.lock().unwrap().clone();
+    let mut distinct = ranges.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ranges.len(), "no part of the file was fetched twice: {ranges:?}");
+    let loads = server.metrics().await;
+    let ok = loads
+        .lines()
+        .filter(|l| l.starts_with("embedserve_model_loads_total{model=\"hub-minilm\""))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        ok,
+        vec!["embedserve_model_loads_total{model=\"hub-minilm\",outcome=\"ok\"} 1"],
+        "one load, which succeeded"
+    );
+}
+
+#[tokio::test]
 async fn offline_with_an_empty_cache_fails_that_model_only_and_a_wrong_token_names_the_file() {
     let hub = Hub::start();
     let hf_home = TempDir::new("hf-offline");
@@ -264,4 +338,78 @@ for f in sys.argv[3:]:
     assert_eq!(status, 200, "{body}");
     let (_, local) = embed(&server, "minilm-l6-int8").await;
     assert_eq!(body["embeddings"], local["embeddings"]);
+}
+
+/// Copies the export folder (and everything under it) into `to`.
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_folder(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Bytes of the file beside the model that its `sha256` lists: hashing it takes about a second.
+const LARGE_FILE_BYTES: u64 = 2 << 30;
+
+#[tokio::test]
+async fn hashing_a_large_model_file_does_not_stall_requests_on_a_one_thread_runtime() {
+    // The model's files already in the Hugging Face cache, with a 2 GiB file beside the graph
+    // (sparse on disk) that `sha256` lists: the load hashes it, offline.
+    let hf_home = TempDir::new("hf-large");
+    let snapshot = snapshot(&hf_home.0);
+    copy_folder(&repo().join("assets/models/minilm-l6-int8-st"), &snapshot);
+    let large = snapshot.join("onnx/model.onnx_data");
+    std::fs::File::create(&large).unwrap().set_len(LARGE_FILE_BYTES).unwrap();
+    let hashed = std::time::Instant::now();
+    let digest = tokio::task::spawn_blocking(move || {
+        let mut hasher = Sha256::new();
+        let mut file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(large).unwrap());
+        std::io::copy(&mut file, &mut hasher).unwrap();
+        hex::encode(hasher.finalize())
+    })
+    .await
+    .unwrap();
+    let hash_time = hashed.elapsed();
+    let sha = format!("sha256 = {{ \"onnx/model.onnx_data\" = \"{digest}\" }}");
+    let home = hf_home.0.to_str().unwrap().to_owned();
+    // One runtime thread: anything blocking on it would stall every request.
+    let env = [("HF_HOME", home.as_str()), ("HF_HUB_OFFLINE", "1"), ("TOKIO_WORKER_THREADS", "1")];
+    let server = SpawnedServer::start_with_env("hub-large", &config(&sha), &env).await;
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let load = async {
+        let t = std::time::Instant::now();
+        let answer = embed(&server, "hub-minilm").await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (answer, t.elapsed())
+    };
+    let probe = async {
+        let client = client_with_key(None);
+        let mut worst = std::time::Duration::ZERO;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = std::time::Instant::now();
+            let status = client.get(server.url("/health")).send().await.unwrap().status();
+            assert_eq!(status, 200);
+            worst = worst.max(t.elapsed());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        worst
+    };
+    let (((status, body), load_time), worst) = tokio::join!(load, probe);
+    assert_eq!(status, 200, "{body}");
+    println!(
+        "load with a 2 GiB sha256 check: {load_time:?} (hashing alone here: {hash_time:?}); /health worst {worst:?}"
+    );
+    // 2 GiB cannot be hashed in under half a second on this kind of machine (~1.5 GB/s at best).
+    assert!(load_time >= std::time::Duration::from_millis(500), "the load hashed the file ({load_time:?})");
+    assert!(
+        worst < load_time / 4,
+        "a request waited {worst:?} during a {load_time:?} load: blocking work on the runtime"
+    );
 }

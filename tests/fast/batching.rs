@@ -15,7 +15,7 @@ fn run_with(runs: &[Vec<String>], text: &str) -> Option<usize> {
 
 #[tokio::test]
 async fn a_quiet_tenants_request_runs_next_behind_another_tenants_flood() {
-    let fake = FakeLoader::with_run_delay(Duration::from_millis(20));
+    let fake = FakeLoader::with_run_delay(Duration::from_millis(60));
     let app = &FastApp::start(default_settings(), fake.clone()).await;
     let warm = fake.runs().len();
     let flood = join_all((0..10).map(|i| {

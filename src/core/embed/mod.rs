@@ -135,7 +135,7 @@ pub struct ModelInfo {
 
 /// Embeds for tenants through the shared model cache, within their limits, counting usage.
 pub struct Embedder {
-    models: ModelCache,
+    models: Arc<ModelCache>,
     limiter: Limiter,
     usage: Arc<UsageLedger>,
     metrics: Arc<Metrics>,
@@ -161,7 +161,7 @@ impl Progress {
 impl Embedder {
     /// `timeout` bounds each request from the model's queue to its vectors.
     pub(crate) fn new(
-        models: ModelCache,
+        models: Arc<ModelCache>,
         limiter: Limiter,
         usage: Arc<UsageLedger>,
         metrics: Arc<Metrics>,
@@ -241,14 +241,15 @@ impl Embedder {
         let count_refusal = |e: &ModelError| self.count_refusal(model_id, e);
         let limits = &mut progress.limits;
         let work = async {
-            model.admits(&tenant.id).inspect_err(count_refusal)?;
+            let estimate = model.encoder.estimate(&texts, &options);
+            let reservation = model.reserve(&tenant.id, estimate).inspect_err(count_refusal)?;
             let inputs = model.tokenize(texts, options).await?;
             let tokens: usize = inputs.iter().map(|e| e.len()).sum();
             let truncated = inputs.iter().filter(|e| e.truncated).count();
             // Both limits at once, now that the tokens are known: one round trip to a shared store.
             self.limiter.admit(tenant, tokens, limits).await?;
             let vectors = model
-                .infer(&tenant.id, inputs)
+                .infer(reservation, inputs)
                 .await
                 .inspect_err(count_refusal)
                 .map_err(|e| e.for_model(name))?;

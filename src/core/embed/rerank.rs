@@ -109,14 +109,16 @@ impl Embedder {
         let limits = &mut progress.limits;
         let count = documents.len();
         let work = async {
-            model.admits(&tenant.id).inspect_err(|e| self.count_refusal(model_id, e))?;
+            let estimate = model.encoder.estimate_pairs(&query, &documents);
+            let reservation =
+                model.reserve(&tenant.id, estimate).inspect_err(|e| self.count_refusal(model_id, e))?;
             let pairs = model.tokenize_pairs(query, documents.clone(), options).await?;
             let tokens: usize = pairs.iter().map(|e| e.len()).sum();
             let truncated = pairs.iter().filter(|e| e.truncated).count();
             self.limiter.admit(tenant, tokens, limits).await?;
             // A pair the model cannot score is named by its document's index.
             let logits = model
-                .infer(&tenant.id, pairs)
+                .infer(reservation, pairs)
                 .await
                 .inspect_err(|e| self.count_refusal(model_id, e))
                 .map_err(|e| e.for_model(name).in_field("documents"))?;

@@ -150,6 +150,9 @@ pub struct PairOptions {
     pub direction: Direction,
 }
 
+/// Bytes of text per token when estimating a request's tokens before tokenizing it (English
+/// prose runs 4-5 with WordPiece or BPE vocabularies, CJK text and code 2-3).
+pub const BYTES_PER_TOKEN_ESTIMATE: usize = 4;
 /// Bytes tokenized per token of the model's limit at first.
 pub const FIRST_WINDOW_BYTES_PER_TOKEN: usize = 8;
 /// Bytes tokenized per token of the model's limit at most.
@@ -204,6 +207,30 @@ impl TextEncoder {
             );
         }
         Ok(Self { tokenizer, max_tokens, added, lowercase: false })
+    }
+
+    /// The tokens `texts` are expected to become, before tokenizing them, to reserve queue room
+    /// for a request before it costs any tokenizing: [`BYTES_PER_TOKEN_ESTIMATE`] bytes of text
+    /// and prompt per token, plus the special tokens, within the limit. An estimate, not a
+    /// bound: the reservation is set to the exact count once tokenized.
+    pub fn estimate(&self, texts: &[String], options: &EncodeOptions) -> usize {
+        let limit = options.max_tokens.map_or(self.max_tokens, |m| m.clamp(self.added + 1, self.max_tokens));
+        let prompt = options.prompt.len();
+        texts
+            .iter()
+            .map(|t| ((prompt + t.len()).div_ceil(BYTES_PER_TOKEN_ESTIMATE) + self.added).clamp(1, limit))
+            .sum()
+    }
+
+    /// [`Self::estimate`] for `documents` each paired with `query`.
+    pub fn estimate_pairs(&self, query: &str, documents: &[String]) -> usize {
+        documents
+            .iter()
+            .map(|d| {
+                ((query.len() + d.len()).div_ceil(BYTES_PER_TOKEN_ESTIMATE) + self.added + 1)
+                    .clamp(1, self.max_tokens)
+            })
+            .sum()
     }
 
     /// Tokenizes each text with the prompt, the model's special tokens and `options`' truncation.

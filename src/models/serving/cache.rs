@@ -2,9 +2,14 @@
 //! to use the model.
 //!
 //! - Lazy and single-flight: a model loads on first use, exactly once however many requests
-//!   ask at the same moment (a `OnceCell` per model); the others wait for that load.
-//! - Budgeted: loads are serialised, and each one's resident size is `resident_bytes` from its
-//!   config if given, else measured as the growth
+//!   ask at the same moment; the others wait for that load.
+//! - Detached: a load runs in a task of its own, which requests join. A request that times out
+//!   or whose client goes away leaves the load running, and the next request for the model
+//!   joins it rather than starting again. Loads of different models run at the same time, at
+//!   most [`CONCURRENT_LOADS`]: a slow Hub download delays no other model's first load.
+//! - Budgeted: the building of sessions is serialised (the downloads before it are not), and
+//!   each one's resident size is `resident_bytes` from its config if given, else measured as
+//!   the growth
 //!   of the process's RSS across the load and a one-input warm-up run (at least the ONNX file's
 //!   size; the smallest of its measurements). Before a load, least recently used models are evicted until the model is
 //!   expected to fit (its last measured size, or twice its file size if never loaded); after,
@@ -26,13 +31,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore};
 
-use super::LoadedModel;
 use super::memory::{self, file_size, resident_set_bytes};
 use super::queue::QueuedTokens;
 use super::worker::{self, BatchSizes};
+use super::{LoadedModel, TokenizePool};
 use crate::metrics::Metrics;
 use crate::models::engine::ModelLoader;
 use crate::models::engine::tokenize::EncodeOptions;
@@ -53,6 +60,8 @@ pub(crate) struct CacheOptions {
     /// Resident bytes for all loaded models together; 0 means unlimited.
     pub max_bytes: u64,
     pub pinned: BTreeSet<String>,
+    /// Where every model's tokenizing runs.
+    pub tokenizers: TokenizePool,
 }
 
 pub(crate) struct ModelCache {
@@ -67,16 +76,28 @@ pub(crate) struct ModelCache {
     stops: DashMap<String, u32>,
     options: CacheOptions,
     metrics: Arc<Metrics>,
-    /// One load at a time: RSS growth is then one model's, and budget decisions do not race.
-    load_lock: tokio::sync::Mutex<()>,
+    /// At most [`CONCURRENT_LOADS`] loads at once (downloads included).
+    loads: Semaphore,
+    /// One session build at a time: RSS growth is then one model's, and budget decisions do not
+    /// race.
+    build_lock: tokio::sync::Mutex<()>,
     /// Counts lookups: a slot's `last_used` is the count at its last lookup, so the least
     /// recently used model is the one with the smallest, with no ties.
     uses: AtomicU64,
 }
 
+/// A load in its own task, which any number of requests await.
+type Load = Shared<BoxFuture<'static, Result<Arc<LoadedModel>, ModelError>>>;
+
+/// Loads of different models running at once (each model's at most once).
+pub(crate) const CONCURRENT_LOADS: usize = 4;
+
 #[derive(Default)]
 struct Slot {
+    /// Set by the load task once the model serves.
     model: OnceCell<Arc<LoadedModel>>,
+    /// The load in flight, if any.
+    loading: Mutex<Option<Load>>,
     resident: AtomicU64,
     last_used: AtomicU64,
     failure: Mutex<Option<Failure>>,
@@ -115,7 +136,8 @@ impl ModelCache {
             stops: DashMap::new(),
             options,
             metrics,
-            load_lock: tokio::sync::Mutex::new(()),
+            loads: Semaphore::new(CONCURRENT_LOADS),
+            build_lock: tokio::sync::Mutex::new(()),
             uses: AtomicU64::new(0),
         }
     }
@@ -129,8 +151,8 @@ impl ModelCache {
         self.specs.read().get(id).cloned()
     }
 
-    /// The loaded model `id`, loading it first if needed.
-    pub(crate) async fn get(&self, id: &str) -> Result<Arc<LoadedModel>, ModelError> {
+    /// The loaded model `id`, loading it first if needed (or joining the load in flight).
+    pub(crate) async fn get(self: &Arc<Self>, id: &str) -> Result<Arc<LoadedModel>, ModelError> {
         let Some(spec) = self.spec(id) else {
             return Err(ModelError::NotFound(id.to_owned()));
         };
@@ -146,8 +168,33 @@ impl ModelCache {
         }
         self.metrics.cache_lookups.with_label_values(&[id, "miss"]).inc();
         self.check_backoff(id, &slot)?;
-        // Waiters behind a failed load re-check the backoff instead of loading again.
-        slot.model.get_or_try_init(|| self.load(id, spec, &slot)).await.map(Arc::clone)
+        let load = {
+            let mut loading = slot.loading.lock();
+            // The load may have finished between the lookup and the lock.
+            if let Some(model) = slot.model.get() {
+                return Ok(Arc::clone(model));
+            }
+            loading.get_or_insert_with(|| self.start_load(id, spec, &slot)).clone()
+        };
+        load.await
+    }
+
+    /// Starts loading `id` in a task of its own: it finishes (and records its outcome) whether
+    /// or not anyone still waits for it.
+    fn start_load(self: &Arc<Self>, id: &str, spec: Arc<ModelSpec>, slot: &Arc<Slot>) -> Load {
+        let (cache, slot, id) = (Arc::clone(self), Arc::clone(slot), id.to_owned());
+        let task = tokio::spawn(async move {
+            let result = cache.load(&id, spec, &slot).await;
+            if let Ok(model) = &result {
+                let _ = slot.model.set(Arc::clone(model));
+            }
+            // Waiters hold the result already; the next request after a failure sees the backoff.
+            *slot.loading.lock() = None;
+            result
+        });
+        async move { task.await.unwrap_or_else(|e| Err(ModelError::failed(format!("the load task failed: {e}")))) }
+            .boxed()
+            .shared()
     }
 
     /// Resident bytes of the loaded models.
@@ -194,12 +241,13 @@ impl ModelCache {
         spec: Arc<ModelSpec>,
         slot: &Slot,
     ) -> Result<Arc<LoadedModel>, ModelError> {
-        let _one_at_a_time = self.load_lock.lock().await;
+        let _bounded = self.loads.acquire().await.map_err(ModelError::failed)?;
         self.check_backoff(id, slot)?;
         let spec = match self.resolve(id, spec).await {
             Ok(spec) => spec,
             Err(e) => return Err(self.failed(id, slot, e)),
         };
+        let _one_build_at_a_time = self.build_lock.lock().await;
         let estimate = spec
             .resident_bytes
             .or_else(|| self.sizes.get(id).map(|s| *s))
@@ -307,15 +355,22 @@ impl ModelCache {
         }
         let started = Instant::now();
         let snapshot = hub::fetch(&spec).await?;
-        let mut complete = ModelSpec {
+        let complete = ModelSpec {
             hf: None,
             revision: None,
             sha256: BTreeMap::new(),
             path: Some(snapshot),
             ..(*spec).clone()
         };
-        let mut problems = folder::derive(&mut complete);
-        problems.extend(complete.problems());
+        // Reading the folder's files (the tokenizer's may be tens of MB) is blocking work.
+        let (complete, problems) = tokio::task::spawn_blocking(move || {
+            let mut complete = complete;
+            let mut problems = folder::derive(&mut complete);
+            problems.extend(complete.problems());
+            (complete, problems)
+        })
+        .await
+        .context("reading the hub model's folder failed")?;
         if !problems.is_empty() {
             anyhow::bail!("{}: {}", spec.hf.as_deref().unwrap_or_default(), problems.join("; "));
         }
@@ -356,6 +411,7 @@ impl ModelCache {
                 queued,
                 worker: spawned.handle,
                 health: spawned.health,
+                tokenizers: options.tokenizers,
             })
         })
         .await

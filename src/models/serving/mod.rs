@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Instant;
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use queue::QueuedTokens;
+use queue::{QueuedTokens, Reservation};
 use worker::{Health, Job, JobError};
 
 use crate::models::ModelError;
@@ -32,6 +32,41 @@ pub(crate) struct LoadedModel {
     pub(crate) worker: std::thread::JoinHandle<()>,
     /// Whether the inference thread still serves (see `worker::Health`).
     pub(crate) health: Arc<Health>,
+    /// The process's tokenizing pool (see [`TokenizePool`]).
+    pub(crate) tokenizers: TokenizePool,
+}
+
+/// Tokenizing runs on the blocking pool, at most one text batch per CPU at a time for all
+/// models together: a burst of requests waits for a slot (holding its queue reservation) rather
+/// than starting a thread each.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenizePool(Arc<Semaphore>);
+
+impl TokenizePool {
+    /// One slot per CPU available to the process.
+    pub(crate) fn per_cpu() -> Self {
+        Self::with_slots(std::thread::available_parallelism().map_or(1, usize::from))
+    }
+
+    pub(crate) fn with_slots(slots: usize) -> Self {
+        Self(Arc::new(Semaphore::new(slots.max(1))))
+    }
+
+    /// Runs `work` on the blocking pool once a slot is free; the slot is held until `work` ends,
+    /// even if the caller stops waiting.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ModelError> {
+        let slot: OwnedSemaphorePermit =
+            Arc::clone(&self.0).acquire_owned().await.map_err(ModelError::failed)?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            work()
+        })
+        .await
+        .map_err(ModelError::failed)
+    }
 }
 
 impl LoadedModel {
@@ -42,19 +77,17 @@ impl LoadedModel {
         let _ = worker.join();
     }
 
-    /// Tokenizes on the blocking pool, prompt and truncation as `options` say, not padded.
+    /// Tokenizes on the tokenizing pool, prompt and truncation as `options` say, not padded.
     pub(crate) async fn tokenize(
         &self,
         texts: Vec<String>,
         options: EncodeOptions,
     ) -> Result<Vec<Encoded>, ModelError> {
         let encoder = Arc::clone(&self.encoder);
-        Ok(tokio::task::spawn_blocking(move || encoder.encode(&texts, &options))
-            .await
-            .map_err(ModelError::failed)??)
+        Ok(self.tokenizers.run(move || encoder.encode(&texts, &options)).await??)
     }
 
-    /// Tokenizes each document paired with `query`, on the blocking pool (see
+    /// Tokenizes each document paired with `query`, on the tokenizing pool (see
     /// [`TextEncoder::encode_pairs`]).
     pub(crate) async fn tokenize_pairs(
         &self,
@@ -63,9 +96,7 @@ impl LoadedModel {
         options: PairOptions,
     ) -> Result<Vec<Encoded>, ModelError> {
         let encoder = Arc::clone(&self.encoder);
-        Ok(tokio::task::spawn_blocking(move || encoder.encode_pairs(&query, &documents, &options))
-            .await
-            .map_err(ModelError::failed)??)
+        Ok(self.tokenizers.run(move || encoder.encode_pairs(&query, &documents, &options)).await??)
     }
 
     /// [`Self::tokenize`] with each token's text, for `/v1/tokenize`.
@@ -75,43 +106,41 @@ impl LoadedModel {
         options: EncodeOptions,
     ) -> Result<Vec<Tokens>, ModelError> {
         let encoder = Arc::clone(&self.encoder);
-        Ok(tokio::task::spawn_blocking(move || encoder.tokens(&texts, &options))
-            .await
-            .map_err(ModelError::failed)??)
+        Ok(self.tokenizers.run(move || encoder.tokens(&texts, &options)).await??)
     }
 
-    /// Token ids back to text with the model's tokenizer, on the blocking pool.
+    /// Token ids back to text with the model's tokenizer, on the tokenizing pool.
     pub(crate) async fn decode(
         &self,
         ids: Vec<Vec<u32>>,
         skip_special_tokens: bool,
     ) -> Result<Result<Vec<String>, DecodeError>, ModelError> {
         let encoder = Arc::clone(&self.encoder);
-        tokio::task::spawn_blocking(move || encoder.decode(&ids, skip_special_tokens))
-            .await
-            .map_err(ModelError::failed)
+        self.tokenizers.run(move || encoder.decode(&ids, skip_special_tokens)).await
     }
 
-    /// Refuses at once when the queue, or `tenant`'s share of it, is already full: a flood's
-    /// refusals then cost no tokenizing.
-    pub(crate) fn admits(&self, tenant: &str) -> Result<(), ModelError> {
-        Ok(self.queued.check(tenant)?)
+    /// Reserves room in the queue for `tenant`'s request of about `estimate` tokens (see
+    /// [`TextEncoder::estimate`]) before it is tokenized, or refuses at once when the queue, or
+    /// the tenant's share of it, cannot take it: a flood's refusals cost no tokenizing. The
+    /// room comes back when the reservation is dropped, however the request ends.
+    pub(crate) fn reserve(&self, tenant: &str, estimate: usize) -> Result<Reservation, ModelError> {
+        Ok(self.queued.hold(&Arc::from(tenant), estimate)?)
     }
 
-    /// Queues tokenized inputs for the model's thread, in `tenant`'s lane, and waits for their
-    /// vectors (in input order, full width, not normalised). A queue that cannot take the
-    /// request's tokens refuses it at once: [`ModelError::QueueFull`] when the queue is full,
+    /// Queues tokenized inputs for the model's thread, in the lane of the reservation's tenant,
+    /// and waits for their vectors (in input order, full width, not normalised). The
+    /// reservation is first set to the inputs' exact tokens; a queue that cannot take them
+    /// refuses at once: [`ModelError::QueueFull`] when the queue is full,
     /// [`ModelError::TenantQueueFull`] when the tenant already holds its share of it. Inputs the
     /// model cannot process alone are [`ModelError::InputsFailed`]; a model that stopped
     /// serving is [`ModelError::Unavailable`] until the cache has reloaded it.
     pub(crate) async fn infer(
         &self,
-        tenant: &str,
+        mut reservation: Reservation,
         inputs: Vec<Encoded>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let tokens: usize = inputs.iter().map(Encoded::len).sum();
-        let tenant: Arc<str> = Arc::from(tenant);
-        let reservation = self.queued.hold(&tenant, tokens)?;
+        reservation.resize(inputs.iter().map(Encoded::len).sum())?;
+        let tenant = Arc::clone(reservation.tenant());
         let (reply, done) = oneshot::channel();
         let job = Job { tenant, inputs, enqueued: Instant::now(), reservation, reply };
         // A job that is not sent, or that the thread drops, gives its tokens back as it drops.

@@ -1,6 +1,7 @@
 //! The token bound on each model's queue, and each tenant's share of it: a request that would
 //! overfill either is refused at once, so a flooding tenant leaves room for the others and a
-//! flood's refusals cost no tokenizing. A request's tokens are held by a [`Reservation`], which
+//! flood's refusals cost no tokenizing: a request reserves an estimate of its tokens before it
+//! is tokenized, then the exact count. A request's tokens are held by a [`Reservation`], which
 //! gives back whatever it still holds when dropped: a job lost to a panic or a stopped worker
 //! cannot leak queue room.
 
@@ -41,12 +42,18 @@ impl QueuedTokens {
     /// Reserves `tenant`'s `tokens`, or refuses. A request larger than a bound is admitted when
     /// nothing of the queue (or of the tenant's share) is taken, so it can still run.
     pub(crate) fn reserve(&self, tenant: &Arc<str>, tokens: usize) -> Result<(), QueueRefusal> {
+        self.reserve_beside(tenant, tokens, 0)
+    }
+
+    /// [`Self::reserve`] for a request that already holds `held` tokens: it is admitted as if
+    /// alone when nothing but its own reservation is taken.
+    fn reserve_beside(&self, tenant: &Arc<str>, tokens: usize, held: usize) -> Result<(), QueueRefusal> {
         let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if q.total > 0 && q.total + tokens > self.max {
+        if q.total > held && q.total + tokens > self.max {
             return Err(QueueRefusal::Full);
         }
         let mine = q.by_tenant.get(tenant).copied().unwrap_or(0);
-        if mine > 0 && mine + tokens > self.tenant_max {
+        if mine > held && mine + tokens > self.tenant_max {
             return Err(QueueRefusal::TenantShare);
         }
         q.total += tokens;
@@ -62,18 +69,6 @@ impl QueuedTokens {
     ) -> Result<Reservation, QueueRefusal> {
         self.reserve(tenant, tokens)?;
         Ok(Reservation { queued: Arc::clone(self), tenant: Arc::clone(tenant), tokens })
-    }
-
-    /// Refuses at once, before any tokenizing, when the queue or `tenant`'s share of it is full.
-    pub(crate) fn check(&self, tenant: &str) -> Result<(), QueueRefusal> {
-        let q = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if q.total >= self.max {
-            return Err(QueueRefusal::Full);
-        }
-        if q.by_tenant.get(tenant).is_some_and(|mine| *mine >= self.tenant_max) {
-            return Err(QueueRefusal::TenantShare);
-        }
-        Ok(())
     }
 
     pub(crate) fn release(&self, tenant: &Arc<str>, tokens: usize) {
@@ -106,6 +101,24 @@ impl Reservation {
         let tokens = tokens.min(self.tokens);
         self.tokens -= tokens;
         self.queued.release(&self.tenant, tokens);
+    }
+}
+
+impl Reservation {
+    /// Sets the reservation to `tokens`: gives back what it holds beyond them, or reserves the
+    /// difference (refused as [`QueuedTokens::reserve`] refuses).
+    pub(crate) fn resize(&mut self, tokens: usize) -> Result<(), QueueRefusal> {
+        if tokens > self.tokens {
+            self.queued.reserve_beside(&self.tenant, tokens - self.tokens, self.tokens)?;
+            self.tokens = tokens;
+        } else {
+            self.release(self.tokens - tokens);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn tenant(&self) -> &Arc<str> {
+        &self.tenant
     }
 }
 
@@ -148,6 +161,23 @@ mod tests {
         assert_eq!(budget.reserve(&tenant, 5000), Ok(()));
         assert_eq!(budget.reserve(&tenant, 1), Err(QueueRefusal::Full));
         budget.release(&tenant, 5000);
+        assert_eq!(budget.queued(), 0);
+    }
+
+    #[test]
+    fn a_reservation_resized_to_the_exact_count_gives_back_or_takes_the_difference() {
+        let budget = Arc::new(QueuedTokens::new(100, 100));
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let mut estimate = budget.hold(&a, 40).unwrap();
+        estimate.resize(10).unwrap();
+        assert_eq!(budget.queued(), 10, "an over-estimate is given back");
+        let _other = budget.hold(&b, 80).unwrap();
+        assert_eq!(estimate.resize(30), Err(QueueRefusal::Full), "growing past the bound is refused");
+        assert_eq!(budget.queued(), 90, "a refused growth holds what it held");
+        drop(_other);
+        assert_eq!(estimate.resize(500), Ok(()), "alone in the queue, any size runs");
+        assert_eq!(budget.queued(), 500);
+        drop(estimate);
         assert_eq!(budget.queued(), 0);
     }
 

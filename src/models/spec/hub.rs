@@ -79,16 +79,37 @@ pub async fn fetch(spec: &ModelSpec) -> Result<PathBuf, HubError> {
     fetcher.get(&onnx, true).await?;
     // Weights over 2 GB live beside the graph.
     fetcher.get(&format!("{onnx}_data"), false).await?;
-    for (file, want) in &spec.sha256 {
-        let path = fetcher.snapshot.join(file);
-        let bytes =
-            std::fs::read(&path).map_err(|_| fetcher.error(file, "listed in sha256 but not in the model"))?;
-        let got = hex::encode(Sha256::digest(&bytes));
-        if !got.eq_ignore_ascii_case(want) {
-            return Err(fetcher.error(file, format!("sha256 is {got}, expected {want}")));
-        }
+    // Hashing a large file takes seconds: on the blocking pool, never on the runtime.
+    let (snapshot, listed) = (fetcher.snapshot.clone(), spec.sha256.clone());
+    let checked = tokio::task::spawn_blocking(move || check_sha256(&snapshot, &listed))
+        .await
+        .map_err(|e| fetcher.error("", format!("the sha256 check failed: {e}")))?;
+    if let Err((file, reason)) = checked {
+        return Err(fetcher.error(&file, reason));
     }
     Ok(fetcher.snapshot)
+}
+
+/// Checks each listed file of `snapshot` against its sha256, reading it in pieces; the first
+/// mismatch as (file, reason). Blocking.
+fn check_sha256(
+    snapshot: &Path,
+    listed: &std::collections::BTreeMap<String, String>,
+) -> Result<(), (String, String)> {
+    for (file, want) in listed {
+        let hashed = std::fs::File::open(snapshot.join(file)).and_then(|f| {
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, f), &mut hasher)?;
+            Ok(hex::encode(hasher.finalize()))
+        });
+        let Ok(got) = hashed else {
+            return Err((file.clone(), "listed in sha256 but not in the model".to_owned()));
+        };
+        if !got.eq_ignore_ascii_case(want) {
+            return Err((file.clone(), format!("sha256 is {got}, expected {want}")));
+        }
+    }
+    Ok(())
 }
 
 struct Fetcher {
