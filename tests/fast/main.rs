@@ -15,4 +15,5 @@ mod errors;
 mod hardening;
 mod isolation;
 mod operations;
+mod sweep;
 mod tenancy;
