@@ -109,10 +109,12 @@ $(VENV)/.installed: tests/requirements.txt
 	touch $@
 
 ## bench: cold start, latency and throughput figures on this machine, rerank and sparse beside their
-## ceilings, then what the Redis limit store adds (local vs Redis in alternating rounds)
+## ceilings, the embedding cache on repeated inputs, then what the Redis limit store adds (local vs
+## Redis in alternating rounds)
 bench: assets servers reference-venv
 	$(CARGO) bench --bench serve
 	$(CARGO) bench --bench rerank
+	$(CARGO) bench --bench recall
 	$(CARGO) bench --bench store
 
 ## load-test: the goose load scenarios against the release binary (SCENARIOS="ramp spike" runs some);

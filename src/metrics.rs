@@ -37,6 +37,12 @@ pub struct Metrics {
     pub model_resident_bytes: IntGaugeVec,
     pub cache_resident_bytes: IntGauge,
     pub cache_budget_bytes: IntGauge,
+    /// Embedding cache lookups, one per input, by model and result (`hit` | `miss`).
+    pub embedding_cache_lookups: IntCounterVec,
+    /// Bytes the embedding cache holds.
+    pub embedding_cache_bytes: IntGauge,
+    /// Vectors the embedding cache dropped to stay within its bytes.
+    pub embedding_cache_evictions: IntCounter,
     /// Configuration reloads by outcome (`ok` | `rejected`).
     pub config_reloads: IntCounterVec,
     /// Tokens waiting in each model's queue.
@@ -188,6 +194,24 @@ impl Metrics {
                 "embedserve_cache_budget_bytes",
                 "The session cache's memory budget (0: unlimited).",
             ),
+            embedding_cache_lookups: counter(
+                "embedserve_embedding_cache_lookups_total",
+                "Embedding cache lookups (one per input) by model and result (hit or miss).",
+                &["model", "result"],
+            ),
+            embedding_cache_bytes: scalar(
+                "embedserve_embedding_cache_bytes",
+                "Bytes of vectors the embedding cache holds.",
+            ),
+            embedding_cache_evictions: {
+                let c = IntCounter::new(
+                    "embedserve_embedding_cache_evictions_total",
+                    "Vectors dropped from the embedding cache to stay within its bytes.",
+                )
+                .expect("valid metric");
+                registry.register(Box::new(c.clone())).expect("metric registered once");
+                c
+            },
             config_reloads: counter(
                 "embedserve_config_reloads_total",
                 "Configuration reloads by outcome (ok or rejected).",

@@ -160,6 +160,9 @@ pub struct CacheSettings {
     pub preload: Vec<String>,
     /// Model ids never evicted (they are also preloaded).
     pub pinned: Vec<String>,
+    /// Bytes of recent inputs' vectors kept per process, so a repeated input is not computed
+    /// again (see `core::embed::recall`); 0 (the default) keeps none. Hits are not billed.
+    pub embeddings_max_bytes: u64,
 }
 
 /// Where limits and usage are kept (`[store]`); like `[server]`, read at start only.
@@ -225,6 +228,10 @@ pub struct TenantConfig {
     pub default_model: Option<String>,
     #[serde(default)]
     pub limits: TenantLimits,
+    /// Share cached vectors with the other tenants that set this too (off: a tenant's cache
+    /// hits are its own texts only; shared, a hit's speed tells a tenant another sent a text).
+    #[serde(default)]
+    pub share_embedding_cache: bool,
 }
 
 /// A tenant's limits (`[tenants.<id>] limits = {...}`).

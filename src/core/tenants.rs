@@ -22,6 +22,9 @@ pub struct Tenant {
     default_model: String,
     limits: TenantLimits,
     pub(crate) buckets: Arc<TenantBuckets>,
+    /// Whose cached vectors this tenant's requests may reuse: its own id, or the scope shared
+    /// by tenants with `share_embedding_cache` (see `embed::recall`).
+    pub(crate) cache_scope: String,
 }
 
 impl Tenant {
@@ -111,6 +114,8 @@ impl Registry {
                 default_model: config.default_model.clone().unwrap_or_else(|| settings.default_model.clone()),
                 limits,
                 buckets,
+                // Tenant ids are TOML keys: none is empty, so the empty scope is the shared one.
+                cache_scope: if config.share_embedding_cache { String::new() } else { id.clone() },
             });
             for key in &config.keys {
                 if let Some(hash) = parse_key_hash(key) {

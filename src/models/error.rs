@@ -57,6 +57,19 @@ impl ModelError {
         }
     }
 
+    /// The same error, with failed inputs' indices (into the inputs run) mapped to the
+    /// request's: `run_to_request[i]` is the request index of run input `i`.
+    pub fn at_indices(self, run_to_request: &[usize]) -> Self {
+        match self {
+            ModelError::InputsFailed { indices, param, cause } => ModelError::InputsFailed {
+                indices: indices.into_iter().map(|i| run_to_request.get(i).copied().unwrap_or(i)).collect(),
+                param,
+                cause,
+            },
+            other => other,
+        }
+    }
+
     /// The same error, with failed inputs counted in the request field `param` (`documents`
     /// for a rerank request's pairs).
     pub fn in_field(self, param: &'static str) -> Self {

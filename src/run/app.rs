@@ -97,8 +97,15 @@ pub fn build_app_with(settings: Settings, loader: Arc<dyn ModelLoader>) -> anyho
         settings.store.usage_buffer_keys,
         Arc::clone(&metrics),
     );
-    let embedder =
-        Embedder::new(models, limiter, usage, Arc::clone(&metrics), s.request_timeout(), s.max_documents);
+    let embedder = Embedder::new(
+        models,
+        limiter,
+        usage,
+        Arc::clone(&metrics),
+        s.request_timeout(),
+        s.max_documents,
+        settings.cache.embeddings_max_bytes,
+    );
     let tenants = Arc::new(TenantRegistry::new(&settings));
     let api = Arc::new(ApiState::new(settings.server.clone(), tenants, Arc::new(embedder), metrics));
     let router = crate::http::router(Arc::clone(&api));

@@ -152,3 +152,28 @@ async fn the_openai_route_returns_the_list_shape_in_input_order() {
     }
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
 }
+
+#[tokio::test]
+async fn with_the_embedding_cache_a_repeated_input_gets_the_same_vector_unbilled() {
+    let mut settings = default_settings();
+    settings.cache.embeddings_max_bytes = 8 << 20;
+    let server = TestServer::start(settings);
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(40);
+    let texts = json!(["The cat sat.", "Ünïcödé 東京", long]);
+    let (status, first) = server.post("/v1/embed", json!({ "input": texts })).await;
+    assert_eq!(status, 200, "{first}");
+    let billed = first["usage"]["prompt_tokens"].clone();
+    let (status, again) = server.post("/v1/embed", json!({ "input": texts })).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["embeddings"], first["embeddings"], "the very same vectors");
+    assert_eq!(again["usage"], json!({ "prompt_tokens": 0, "total_tokens": 0, "cached_tokens": billed }));
+    // OpenAI's route and its options reuse the same vectors.
+    let (status, openai) =
+        server.post("/v1/embeddings", json!({ "input": "The cat sat.", "dimensions": 64 })).await;
+    assert_eq!(status, 200, "{openai}");
+    let (_, computed) = TestServer::start(default_settings())
+        .post("/v1/embeddings", json!({ "input": "The cat sat.", "dimensions": 64 }))
+        .await;
+    assert_eq!(openai["data"][0]["embedding"], computed["data"][0]["embedding"]);
+    assert_eq!(openai["usage"]["prompt_tokens"], 0);
+}

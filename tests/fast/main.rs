@@ -15,5 +15,6 @@ mod errors;
 mod hardening;
 mod isolation;
 mod operations;
+mod recall;
 mod sweep;
 mod tenancy;

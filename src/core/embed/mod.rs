@@ -7,6 +7,7 @@
 mod input;
 mod output;
 mod prompts;
+mod recall;
 mod rerank;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,8 @@ use time::Date;
 pub(crate) use output::{EmbeddingType, Embeddings, EncodingFormat, Output, SparseVector, Vector};
 pub(crate) use prompts::TextParams;
 pub(crate) use rerank::RerankParams;
+
+use recall::{Recalled, VectorCache};
 
 use super::limits::{LimitError, LimitSnapshot, Limiter};
 use super::tenants::Tenant;
@@ -110,6 +113,13 @@ pub struct DecodeOutput {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub total_tokens: usize,
+    /// Tokens of inputs served from the embedding cache, not billed (absent when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cached_tokens: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// What a call did, whatever its result: for the adapters' headers, metrics and logs.
@@ -136,6 +146,8 @@ pub struct ModelInfo {
 /// Embeds for tenants through the shared model cache, within their limits, counting usage.
 pub struct Embedder {
     models: Arc<ModelCache>,
+    /// Vectors of recent inputs (see `recall`).
+    recall: VectorCache,
     limiter: Limiter,
     usage: Arc<UsageLedger>,
     metrics: Arc<Metrics>,
@@ -167,8 +179,10 @@ impl Embedder {
         metrics: Arc<Metrics>,
         timeout: Duration,
         max_documents: usize,
+        embeddings_max_bytes: u64,
     ) -> Self {
-        Self { models, limiter, usage, metrics, timeout, max_documents }
+        let recall = VectorCache::new(embeddings_max_bytes, Arc::clone(&metrics));
+        Self { models, recall, limiter, usage, metrics, timeout, max_documents }
     }
 
     /// Checks `tenant`'s limits, validates, embeds and shapes.
@@ -236,45 +250,84 @@ impl Embedder {
             Inputs::Texts(texts) => texts,
             Inputs::TokenIds(ids) => decode_token_ids(spec.token_ids_encoding, ids, name).await?,
         };
-        let model = self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
-
-        let count_refusal = |e: &ModelError| self.count_refusal(model_id, e);
-        let limits = &mut progress.limits;
-        let work = async {
-            let estimate = model.encoder.estimate(&texts, &options);
-            let reservation = model.reserve(&tenant.id, estimate).inspect_err(count_refusal)?;
-            let inputs = model.tokenize(texts, options).await?;
-            let tokens: usize = inputs.iter().map(|e| e.len()).sum();
-            let truncated = inputs.iter().filter(|e| e.truncated).count();
-            // Both limits at once, now that the tokens are known: one round trip to a shared store.
-            self.limiter.admit(tenant, tokens, limits).await?;
-            let vectors = model
-                .infer(reservation, inputs)
-                .await
-                .inspect_err(count_refusal)
-                .map_err(|e| e.for_model(name))?;
-            Ok::<_, EmbedError>((vectors, tokens, truncated))
+        // Repeated inputs come from the embedding cache (see `recall`), computed ones go in.
+        let scope = (task == Task::Embed)
+            .then(|| self.recall.scope(&tenant.cache_scope, model_id, &spec, &options))
+            .flatten();
+        let keys: Vec<recall::Key> =
+            scope.as_ref().map_or_else(Vec::new, |s| texts.iter().map(|t| s.key(t)).collect());
+        let mut found = match &scope {
+            Some(scope) => self.recall.get(scope, &keys),
+            None => vec![None; texts.len()],
         };
-        let (vectors, tokens, truncated) =
+        // Refusal messages of `truncate: false` name an input by its place among those run:
+        // run them all rather than some.
+        if !options.truncate && found.iter().any(Option::is_some) && found.iter().any(Option::is_none) {
+            found.iter_mut().for_each(|f| *f = None);
+        }
+        let missing: Vec<usize> = (0..texts.len()).filter(|&i| found[i].is_none()).collect();
+        let cached_tokens: usize = found.iter().flatten().map(|r| r.tokens as usize).sum();
+        let to_run: Vec<String> =
+            texts.into_iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(t, _)| t).collect();
+
+        let limits = &mut progress.limits;
+        let (computed, tokens, truncated) = if to_run.is_empty() {
+            // All from the cache: no model, no tokens; the request still counts.
+            self.limiter.admit(tenant, 0, limits).await?;
+            (Vec::new(), 0, 0)
+        } else {
+            let model = self.models.get(model_id).await.map_err(|e| e.for_model(name))?;
+            let count_refusal = |e: &ModelError| self.count_refusal(model_id, e);
+            let work = async {
+                let estimate = model.encoder.estimate(&to_run, &options);
+                let reservation = model.reserve(&tenant.id, estimate).inspect_err(count_refusal)?;
+                let inputs = model.tokenize(to_run, options).await?;
+                let each: Vec<usize> = inputs.iter().map(|e| e.len()).collect();
+                let tokens: usize = each.iter().sum();
+                let truncated = inputs.iter().filter(|e| e.truncated).count();
+                // Both limits at once, now that the tokens are known: one round trip to a shared store.
+                self.limiter.admit(tenant, tokens, limits).await?;
+                let vectors = model
+                    .infer(reservation, inputs)
+                    .await
+                    .inspect_err(count_refusal)
+                    .map_err(|e| e.for_model(name).at_indices(&missing))?;
+                Ok::<_, EmbedError>((vectors.into_iter().zip(each).collect::<Vec<_>>(), tokens, truncated))
+            };
             tokio::time::timeout(self.timeout, work).await.map_err(|_| {
                 self.metrics.refusals.with_label_values(&[model_id, "timeout"]).inc();
                 EmbedError::Timeout(self.timeout.as_millis() as u64)
-            })??;
+            })??
+        };
 
         progress.tokens = tokens;
         let m = &self.metrics;
         m.tokens.with_label_values(&[&tenant.id, model_id]).inc_by(tokens as u64);
-        m.embeddings.with_label_values(&[&tenant.id, model_id]).inc_by(vectors.len() as u64);
+        m.embeddings.with_label_values(&[&tenant.id, model_id]).inc_by(inputs_count as u64);
         m.truncated_inputs.with_label_values(&[model_id]).inc_by(truncated as u64);
         self.usage.record(&tenant.id, name, inputs_count, tokens);
 
+        let vectors: Vec<Vec<f32>> = if scope.is_some() {
+            let computed: Vec<Recalled> = computed
+                .into_iter()
+                .map(|(v, t)| Recalled { vector: Arc::from(v), tokens: u32::try_from(t).unwrap_or(u32::MAX) })
+                .collect();
+            self.recall.put(missing.iter().map(|&i| keys[i]), &computed);
+            let mut computed = computed.into_iter();
+            found
+                .into_iter()
+                .map(|f| f.or_else(|| computed.next()).map_or_else(Vec::new, |r| r.vector.to_vec()))
+                .collect()
+        } else {
+            computed.into_iter().map(|(v, _)| v).collect()
+        };
         let vectors = if task == Task::Sparse {
             Embeddings::Sparse(vectors.iter().map(|v| SparseVector::of(v)).collect())
         } else {
             let shaped = vectors.into_iter().map(|v| shape_vector(v, dimensions, normalize)).collect();
             Embeddings::new(shaped, &params.output)
         };
-        let usage = Usage { prompt_tokens: tokens, total_tokens: tokens };
+        let usage = Usage { prompt_tokens: tokens, total_tokens: tokens, cached_tokens };
         Ok(EmbedOutput { model: name.to_owned(), dimensions, vectors, usage })
     }
 

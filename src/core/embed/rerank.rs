@@ -151,7 +151,7 @@ impl Embedder {
             model: name.to_owned(),
             results,
             documents,
-            usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
+            usage: Usage { prompt_tokens: tokens, total_tokens: tokens, cached_tokens: 0 },
             search_units: count.div_ceil(100),
         })
     }
