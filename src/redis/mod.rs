@@ -159,13 +159,22 @@ impl SharedStore for RedisStore {
         let mut conn = self.conn.clone();
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
-        let ok = matches!(tokio::time::timeout(self.timeout.max(PROBE_EVERY), ping).await, Ok(Ok(_)));
-        if ok {
-            self.mark_up()
-        } else {
-            self.mark_down("probe", "no answer to PING")
+        let bound = self.timeout.max(PROBE_EVERY);
+        // The cause is logged: a refused TLS certificate or password must say so.
+        match tokio::time::timeout(bound, ping).await {
+            Ok(Ok(_)) => {
+                self.mark_up();
+                true
+            }
+            Ok(Err(e)) => {
+                self.mark_down("probe", &e.to_string());
+                false
+            }
+            Err(_) => {
+                self.mark_down("probe", &format!("no answer to PING within {} ms", bound.as_millis()));
+                false
+            }
         }
-        ok
     }
 
     /// Decides a request of `tokens` for `tenant` in Redis; `None` if Redis failed or was slow

@@ -26,5 +26,6 @@ mod reload;
 mod rerank;
 mod scale_out;
 mod schemathesis;
+mod store_tls;
 mod tenancy;
 mod text_options;
