@@ -61,6 +61,12 @@ impl Redis {
         self.dir.0.join("ca.crt")
     }
 
+    /// A connection of the test's own, to read and write keys directly (plain Redis only).
+    pub fn connection(&self) -> redis::Connection {
+        assert!(!self.tls, "a test's own connection is plain");
+        redis::Client::open(self.url()).unwrap().get_connection().expect("a connection to the test's Redis")
+    }
+
     /// Starts (again) on the same port and folder; returns once it answers PING.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");

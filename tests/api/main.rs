@@ -26,6 +26,7 @@ mod reload;
 mod rerank;
 mod scale_out;
 mod schemathesis;
+mod store_gcra;
 mod store_tls;
 mod tenancy;
 mod text_options;
