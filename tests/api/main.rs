@@ -28,5 +28,6 @@ mod scale_out;
 mod schemathesis;
 mod store_gcra;
 mod store_tls;
+mod store_usage;
 mod tenancy;
 mod text_options;
