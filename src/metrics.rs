@@ -214,7 +214,7 @@ impl Metrics {
             },
             config_reloads: counter(
                 "embedserve_config_reloads_total",
-                "Configuration reloads by outcome (ok or rejected).",
+                "Configuration reloads by outcome: ok, restart_required (applied, but sections that change on restart only differ) or rejected.",
                 &["outcome"],
             ),
             queue_tokens: gauge(

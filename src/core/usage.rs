@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -70,6 +71,10 @@ pub(crate) struct UsageLedger {
     pending: Mutex<BTreeMap<UsageKey, Counts>>,
     /// The batch being written (or to retry, with the same id), Redis only.
     batch: tokio::sync::Mutex<Option<(String, BTreeMap<UsageKey, Counts>)>>,
+    /// Counters in that batch: held too, so they count against `max_keys`.
+    in_batch: AtomicUsize,
+    /// Counts are being dropped at `max_keys` (logged once, until a write succeeds).
+    dropping: AtomicBool,
     wake: Arc<Notify>,
     flush_after: Duration,
     max_keys: usize,
@@ -89,6 +94,8 @@ impl UsageLedger {
             store,
             pending: Mutex::default(),
             batch: tokio::sync::Mutex::new(None),
+            in_batch: AtomicUsize::new(0),
+            dropping: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
             flush_after,
             max_keys,
@@ -102,7 +109,10 @@ impl UsageLedger {
 
     /// Counts one successful request of `inputs` inputs and `tokens` tokens, today (UTC).
     pub(crate) fn record(&self, tenant: &str, model: &str, inputs: usize, tokens: usize) {
-        let day = OffsetDateTime::now_utc().date();
+        self.record_on(OffsetDateTime::now_utc().date(), tenant, model, inputs, tokens);
+    }
+
+    fn record_on(&self, day: Date, tenant: &str, model: &str, inputs: usize, tokens: usize) {
         let key = UsageKey { tenant: tenant.to_owned(), model: model.to_owned(), day };
         let counts = Counts { requests: 1, inputs: inputs as u64, tokens: tokens as u64 };
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -111,7 +121,8 @@ impl UsageLedger {
             let oldest = day - time::Duration::days(USAGE_RETENTION_DAYS);
             pending.retain(|k, _| k.day > oldest);
         }
-        let held = pending.len();
+        // A batch that failed to write is held as well as what came since.
+        let held = pending.len() + self.in_batch.load(Ordering::Acquire);
         match pending.entry(key) {
             Entry::Occupied(mut total) => total.get_mut().add(counts),
             Entry::Vacant(slot) if held < self.max_keys => {
@@ -119,6 +130,13 @@ impl UsageLedger {
             }
             Entry::Vacant(_) => {
                 self.metrics.usage_dropped.inc_by(counts.requests);
+                if !self.dropping.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        held,
+                        "usage counters held reached store.usage_buffer_keys: new tenant, model and day \
+                         counters are dropped (embedserve_usage_dropped_total) until the store answers"
+                    );
+                }
                 return;
             }
         }
@@ -168,6 +186,7 @@ impl UsageLedger {
                     if taken.is_empty() {
                         return true;
                     }
+                    self.in_batch.store(taken.len(), Ordering::Release);
                     batch.insert((uuid::Uuid::new_v4().to_string(), taken))
                 }
             };
@@ -176,6 +195,8 @@ impl UsageLedger {
                 return false;
             }
             *batch = None;
+            self.in_batch.store(0, Ordering::Release);
+            self.dropping.store(false, Ordering::Release);
             self.metrics.usage_held.set(self.held(0) as i64);
         }
     }
@@ -245,5 +266,25 @@ mod tests {
         let today = OffsetDateTime::now_utc().date();
         assert_eq!(ledger.read("t", today, today).await.unwrap().len(), 2);
         assert_eq!(metrics.usage_dropped.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_local_store_keeps_the_last_400_days_and_drops_older_ones_on_a_new_day() {
+        let ledger = UsageLedger::new(None, Duration::ZERO, 100, Arc::new(Metrics::new()));
+        let today = OffsetDateTime::now_utc().date();
+        let ago = |days: i64| today - time::Duration::days(days);
+        let old = [USAGE_RETENTION_DAYS + 1, USAGE_RETENTION_DAYS, USAGE_RETENTION_DAYS - 1];
+        for days in old {
+            ledger.record_on(ago(days), "t", "m", 1, days as usize);
+        }
+        let all = ledger.read("t", ago(USAGE_RETENTION_DAYS + 1), today).await.unwrap();
+        assert_eq!(all.len(), 3, "{all:?}");
+        // Today's first counter drops what is 400 days old or older: today and the 399 days
+        // before it are kept.
+        ledger.record_on(today, "t", "m", 1, 7);
+        let kept = ledger.read("t", ago(USAGE_RETENTION_DAYS + 1), today).await.unwrap();
+        let days: Vec<Date> = kept.keys().map(|(day, _)| *day).collect();
+        assert_eq!(days, [ago(USAGE_RETENTION_DAYS - 1), today], "{kept:?}");
+        assert_eq!(kept[&(today, "m".to_owned())], Counts { requests: 1, inputs: 1, tokens: 7 });
     }
 }

@@ -45,16 +45,24 @@ pub(crate) async fn observe(State(state): State<Arc<ApiState>>, req: Request, ne
 }
 
 /// A CloudWatch Embedded Metric Format record: CloudWatch turns this log line into metrics
-/// (Latency, Tokens and Requests by tenant and model, and by route and status).
+/// (Latency, Tokens and Requests by tenant and model, and by route and status). A request with
+/// no tenant or model (a missing key, an unknown model) has only route and status: CloudWatch
+/// refuses an empty dimension value, which would lose the whole record.
 fn emf_line(route: &str, status: u16, tenant: &str, model: &str, tokens: usize, ms: f64) -> String {
     let timestamp =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    serde_json::json!({
+    let by_tenant = !tenant.is_empty() && !model.is_empty();
+    let dimensions = if by_tenant {
+        serde_json::json!([["tenant", "model"], ["route", "status"]])
+    } else {
+        serde_json::json!([["route", "status"]])
+    };
+    let mut record = serde_json::json!({
         "_aws": {
             "Timestamp": timestamp,
             "CloudWatchMetrics": [{
                 "Namespace": "embedserve",
-                "Dimensions": [["tenant", "model"], ["route", "status"]],
+                "Dimensions": dimensions,
                 "Metrics": [
                     { "Name": "Latency", "Unit": "Milliseconds" },
                     { "Name": "Tokens", "Unit": "Count" },
@@ -62,13 +70,15 @@ fn emf_line(route: &str, status: u16, tenant: &str, model: &str, tokens: usize, 
                 ]
             }]
         },
-        "tenant": tenant,
-        "model": model,
         "route": route,
         "status": status.to_string(),
         "Latency": ms,
         "Tokens": tokens,
         "Requests": 1
-    })
-    .to_string()
+    });
+    if by_tenant {
+        record["tenant"] = tenant.into();
+        record["model"] = model.into();
+    }
+    record.to_string()
 }

@@ -26,11 +26,14 @@ use crate::core::usage::{Counts, USAGE_RETENTION_DAYS, UsageKey};
 use crate::metrics::Metrics;
 
 /// Both of a request's limits in one round trip, all or nothing. The state is each bucket's
-/// theoretical arrival time (TAT) in microseconds of Redis's clock, so every process agrees on
-/// "now". KEYS: the request bucket, the token bucket. ARGV: each bucket's interval (µs per
-/// unit) and size, then the request's tokens. Returns the refusing bucket (0 none, 1 requests,
-/// 2 tokens), the wait in ns (-1: never fits), and both buckets' debt (TAT - now) in ns after
-/// the decision. Keys expire when their bucket is full again: an idle tenant costs nothing.
+/// theoretical arrival time (TAT) on Redis's clock, so every process agrees on "now", stored as
+/// microseconds with three decimals; the arithmetic is `core::limits::gcra`'s, in whole
+/// nanoseconds relative to now, so both decide alike to the nanosecond (tests/api/store_gcra.rs).
+/// KEYS: the request bucket, the token bucket. ARGV: each bucket's interval (µs per unit, six
+/// decimals) and size, then the request's tokens. Returns the refusing bucket (0 none, 1
+/// requests, 2 tokens), the wait in ns (-1: never fits), and both buckets' debt (TAT - now) in
+/// ns after the decision. Keys expire when their bucket is full again: an idle tenant costs
+/// nothing.
 const ADMIT: &str = include_str!("admit.lua");
 
 /// A batch of usage increments, applied once: KEYS[1] marks the batch as written (for a day),
@@ -159,13 +162,22 @@ impl SharedStore for RedisStore {
         let mut conn = self.conn.clone();
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
-        let ok = matches!(tokio::time::timeout(self.timeout.max(PROBE_EVERY), ping).await, Ok(Ok(_)));
-        if ok {
-            self.mark_up()
-        } else {
-            self.mark_down("probe", "no answer to PING")
+        let bound = self.timeout.max(PROBE_EVERY);
+        // The cause is logged: a refused TLS certificate or password must say so.
+        match tokio::time::timeout(bound, ping).await {
+            Ok(Ok(_)) => {
+                self.mark_up();
+                true
+            }
+            Ok(Err(e)) => {
+                self.mark_down("probe", &e.to_string());
+                false
+            }
+            Err(_) => {
+                self.mark_down("probe", &format!("no answer to PING within {} ms", bound.as_millis()));
+                false
+            }
         }
-        ok
     }
 
     /// Decides a request of `tokens` for `tenant` in Redis; `None` if Redis failed or was slow

@@ -1,7 +1,8 @@
 //! Configuration reload without restart: tenants (keys, models, limits) and model specs change
 //! on SIGHUP, and when the config file's modification time or size changes (checked every
 //! `server.reload_poll_ms`). `[server]`, `[runtime]`, `[cache]` and `[store]` change on restart
-//! only; a reload that changes them says so.
+//! only; a reload that changes them applies the rest, keeps them, and says so (a warning naming
+//! them, and `embedserve_config_reloads_total{outcome="restart_required"}`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,25 +22,31 @@ impl AppState {
                 ("[cache]", settings.cache == self.cache),
                 ("[store]", settings.store == self.store),
             ];
-            let changed: Vec<&str> =
-                unchanged.iter().filter(|(_, same)| !same).map(|(name, _)| *name).collect();
-            if !changed.is_empty() {
-                tracing::warn!(
-                    sections = changed.join(", "),
-                    "these sections change on restart only; kept the running ones"
-                );
-            }
+            let kept: Vec<&str> = unchanged.iter().filter(|(_, same)| !same).map(|(name, _)| *name).collect();
             self.api.tenants.replace(&settings);
             self.api.embedder.replace_specs(settings.all_models());
-            settings.tenants.len()
+            (settings.tenants.len(), kept)
         });
+        let file = self.config_path.display();
+        let reloads = &self.api.metrics.config_reloads;
         match &result {
-            Ok(tenants) => {
-                self.api.metrics.config_reloads.with_label_values(&["ok"]).inc();
-                tracing::info!(file = %self.config_path.display(), tenants, "configuration reloaded");
+            Ok((tenants, kept)) if kept.is_empty() => {
+                reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(file = %file, tenants, "configuration reloaded");
+            }
+            Ok((tenants, kept)) => {
+                // Loud: an operator who changed the limit store must learn it is not in use yet.
+                reloads.with_label_values(&["restart_required"]).inc();
+                tracing::warn!(
+                    file = %file,
+                    tenants,
+                    sections = kept.join(", "),
+                    "configuration reloaded, except sections that change on restart only: they \
+                     differ from the running ones, which are kept until a restart"
+                );
             }
             Err(e) => {
-                self.api.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                reloads.with_label_values(&["rejected"]).inc();
                 tracing::error!(
                     error = format!("{e:#}"),
                     "configuration reload rejected; the running configuration stays"

@@ -25,26 +25,67 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    /// Serving TLS only, with the certificates [`make_certificates`] made in `dir`.
+    tls: bool,
 }
 
 impl Redis {
     /// A Redis that writes every change to its append-only file before answering, so a stop
     /// and a restart lose nothing, as a managed Redis would not.
     pub fn start(name: &str) -> Redis {
-        let mut redis = Redis { child: None, port: free_port(), dir: TempDir::new(&format!("redis-{name}")) };
+        Redis::launch(name, false)
+    }
+
+    /// [`Redis::start`] serving TLS only (`--port 0 --tls-port`), its certificate for
+    /// 127.0.0.1 signed by a CA of its own ([`Redis::ca_file`]); clients need no certificate.
+    pub fn start_tls(name: &str) -> Redis {
+        Redis::launch(name, true)
+    }
+
+    fn launch(name: &str, tls: bool) -> Redis {
+        let dir = TempDir::new(&format!("redis-{name}"));
+        if tls {
+            make_certificates(&dir.0);
+        }
+        let mut redis = Redis { child: None, port: free_port(), dir, tls };
         redis.restart();
         redis
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        format!("{}://127.0.0.1:{}/0", if self.tls { "rediss" } else { "redis" }, self.port)
+    }
+
+    /// The PEM certificate of the CA that signed a TLS Redis's certificate.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.0.join("ca.crt")
+    }
+
+    /// A connection of the test's own, to read and write keys directly (plain Redis only).
+    pub fn connection(&self) -> redis::Connection {
+        assert!(!self.tls, "a test's own connection is plain");
+        redis::Client::open(self.url()).unwrap().get_connection().expect("a connection to the test's Redis")
     }
 
     /// Starts (again) on the same port and folder; returns once it answers PING.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        if self.tls {
+            command.args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"]);
+            for (option, file) in [
+                ("--tls-cert-file", "server.crt"),
+                ("--tls-key-file", "server.key"),
+                ("--tls-ca-cert-file", "ca.crt"),
+            ] {
+                command.arg(option).arg(self.dir.0.join(file));
+            }
+        } else {
+            command.args(["--port", &port]);
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
             .arg(&self.dir.0)
             .stdout(Stdio::null())
@@ -68,6 +109,15 @@ impl Redis {
     }
 
     fn answers(&self) -> bool {
+        if self.tls {
+            let out = Command::new("redis-cli")
+                .args(["--tls", "--cacert"])
+                .arg(self.ca_file())
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "PING"])
+                .output()
+                .expect("redis-cli runs");
+            return out.stdout.starts_with(b"PONG");
+        }
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
         let mut reply = [0u8; 7];
@@ -75,6 +125,25 @@ impl Redis {
             && stream.read_exact(&mut reply).is_ok()
             && &reply == b"+PONG\r\n"
     }
+}
+
+/// In `dir`, with the `openssl` CLI: a CA (`ca.crt`, `ca.key`), a server certificate for
+/// 127.0.0.1 it signs (`server.crt`, `server.key`), and a CA that signs nothing (`other-ca.crt`).
+pub fn make_certificates(dir: &std::path::Path) {
+    let openssl = |args: &str| {
+        let args: Vec<&str> = args.split(' ').collect();
+        let out = Command::new("openssl").args(&args).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let new_key = "-newkey rsa:2048 -nodes -days 2";
+    for name in ["ca", "other-ca"] {
+        openssl(&format!("req -x509 {new_key} -subj /CN={name} -keyout {name}.key -out {name}.crt"));
+    }
+    std::fs::write(dir.join("san.ext"), "subjectAltName = IP:127.0.0.1\n").unwrap();
+    openssl(&format!("req {new_key} -subj /CN=127.0.0.1 -keyout server.key -out server.csr"));
+    openssl(
+        "x509 -req -days 2 -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -extfile san.ext -out server.crt",
+    );
 }
 
 impl Drop for Redis {

@@ -407,3 +407,87 @@ async fn under_the_lambda_emulator_token_ids_cohere_and_tei_routes_answer_like_t
         assert!(cosine(&v, &text[0]) >= 0.9999, "{route} under Lambda");
     }
 }
+
+/// Milliseconds since 1970, as EMF timestamps are.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Checks `record` against the Embedded Metric Format specification (CloudWatch's metadata,
+/// every dimension and metric a member of the root, no empty dimension value) and returns its
+/// directive's dimension sets.
+fn assert_emf(record: &Value, since_ms: u64) -> Vec<Vec<String>> {
+    let aws = &record["_aws"];
+    let at = aws["Timestamp"].as_u64().unwrap_or_else(|| panic!("no Timestamp: {record}"));
+    assert!((since_ms..=unix_ms()).contains(&at), "Timestamp {at} is not of this test: {record}");
+    let directives = aws["CloudWatchMetrics"].as_array().unwrap();
+    assert_eq!(directives.len(), 1, "{record}");
+    let directive = &directives[0];
+    assert_eq!(directive["Namespace"], "embedserve");
+    let sets: Vec<Vec<String>> = serde_json::from_value(directive["Dimensions"].clone()).unwrap();
+    for name in sets.iter().flatten() {
+        let value =
+            record[name].as_str().unwrap_or_else(|| panic!("dimension {name} is not a string: {record}"));
+        assert!(!value.is_empty(), "dimension {name} is empty, which CloudWatch refuses: {record}");
+    }
+    let units = ["Milliseconds", "Count"];
+    for metric in directive["Metrics"].as_array().unwrap() {
+        let name = metric["Name"].as_str().unwrap();
+        assert!(record[name].is_number(), "metric {name} has no number: {record}");
+        assert!(units.contains(&metric["Unit"].as_str().unwrap()), "{metric}");
+    }
+    sets
+}
+
+#[tokio::test]
+async fn under_the_lambda_emulator_each_request_writes_one_embedded_metric_format_line() {
+    let since = unix_ms();
+    let lambda = Emulator::start().await;
+    let started = Instant::now();
+    let (status, served) = lambda
+        .post_json(Some(ACME_KEY), "/v1/embed", json!({ "input": ["The cat sat.", "A dog ran."] }))
+        .await;
+    let round_trip_ms = started.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(status, 200, "{served}");
+    assert_eq!(lambda.post_json(None, "/v1/embed", json!({ "input": "x" })).await.0, 401);
+    let (status, _) =
+        lambda.post_json(Some(ACME_KEY), "/v1/embed", json!({ "input": "x", "model": "nope" })).await;
+    assert_eq!(status, 404);
+
+    // The function's stdout carries the records (its log goes to stderr), one JSON object a line.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let text = std::fs::read_to_string(lambda.logs.0.join("function.log")).unwrap();
+        let records: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["route"] == "/v1/embed")
+            .collect();
+        if records.len() >= 3 || Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(records.len(), 3, "{records:?}");
+    let by_tenant =
+        vec![vec!["tenant".to_owned(), "model".to_owned()], vec!["route".to_owned(), "status".to_owned()]];
+    let by_route = vec![vec!["route".to_owned(), "status".to_owned()]];
+
+    let ok = &records[0];
+    assert_eq!(assert_emf(ok, since), by_tenant);
+    assert_eq!((ok["tenant"].as_str(), ok["model"].as_str()), (Some("acme"), Some("minilm-l6-int8")));
+    assert_eq!(ok["status"], "200");
+    assert_eq!(ok["Tokens"], served["usage"]["total_tokens"]);
+    assert_eq!(ok["Requests"], 1);
+    let latency = ok["Latency"].as_f64().unwrap();
+    assert!(
+        latency > 0.0 && latency <= round_trip_ms,
+        "Latency {latency} ms, round trip {round_trip_ms:.1} ms"
+    );
+    // No tenant (a missing key) or no model (an unknown one): counted by route and status only.
+    for (record, status) in [(&records[1], "401"), (&records[2], "404")] {
+        assert_eq!(assert_emf(record, since), by_route, "{record}");
+        assert_eq!(record["status"], status);
+        assert_eq!((record["Tokens"].as_u64(), record["Requests"].as_u64()), (Some(0), Some(1)));
+    }
+}

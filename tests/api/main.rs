@@ -26,5 +26,8 @@ mod reload;
 mod rerank;
 mod scale_out;
 mod schemathesis;
+mod store_gcra;
+mod store_tls;
+mod store_usage;
 mod tenancy;
 mod text_options;

@@ -96,10 +96,7 @@ impl Gcra {
         let mut a_tat = a.tat.lock().unwrap_or_else(|e| e.into_inner());
         let mut b_tat = b.tat.lock().unwrap_or_else(|e| e.into_inner());
         let (a_now, b_now) = (a.now(), b.now());
-        let decided = a.decide(*a_tat, a_now, a_n).map_err(|r| (true, r)).and_then(|a_next| {
-            b.decide(*b_tat, b_now, b_n).map(|b_next| (a_next, b_next)).map_err(|r| (false, r))
-        });
-        match decided {
+        match Gcra::decide_both((a, *a_tat, a_now, a_n), (b, *b_tat, b_now, b_n)) {
             Ok((a_next, b_next)) => {
                 *a_tat = a_next;
                 *b_tat = b_next;
@@ -107,6 +104,18 @@ impl Gcra {
             }
             Err(refusal) => (Err(refusal), a.state(*a_tat, a_now), b.state(*b_tat, b_now)),
         }
+    }
+
+    /// [`Gcra::take_both`]'s decision for each bucket at its arrival time `tat` and its `now`
+    /// (`(bucket, tat, now, n)`): both new arrival times, or the first refusal (`true` for `a`).
+    /// Takes no clock, so the shared store's script can be checked against it at chosen times.
+    pub(crate) fn decide_both(
+        (a, a_tat, a_now, a_n): (&Gcra, u64, u64, u64),
+        (b, b_tat, b_now, b_n): (&Gcra, u64, u64, u64),
+    ) -> Result<(u64, u64), (bool, Refusal)> {
+        let a_next = a.decide(a_tat, a_now, a_n).map_err(|r| (true, r))?;
+        let b_next = b.decide(b_tat, b_now, b_n).map_err(|r| (false, r))?;
+        Ok((a_next, b_next))
     }
 
     /// The new arrival time if `n` units can be taken at `now` from a bucket at `tat`.
