@@ -8,6 +8,9 @@ VENV_PY := $(VENV)/bin/python
 # onnx, numpy and ONNX Runtime for building and quantizing models (scripts/requirements-models.txt).
 MODELS_VENV := .venv-models
 MODELS_PY := $(MODELS_VENV)/bin/python
+# Infinity (infinity-emb), the peer server `make bench-peers` measures (scripts/requirements-peers.txt).
+PEERS_VENV := .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
 BIN    := target/release/embedserve
 LAMBDA_ZIP ?= target/lambda/embedserve.zip
 # The config the Lambda zip carries (config/lambda-rerank.toml: a function that also reranks).
@@ -15,7 +18,7 @@ LAMBDA_CONFIG ?= config/lambda.toml
 # cargo-lambda and zig come from PyPI into the venv (tests/requirements.txt).
 WITH_VENV := PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: help run test check build assets quantize models-venv venv reference-venv bench bench-lambda bench-lambda-rerank lambda-zip load-test reference lint servers cluster cluster-down
+.PHONY: help run test check build assets quantize models-venv venv reference-venv peers-venv bench bench-peers bench-lambda bench-lambda-rerank lambda-zip load-test reference lint servers cluster cluster-down
 
 ## help: list the targets and what each does
 help:
@@ -82,6 +85,13 @@ $(MODELS_VENV)/.installed: scripts/requirements-models.txt
 	$(MODELS_PY) -m pip install --quiet --disable-pip-version-check -r scripts/requirements-models.txt
 	touch $@
 
+## peers-venv: Infinity in its own pinned venv (.venv-peers), for make bench-peers
+peers-venv: $(PEERS_VENV)/.installed
+$(PEERS_VENV)/.installed: scripts/requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_PY) -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r scripts/requirements-peers.txt
+	touch $@
+
 ## lambda-zip: the Lambda deployment zip (x86_64): bootstrap, ONNX Runtime, config/lambda.toml, the int8 model
 ## (LAMBDA_CONFIG=config/lambda-rerank.toml LAMBDA_ZIP=target/lambda/embedserve-rerank.zip: with the reranker)
 lambda-zip: assets venv
@@ -116,6 +126,11 @@ bench: assets servers reference-venv
 	$(CARGO) bench --bench rerank
 	$(CARGO) bench --bench recall
 	$(CARGO) bench --bench store
+
+## bench-peers: embedserve beside Infinity (PyPI's infinity-emb, its ONNX engine, in .venv-peers) on the
+## same ONNX file, int8 then fp32: start to first 200, p50/p99, 8 and 64 clients, CPU per embedding, peak RSS
+bench-peers: assets peers-venv
+	$(CARGO) bench --bench peers
 
 ## load-test: the goose load scenarios against the release binary (SCENARIOS="ramp spike" runs some);
 ## summary in load-tests/results/summary.md, HTML reports in load-tests/reports/

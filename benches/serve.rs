@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use embedserve::Settings;
 use support::ceiling::{SENTENCES, embeddings_per_second};
-use support::http::{KEY, MODEL, THROUGHPUT_SECONDS, cold_start, cpu_seconds, latency, throughput};
+use support::http::{
+    Endpoint, KEY, MODEL, THROUGHPUT_SECONDS, cold_start, cpu_seconds, latency, peak_rss_mib, throughput,
+};
 
 #[allow(dead_code)] // each bench uses its own part of the shared support
 mod support {
@@ -67,12 +69,12 @@ fn measure(rt: &tokio::runtime::Runtime, config: &Path) -> Figures {
             .unwrap();
         assert_eq!(r.status(), 200);
     });
-    let (p50_ms, p99_ms) = rt.block_on(latency(&base, 500));
+    let (p50_ms, p99_ms) = rt.block_on(latency(&Endpoint::embedserve(&base), 500));
     let mut rates = Vec::new();
     for clients in [1, 8, 32, 64] {
         let before = rt.block_on(batch_sizes(&metrics));
         let (cpu, started) = (cpu_seconds(server.id()), std::time::Instant::now());
-        let rate = rt.block_on(throughput(&base, clients));
+        let rate = rt.block_on(throughput(&Endpoint::embedserve(&base), clients));
         let cpu_ms = (cpu_seconds(server.id()) - cpu) / (rate * started.elapsed().as_secs_f64()) * 1e3;
         let after = rt.block_on(batch_sizes(&metrics));
         rates.push((clients, rate, cpu_ms, (after.0 - before.0) / (after.1 - before.1)));
@@ -254,13 +256,4 @@ async fn batch_sizes(metrics: &str) -> (f64, f64) {
             .sum()
     };
     (value("embedserve_batch_size_sum"), value("embedserve_batch_size_count"))
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::http::{THROUGHPUT_SECONDS, cold_start, cpu_seconds, free_port, latency, throughput};
+use support::http::{Endpoint, THROUGHPUT_SECONDS, cold_start, cpu_seconds, free_port, latency, throughput};
 
 #[allow(dead_code)] // the ceiling's loop is `serve`'s; the sentences are shared
 mod support {
@@ -63,13 +63,13 @@ fn main() {
     let mut redis_cpu = 0.0;
     for _ in 0..ROUNDS {
         for (i, (_, pid, port)) in servers.iter().enumerate() {
-            let base = format!("http://127.0.0.1:{port}");
-            let (a, b) = rt.block_on(latency(&base, LATENCY_REQUESTS));
+            let endpoint = Endpoint::embedserve(&format!("http://127.0.0.1:{port}"));
+            let (a, b) = rt.block_on(latency(&endpoint, LATENCY_REQUESTS));
             p50[i].push(a);
             p99[i].push(b);
             let (cpu, redis_before) = (cpu_seconds(*pid), cpu_seconds(redis.id()));
             let started = Instant::now();
-            let rate = rt.block_on(throughput(&base, 64));
+            let rate = rt.block_on(throughput(&endpoint, 64));
             let requests = rate * started.elapsed().as_secs_f64();
             cpu_per_request[i].push((cpu_seconds(*pid) - cpu) / requests * 1e3);
             if i == 1 {

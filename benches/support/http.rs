@@ -1,11 +1,12 @@
-//! The HTTP side of the benchmarks: spawning the release binary, latency and throughput.
+//! The HTTP side of the benchmarks: spawning a server, latency, throughput, and the CPU and
+//! memory a server (or a process group) uses, from /proc.
 
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::ceiling::SENTENCES;
 
@@ -18,48 +19,85 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Spawns the release binary and polls `/v1/embed` until it answers 200.
-#[allow(clippy::zombie_processes)] // the caller kills and waits for the child it gets back
-/// Spawns the server and waits for its first 200: (ms, process, port, metrics port).
-pub async fn cold_start(config: &Path) -> (f64, Child, u16, u16) {
-    let (port, metrics_port) = (free_port(), free_port());
-    let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/v1/embed");
-    let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_embedserve"))
+/// Where the benchmarks post texts: a route, its key if it takes one, and the model to name.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub url: String,
+    pub key: Option<&'static str>,
+    pub model: Option<&'static str>,
+}
+
+impl Endpoint {
+    /// embedserve's native `/v1/embed` at `base`, as the demo tenant, on its default model.
+    pub fn embedserve(base: &str) -> Self {
+        Endpoint { url: format!("{base}/v1/embed"), key: Some(KEY), model: None }
+    }
+
+    /// A POST of `input` (one text or a list of them).
+    pub fn post(&self, client: &reqwest::Client, input: Value) -> reqwest::RequestBuilder {
+        let body = match self.model {
+            Some(model) => json!({ "input": input, "model": model }),
+            None => json!({ "input": input }),
+        };
+        let request = client.post(&self.url).json(&body);
+        match self.key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+}
+
+/// The release binary serving `config` on `port`, its metrics on `metrics_port`.
+pub fn embedserve_command(config: &Path, port: u16, metrics_port: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_embedserve"));
+    command
         .args(["serve", "--config"])
         .arg(config)
         .args(["--bind", &format!("127.0.0.1:{port}")])
         .args(["--metrics-bind", &format!("127.0.0.1:{metrics_port}")])
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("embedserve starts");
+        .stdout(Stdio::null());
+    command
+}
+
+/// Spawns the server and waits for its first 200: (ms, process, port, metrics port).
+pub async fn cold_start(config: &Path) -> (f64, Child, u16, u16) {
+    let (port, metrics_port) = (free_port(), free_port());
+    let endpoint =
+        Endpoint { model: Some(MODEL), ..Endpoint::embedserve(&format!("http://127.0.0.1:{port}")) };
+    let command = embedserve_command(config, port, metrics_port);
+    let (ms, child) = first_200(command, &endpoint, Duration::from_secs(60)).await;
+    (ms, child, port, metrics_port)
+}
+
+/// Spawns `command` and posts one sentence to `endpoint` until it answers 200, for at most
+/// `limit`: (ms from spawn to that 200, the process).
+#[allow(clippy::zombie_processes)] // the caller kills and waits for the child it gets back
+pub async fn first_200(mut command: Command, endpoint: &Endpoint, limit: Duration) -> (f64, Child) {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut child = command.spawn().expect("the server starts");
     loop {
-        let body = json!({ "input": SENTENCES[0], "model": MODEL });
-        if let Ok(r) = client.post(&url).bearer_auth(KEY).json(&body).send().await
+        if let Ok(r) = endpoint.post(&client, json!(SENTENCES[0])).send().await
             && r.status() == 200
         {
-            return (started.elapsed().as_secs_f64() * 1e3, child, port, metrics_port);
+            return (started.elapsed().as_secs_f64() * 1e3, child);
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "server did not answer within 60 s");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{command:?} exited with {status} before answering");
+        }
+        assert!(started.elapsed() < limit, "{command:?} did not answer within {limit:?}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
-pub async fn latency(base: &str, n: usize) -> (f64, f64) {
+/// One sentence per request, `n` sequential requests after 20 of warm-up: (p50, p99) in ms.
+pub async fn latency(endpoint: &Endpoint, n: usize) -> (f64, f64) {
     let client = reqwest::Client::new();
-    let url = format!("{base}/v1/embed");
     let mut ms = Vec::with_capacity(n);
     for i in 0..n + 20 {
         let t = Instant::now();
-        let r = client
-            .post(&url)
-            .bearer_auth(KEY)
-            .json(&json!({ "input": SENTENCES[i % SENTENCES.len()] }))
-            .send()
-            .await
-            .unwrap();
+        let r = endpoint.post(&client, json!(SENTENCES[i % SENTENCES.len()])).send().await.unwrap();
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
         if i >= 20 {
@@ -74,25 +112,20 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
-pub async fn throughput(base: &str, clients: usize) -> f64 {
-    let url = format!("{base}/v1/embed");
+/// Embeddings/s with `clients` concurrent clients sending one sentence per request, for
+/// THROUGHPUT_SECONDS.
+pub async fn throughput(endpoint: &Endpoint, clients: usize) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(THROUGHPUT_SECONDS);
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
-            let url = url.clone();
+            let endpoint = endpoint.clone();
             tokio::spawn(async move {
                 let client = reqwest::Client::new();
                 let mut done = 0u64;
                 while Instant::now() < deadline {
                     let text = SENTENCES[(c + done as usize) % SENTENCES.len()];
-                    let r = client
-                        .post(&url)
-                        .bearer_auth(KEY)
-                        .json(&json!({ "input": text }))
-                        .send()
-                        .await
-                        .unwrap();
+                    let r = endpoint.post(&client, json!(text)).send().await.unwrap();
                     assert_eq!(r.status(), 200);
                     r.bytes().await.unwrap();
                     done += 1;
@@ -108,12 +141,51 @@ pub async fn throughput(base: &str, clients: usize) -> f64 {
     total as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The fields of /proc/PID/stat after the command name (which may hold spaces): state is [0],
+/// the process group [2], utime and stime [11] and [12], cutime and cstime [13] and [14].
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after.split_whitespace().map(str::to_string).collect()
+}
+
+fn ticks_to_seconds(fields: &[String], range: std::ops::Range<usize>) -> f64 {
+    let ticks: f64 = fields.get(range).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 /// CPU seconds (user + system) a process has used so far, from /proc.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and stime are 14th and 15th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    ticks_to_seconds(&stat_fields(pid), 11..13)
+}
+
+/// A process's peak resident memory (VmHWM) in MiB, from /proc.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The live processes of process group `pgid` (a server spawned with `process_group(0)`, and
+/// the workers it started).
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat_fields(pid).get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid))
+        .collect()
+}
+
+/// CPU seconds a process group has used so far: its live processes' own, and that of the
+/// children they have waited for.
+pub fn group_cpu_seconds(pgid: u32) -> f64 {
+    group_members(pgid).into_iter().map(|pid| ticks_to_seconds(&stat_fields(pid), 11..15)).sum()
+}
+
+/// The sum of a process group's peak resident memories, in MiB (for one process, its VmHWM).
+pub fn group_peak_rss_mib(pgid: u32) -> f64 {
+    group_members(pgid).into_iter().map(peak_rss_mib).sum()
 }
