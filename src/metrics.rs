@@ -35,6 +35,8 @@ pub struct Metrics {
     pub cache_lookups: IntCounterVec,
     pub model_evictions: IntCounterVec,
     pub model_resident_bytes: IntGaugeVec,
+    /// 1 for the variant each model with variants serves (see `ModelSpec::variants`).
+    pub model_variant: IntGaugeVec,
     pub cache_resident_bytes: IntGauge,
     pub cache_budget_bytes: IntGauge,
     /// Embedding cache lookups, one per input, by model and result (`hit` | `miss`).
@@ -43,6 +45,8 @@ pub struct Metrics {
     pub embedding_cache_bytes: IntGauge,
     /// Vectors the embedding cache dropped to stay within its bytes.
     pub embedding_cache_evictions: IntCounter,
+    /// Calls to the embedding cache's shared tier that failed or timed out, by operation.
+    pub embedding_cache_shared_failures: IntCounterVec,
     /// Configuration reloads by outcome (`ok` | `rejected`).
     pub config_reloads: IntCounterVec,
     /// Tokens waiting in each model's queue.
@@ -186,6 +190,11 @@ impl Metrics {
                 "Measured resident size of each loaded model (0 when not loaded).",
                 &["model"],
             ),
+            model_variant: gauge(
+                "embedserve_model_variant",
+                "1 for the variant a model with variants serves (fp32, int8, ...), 0 for one it no longer serves.",
+                &["model", "variant"],
+            ),
             cache_resident_bytes: scalar(
                 "embedserve_cache_resident_bytes",
                 "Resident bytes of all loaded models.",
@@ -196,12 +205,17 @@ impl Metrics {
             ),
             embedding_cache_lookups: counter(
                 "embedserve_embedding_cache_lookups_total",
-                "Embedding cache lookups (one per input) by model and result (hit or miss).",
+                "Embedding cache lookups (one per input) by model and result (hit, shared_hit or miss).",
                 &["model", "result"],
             ),
             embedding_cache_bytes: scalar(
                 "embedserve_embedding_cache_bytes",
                 "Bytes of vectors the embedding cache holds.",
+            ),
+            embedding_cache_shared_failures: counter(
+                "embedserve_embedding_cache_shared_failures_total",
+                "Calls to the embedding cache's shared (Redis) tier that failed or timed out, by operation.",
+                &["operation"],
             ),
             embedding_cache_evictions: {
                 let c = IntCounter::new(

@@ -151,7 +151,7 @@ pub struct RuntimeSettings {
 }
 
 /// The session cache: memory budget, models loaded at start, models never evicted.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSettings {
     /// Budget for loaded models' resident bytes; 0 means unlimited.
@@ -163,6 +163,26 @@ pub struct CacheSettings {
     /// Bytes of recent inputs' vectors kept per process, so a repeated input is not computed
     /// again (see `core::embed::recall`); 0 (the default) keeps none. Hits are not billed.
     pub embeddings_max_bytes: u64,
+    /// A Redis shared by every replica and Lambda instance for the embedding cache's second
+    /// tier: a dedicated instance whose `maxmemory` (with `allkeys-lru`) bounds it. Uses
+    /// `store.redis_ca_file`, `store.timeout_ms` and `store.key_prefix`. Needs
+    /// `embeddings_max_bytes`.
+    pub embeddings_redis_url: Option<String>,
+    /// How long a vector stays in the Redis tier.
+    pub embeddings_redis_ttl_s: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 0,
+            preload: Vec::new(),
+            pinned: Vec::new(),
+            embeddings_max_bytes: 0,
+            embeddings_redis_url: None,
+            embeddings_redis_ttl_s: 86_400,
+        }
+    }
 }
 
 /// Where limits and usage are kept (`[store]`); like `[server]`, read at start only.
@@ -320,6 +340,9 @@ impl Settings {
         for spec in self.models.values_mut().chain(private) {
             for path in [&mut spec.onnx, &mut spec.tokenizer] {
                 resolve(path);
+            }
+            for variant in spec.variants.values_mut() {
+                resolve(&mut variant.onnx);
             }
             for path in [spec.path.as_mut(), spec.tokenizer_config.as_mut()].into_iter().flatten() {
                 resolve(path);

@@ -90,6 +90,21 @@ impl Settings {
         if let Some(ca) = l.redis_ca_file.as_deref().filter(|p| !p.is_file()) {
             out.push(format!("store.redis_ca_file: {} is not a file", ca.display()));
         }
+        let c = &self.cache;
+        if let Some(url) = &c.embeddings_redis_url {
+            if let Err(e) = check_redis_url(url) {
+                out.push(format!("cache.embeddings_redis_url: {e}"));
+            }
+            if c.embeddings_max_bytes == 0 {
+                out.push(
+                    "cache.embeddings_redis_url: needs embeddings_max_bytes (the tier in the process)"
+                        .to_owned(),
+                );
+            }
+            if c.embeddings_redis_ttl_s == 0 {
+                out.push("cache.embeddings_redis_ttl_s: must be at least 1".to_owned());
+            }
+        }
         out
     }
 

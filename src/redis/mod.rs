@@ -25,6 +25,9 @@ use crate::core::shared::SharedStore;
 use crate::core::usage::{Counts, USAGE_RETENTION_DAYS, UsageKey};
 use crate::metrics::Metrics;
 
+mod vectors;
+pub(crate) use vectors::RedisVectors;
+
 /// Both of a request's limits in one round trip, all or nothing. The state is each bucket's
 /// theoretical arrival time (TAT) on Redis's clock, so every process agrees on "now", stored as
 /// microseconds with three decimals; the arithmetic is `core::limits::gcra`'s, in whole
@@ -62,25 +65,9 @@ impl RedisStore {
     /// start), and the task that probes it while it is down. Needs a Tokio runtime.
     pub(crate) fn connect(settings: &StoreSettings, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
         let url = settings.redis_url.as_deref().context("store.redis_url is not set")?;
-        // rustls needs one process-wide crypto provider; another part may have installed it.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = match &settings.redis_ca_file {
-            Some(ca) => {
-                let root_cert = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
-                redis::Client::build_with_tls(url, certs)
-            }
-            None => redis::Client::open(url),
-        }
-        .map_err(|e| anyhow::anyhow!("store.redis_url: {}", e))?;
         let timeout = Duration::from_millis(settings.timeout_ms);
-        let config = ConnectionManagerConfig::new()
-            // Reconnection is the probe's job; a call never waits for retries.
-            .set_number_of_retries(1)
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
-            .set_response_timeout(Some(timeout));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| anyhow::anyhow!("store.redis_url: {}", e))?;
+        let conn = connection(url, settings.redis_ca_file.as_deref(), timeout)
+            .map_err(|e| anyhow::anyhow!("store.redis_url: {e:#}"))?;
         let store = Arc::new(Self {
             conn,
             prefix: settings.key_prefix.clone(),
@@ -265,6 +252,31 @@ impl SharedStore for RedisStore {
 }
 
 /// While the store is down, pings it every second until it answers; ends with the store.
+/// A connection to `url` (TLS for `rediss://`, trusting `ca_file` if given) that opens on first
+/// use, each call answered within `timeout` or failed.
+pub(crate) fn connection(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> anyhow::Result<ConnectionManager> {
+    // rustls needs one process-wide crypto provider; another part may have installed it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = match ca_file {
+        Some(ca) => {
+            let root_cert = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+            redis::Client::build_with_tls(url, certs)
+        }
+        None => redis::Client::open(url),
+    }?;
+    let config = ConnectionManagerConfig::new()
+        // Reconnection is the probe's job; a call never waits for retries.
+        .set_number_of_retries(1)
+        .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
+        .set_response_timeout(Some(timeout));
+    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+}
+
 async fn probe(store: Weak<RedisStore>) {
     loop {
         let Some(s) = store.upgrade() else { return };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Router;
 
 use crate::config::{CacheSettings, RuntimeSettings, Settings, StoreKind};
-use crate::core::embed::Embedder;
+use crate::core::embed::{Embedder, SharedVectors, VectorCache};
 use crate::core::limits::Limiter;
 use crate::core::shared::SharedStore;
 use crate::core::tenants::TenantRegistry;
@@ -21,7 +21,7 @@ use crate::models::engine::onnx::{OrtLoader, SessionOptions};
 use crate::models::serving::TokenizePool;
 use crate::models::serving::cache::{CacheOptions, ModelCache};
 use crate::models::serving::worker::BatchSizes;
-use crate::redis::RedisStore;
+use crate::redis::{RedisStore, RedisVectors};
 
 /// Jobs each model's channel holds before new requests get 503 (the token bound,
 /// `server.max_queue_tokens`, usually binds first).
@@ -97,14 +97,26 @@ pub fn build_app_with(settings: Settings, loader: Arc<dyn ModelLoader>) -> anyho
         settings.store.usage_buffer_keys,
         Arc::clone(&metrics),
     );
+    let shared_vectors: Option<Arc<dyn SharedVectors>> = match &settings.cache.embeddings_redis_url {
+        Some(url) => Some(RedisVectors::connect(
+            url,
+            settings.store.redis_ca_file.as_deref(),
+            &settings.store.key_prefix,
+            settings.cache.embeddings_redis_ttl_s,
+            Duration::from_millis(settings.store.timeout_ms),
+            Arc::clone(&metrics),
+        )?),
+        None => None,
+    };
+    let recall = VectorCache::new(settings.cache.embeddings_max_bytes, shared_vectors, Arc::clone(&metrics));
     let embedder = Embedder::new(
         models,
+        recall,
         limiter,
         usage,
         Arc::clone(&metrics),
         s.request_timeout(),
         s.max_documents,
-        settings.cache.embeddings_max_bytes,
     );
     let tenants = Arc::new(TenantRegistry::new(&settings));
     let api = Arc::new(ApiState::new(settings.server.clone(), tenants, Arc::new(embedder), metrics));

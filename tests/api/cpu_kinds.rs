@@ -41,14 +41,14 @@ const KINDS: [Kind; 4] = [
     },
 ];
 
-fn host_flags() -> Vec<String> {
+pub fn host_flags() -> Vec<String> {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let line = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
     line.split_whitespace().map(str::to_owned).collect()
 }
 
 /// The CPU-masking library, built from tests/support/cpumask.c.
-fn build_cpumask(dir: &TempDir) -> std::path::PathBuf {
+pub fn build_cpumask(dir: &TempDir) -> std::path::PathBuf {
     let out = dir.0.join("libcpumask.so");
     let status = Command::new("cc")
         .args(["-O2", "-shared", "-fPIC"])
@@ -130,7 +130,15 @@ async fn run(name: &str, env: &[(&str, &str)]) -> Run {
     run
 }
 
-fn min_cosine(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+/// Whether this host multiplies int8 exactly on ONNX Runtime's fast kernels (u8 x s8 with VNNI,
+/// AVX-VNNI or AMX).
+pub fn host_has_fast_int8() -> bool {
+    let flags = host_flags();
+    let has = |f: &str| flags.iter().any(|g| g == f);
+    has("avx512_vnni") && AVX512.iter().all(|f| has(f)) || has("avx_vnni") || has("amx_int8")
+}
+
+pub fn min_cosine(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
     a.iter().zip(b).map(|(x, y)| cosine(x, y)).fold(f64::INFINITY, f64::min)
 }
 
@@ -144,9 +152,7 @@ async fn int8_models_agree_and_pass_the_gate_on_every_kind_of_cpu_this_host_can_
     let qs = quality_set();
 
     let host = run("host", &[]).await;
-    let host_exact =
-        has("avx512_vnni") && AVX512.iter().all(|f| has(f)) || has("avx_vnni") || has("amx_int8");
-    let expected = if host_exact { "u8s8" } else { "u8u8" };
+    let expected = if host_has_fast_int8() { "u8s8" } else { "u8u8" };
     assert!(host.kernels.iter().all(|k| k == expected), "host {}: {:?}", host_cpu(), host.kernels);
 
     let kinds: Vec<&Kind> = KINDS.iter().filter(|k| k.needs.iter().all(|f| has(f))).collect();

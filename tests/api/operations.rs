@@ -21,13 +21,21 @@ async fn health_ready_and_models_answer() {
     let ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(
         ids,
-        ["bge-small-en-v1-5", "minilm-l6-int8", "ms-marco-minilm-l12", "paraphrase-l3", "splade-tiny"]
+        [
+            "bge-small-en-v1-5",
+            "minilm-l6",
+            "minilm-l6-int8",
+            "ms-marco-minilm-l12",
+            "paraphrase-l3",
+            "splade-tiny"
+        ]
     );
     assert!(data.iter().all(|m| m["object"] == "model" && m["owned_by"] == "acme"));
     let listed = |id: &str| data.iter().find(|m| m["id"] == id).unwrap();
     // Each model's task, width and token limit, as the catalogue states them.
     for (id, task, dimensions, max_tokens) in [
         ("bge-small-en-v1-5", "embed", 384, 512),
+        ("minilm-l6", "embed", 384, 256),
         ("minilm-l6-int8", "embed", 384, 256),
         ("ms-marco-minilm-l12", "rerank", 1, 512),
         ("paraphrase-l3", "embed", 384, 128),

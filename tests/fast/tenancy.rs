@@ -53,7 +53,14 @@ async fn another_tenants_private_model_is_answered_exactly_like_a_missing_one() 
     assert_eq!(ids(app.get("/v1/models", Some(GLOBEX_KEY)).await), ["minilm-l6-int8"]);
     assert_eq!(
         ids(app.get("/v1/models", Some(ACME_KEY)).await),
-        ["bge-small-en-v1-5", "minilm-l6-int8", "ms-marco-minilm-l12", "paraphrase-l3", "splade-tiny"]
+        [
+            "bge-small-en-v1-5",
+            "minilm-l6",
+            "minilm-l6-int8",
+            "ms-marco-minilm-l12",
+            "paraphrase-l3",
+            "splade-tiny"
+        ]
     );
     let text = app.metrics();
     let sample =

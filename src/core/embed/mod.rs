@@ -22,7 +22,7 @@ pub(crate) use output::{EmbeddingType, Embeddings, EncodingFormat, Output, Spars
 pub(crate) use prompts::TextParams;
 pub(crate) use rerank::RerankParams;
 
-use recall::{Recalled, VectorCache};
+pub(crate) use recall::{Key as VectorKey, Recalled, SharedVectors, VectorCache};
 
 use super::limits::{LimitError, LimitSnapshot, Limiter};
 use super::tenants::Tenant;
@@ -141,6 +141,8 @@ pub struct ModelInfo {
     pub task: Task,
     pub dimensions: Option<usize>,
     pub max_tokens: Option<usize>,
+    /// For a model with variants, the one serving (or last served) and why.
+    pub variant: Option<(String, String)>,
 }
 
 /// Embeds for tenants through the shared model cache, within their limits, counting usage.
@@ -174,14 +176,13 @@ impl Embedder {
     /// `timeout` bounds each request from the model's queue to its vectors.
     pub(crate) fn new(
         models: Arc<ModelCache>,
+        recall: VectorCache,
         limiter: Limiter,
         usage: Arc<UsageLedger>,
         metrics: Arc<Metrics>,
         timeout: Duration,
         max_documents: usize,
-        embeddings_max_bytes: u64,
     ) -> Self {
-        let recall = VectorCache::new(embeddings_max_bytes, Arc::clone(&metrics));
         Self { models, recall, limiter, usage, metrics, timeout, max_documents }
     }
 
@@ -251,13 +252,15 @@ impl Embedder {
             Inputs::TokenIds(ids) => decode_token_ids(spec.token_ids_encoding, ids, name).await?,
         };
         // Repeated inputs come from the embedding cache (see `recall`), computed ones go in.
+        // A model with variants is cached per variant: their vectors differ.
+        let variant = self.models.variant(model_id).map(|c| c.name).unwrap_or_default();
         let scope = (task == Task::Embed)
-            .then(|| self.recall.scope(&tenant.cache_scope, model_id, &spec, &options))
+            .then(|| self.recall.scope(&tenant.cache_scope, model_id, &variant, &spec, &options))
             .flatten();
         let keys: Vec<recall::Key> =
             scope.as_ref().map_or_else(Vec::new, |s| texts.iter().map(|t| s.key(t)).collect());
         let mut found = match &scope {
-            Some(scope) => self.recall.get(scope, &keys),
+            Some(scope) => self.recall.get(scope, &keys).await,
             None => vec![None; texts.len()],
         };
         // Refusal messages of `truncate: false` name an input by its place among those run:
@@ -312,7 +315,7 @@ impl Embedder {
                 .into_iter()
                 .map(|(v, t)| Recalled { vector: Arc::from(v), tokens: u32::try_from(t).unwrap_or(u32::MAX) })
                 .collect();
-            self.recall.put(missing.iter().map(|&i| keys[i]), &computed);
+            self.recall.put(missing.iter().map(|&i| keys[i]), &computed).await;
             let mut computed = computed.into_iter();
             found
                 .into_iter()
@@ -419,12 +422,13 @@ impl Embedder {
     pub fn models_of(&self, tenant: &Tenant) -> Vec<ModelInfo> {
         tenant
             .models()
-            .filter_map(|(name, id)| self.models.spec(id).map(|spec| (name, spec)))
-            .map(|(name, spec)| ModelInfo {
+            .filter_map(|(name, id)| self.models.spec(id).map(|spec| (name, id, spec)))
+            .map(|(name, id, spec)| ModelInfo {
                 name: name.to_owned(),
                 task: spec.task(),
                 dimensions: spec.is_complete().then_some(spec.dimensions),
                 max_tokens: spec.is_complete().then_some(spec.max_tokens),
+                variant: self.models.variant(id).map(|c| (c.name, c.reason)),
             })
             .collect()
     }

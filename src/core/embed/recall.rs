@@ -10,6 +10,10 @@
 //! - Bounded in bytes (`[cache] embeddings_max_bytes`; 0, the default, turns it off) by `moka`
 //!   (TinyLFU admission, LRU eviction), each entry weighed as its vector plus its key.
 //! - Dense embedding models only: a sparse model's output is vocabulary-wide.
+//! - A second, shared tier (optional, [`SharedVectors`]: Redis, `[cache] embeddings_redis_url`)
+//!   serves what this process has not kept, to every replica and Lambda instance: asked for the
+//!   local misses in one round trip, given what was computed in one more. A tier that fails or
+//!   is slow is skipped for a second; the request is computed as if there were none.
 //! - Hits are not billed: a request's `usage.prompt_tokens` (and the tenant's tokens per minute
 //!   and usage records) count the tokens the model ran; `usage.cached_tokens` says how many
 //!   more were served from the cache. The request still counts against requests per second.
@@ -36,8 +40,40 @@ pub(crate) type Key = [u8; 32];
 /// Bytes an entry costs besides its vector: the key, moka's bookkeeping, the `Arc`.
 const ENTRY_OVERHEAD: u32 = 128;
 
+/// A cache every replica shares: vectors by key, as bytes, each kept for a while.
+#[async_trait::async_trait]
+pub(crate) trait SharedVectors: Send + Sync {
+    /// The vector of each key it holds, in order; `None` if it failed (then all are misses).
+    async fn get_many(&self, keys: &[Key]) -> Option<Vec<Option<Recalled>>>;
+    /// Keeps each (key, vector); failures are the tier's to count.
+    async fn put_many(&self, entries: &[(Key, Recalled)]);
+}
+
+impl Recalled {
+    /// The tier's bytes: the tokens (u32, little-endian), then the values (f32, little-endian).
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + 4 * self.vector.len());
+        out.extend_from_slice(&self.tokens.to_le_bytes());
+        for v in self.vector.iter() {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    /// [`Self::to_bytes`] read back; `None` for bytes of another shape.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (tokens, values) = bytes.split_first_chunk::<4>()?;
+        if values.is_empty() || values.len() % 4 != 0 {
+            return None;
+        }
+        let vector = values.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Some(Self { vector, tokens: u32::from_le_bytes(*tokens) })
+    }
+}
+
 pub(crate) struct VectorCache {
     vectors: Option<Cache<Key, Recalled>>,
+    shared: Option<Arc<dyn SharedVectors>>,
     metrics: Arc<Metrics>,
 }
 
@@ -48,8 +84,9 @@ pub(crate) struct Scope {
 }
 
 impl VectorCache {
-    /// A cache of at most `max_bytes` (0: none).
-    pub(crate) fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Self {
+    /// A cache of at most `max_bytes` in this process (0: none), and the `shared` tier if any
+    /// (which needs the local one).
+    pub(crate) fn new(max_bytes: u64, shared: Option<Arc<dyn SharedVectors>>, metrics: Arc<Metrics>) -> Self {
         let vectors = (max_bytes > 0).then(|| {
             let evictions = metrics.embedding_cache_evictions.clone();
             Cache::builder()
@@ -64,7 +101,8 @@ impl VectorCache {
                 })
                 .build()
         });
-        Self { vectors, metrics }
+        let shared = shared.filter(|_| vectors.is_some());
+        Self { vectors, shared, metrics }
     }
 
     /// The scope of `tenant_scope`'s requests to `model_id` with `options`, or `None` when
@@ -73,12 +111,13 @@ impl VectorCache {
         &self,
         tenant_scope: &str,
         model_id: &str,
+        variant: &str,
         spec: &ModelSpec,
         options: &EncodeOptions,
     ) -> Option<Scope> {
         self.vectors.as_ref()?;
         let mut prefix = Sha256::new();
-        for part in [tenant_scope, model_id, &format!("{spec:?}"), &options.prompt] {
+        for part in [tenant_scope, model_id, variant, &format!("{spec:?}"), &options.prompt] {
             prefix.update((part.len() as u64).to_le_bytes());
             prefix.update(part.as_bytes());
         }
@@ -91,28 +130,51 @@ impl VectorCache {
         Some(Scope { prefix, model: model_id.to_owned() })
     }
 
-    /// The cached vector of each key, in order (`None` where there is none).
-    pub(crate) fn get(&self, scope: &Scope, keys: &[Key]) -> Vec<Option<Recalled>> {
+    /// The cached vector of each key, in order (`None` where there is none): from this
+    /// process, else from the shared tier (and kept here then).
+    pub(crate) async fn get(&self, scope: &Scope, keys: &[Key]) -> Vec<Option<Recalled>> {
         let Some(vectors) = &self.vectors else { return vec![None; keys.len()] };
-        let found: Vec<Option<Recalled>> = keys.iter().map(|k| vectors.get(k)).collect();
-        let hits = found.iter().filter(|f| f.is_some()).count();
+        let mut found: Vec<Option<Recalled>> = keys.iter().map(|k| vectors.get(k)).collect();
+        let local = found.iter().filter(|f| f.is_some()).count();
+        let mut shared_hits = 0;
+        if let Some(shared) = self.shared.as_ref().filter(|_| local < keys.len()) {
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+            let asked: Vec<Key> = missing.iter().map(|&i| keys[i]).collect();
+            if let Some(answers) = shared.get_many(&asked).await {
+                for (i, answer) in missing.into_iter().zip(answers) {
+                    if let Some(recalled) = answer {
+                        vectors.insert(keys[i], recalled.clone());
+                        found[i] = Some(recalled);
+                        shared_hits += 1;
+                    }
+                }
+            }
+        }
         let m = &self.metrics;
-        m.embedding_cache_lookups.with_label_values(&[&scope.model, "hit"]).inc_by(hits as u64);
-        m.embedding_cache_lookups
-            .with_label_values(&[&scope.model, "miss"])
-            .inc_by((keys.len() - hits) as u64);
+        let count = |result: &str, n: usize| {
+            m.embedding_cache_lookups.with_label_values(&[&scope.model, result]).inc_by(n as u64);
+        };
+        count("hit", local);
+        count("shared_hit", shared_hits);
+        count("miss", keys.len() - local - shared_hits);
         found
     }
 
-    /// Keeps each key's vector.
-    pub(crate) fn put(&self, keys: impl IntoIterator<Item = Key>, computed: &[Recalled]) {
+    /// Keeps each key's vector, here and in the shared tier.
+    pub(crate) async fn put(&self, keys: impl IntoIterator<Item = Key>, computed: &[Recalled]) {
         let Some(vectors) = &self.vectors else { return };
-        for (key, recalled) in keys.into_iter().zip(computed) {
-            vectors.insert(key, recalled.clone());
+        let entries: Vec<(Key, Recalled)> = keys.into_iter().zip(computed.iter().cloned()).collect();
+        for (key, recalled) in &entries {
+            vectors.insert(*key, recalled.clone());
         }
         // Applies the inserts (and evictions) to the weighed size now rather than later.
         vectors.run_pending_tasks();
         self.metrics.embedding_cache_bytes.set(i64::try_from(vectors.weighted_size()).unwrap_or(i64::MAX));
+        if let Some(shared) = &self.shared
+            && !entries.is_empty()
+        {
+            shared.put_many(&entries).await;
+        }
     }
 }
 
@@ -141,42 +203,61 @@ mod tests {
     }
 
     #[test]
-    fn a_vector_is_found_only_in_its_own_scope_model_and_options() {
-        let cache = VectorCache::new(1 << 20, Arc::new(Metrics::new()));
-        let options = EncodeOptions::truncating();
-        let acme = cache.scope("acme", "m", &spec(), &options).unwrap();
-        cache.put([acme.key("a cat")], &[recalled(1.0)]);
-        let found = cache.get(&acme, &[acme.key("a cat"), acme.key("a dog")]);
-        assert_eq!(found[0].as_ref().map(|r| r.vector[0]), Some(1.0));
-        assert!(found[1].is_none());
-        let others = [
-            cache.scope("globex", "m", &spec(), &options).unwrap(),
-            cache.scope("acme", "n", &spec(), &options).unwrap(),
-            cache.scope("acme", "m", &ModelSpec { dimensions: 8, ..spec() }, &options).unwrap(),
-            cache
-                .scope("acme", "m", &spec(), &EncodeOptions { prompt: "query: ".into(), ..options.clone() })
-                .unwrap(),
-            cache
-                .scope("acme", "m", &spec(), &EncodeOptions { max_tokens: Some(8), ..options.clone() })
-                .unwrap(),
-            cache.scope("acme", "m", &spec(), &EncodeOptions { truncate: false, ..options.clone() }).unwrap(),
-        ];
-        for scope in &others {
-            assert!(cache.get(scope, &[scope.key("a cat")])[0].is_none());
+    fn a_vector_survives_its_bytes_and_other_shapes_are_refused() {
+        let r = Recalled { vector: Arc::from(vec![0.5, -1.25, f32::MIN_POSITIVE]), tokens: 7 };
+        let back = Recalled::from_bytes(&r.to_bytes()).unwrap();
+        assert_eq!((back.vector.to_vec(), back.tokens), (r.vector.to_vec(), 7));
+        for bad in [&[][..], &[1, 2, 3][..], &[0, 0, 0, 0][..], &[0, 0, 0, 0, 1][..]] {
+            assert!(Recalled::from_bytes(bad).is_none());
         }
     }
 
-    #[test]
-    fn the_cache_stays_within_its_bytes_and_off_means_nothing_kept() {
-        let cache = VectorCache::new(64 * 1024, Arc::new(Metrics::new()));
-        let scope = cache.scope("t", "m", &spec(), &EncodeOptions::truncating()).unwrap();
+    #[tokio::test]
+    async fn a_vector_is_found_only_in_its_own_scope_model_and_options() {
+        let cache = VectorCache::new(1 << 20, None, Arc::new(Metrics::new()));
+        let options = EncodeOptions::truncating();
+        let acme = cache.scope("acme", "m", "", &spec(), &options).unwrap();
+        cache.put([acme.key("a cat")], &[recalled(1.0)]).await;
+        let found = cache.get(&acme, &[acme.key("a cat"), acme.key("a dog")]).await;
+        assert_eq!(found[0].as_ref().map(|r| r.vector[0]), Some(1.0));
+        assert!(found[1].is_none());
+        let others = [
+            cache.scope("globex", "m", "", &spec(), &options).unwrap(),
+            cache.scope("acme", "n", "", &spec(), &options).unwrap(),
+            cache.scope("acme", "m", "", &ModelSpec { dimensions: 8, ..spec() }, &options).unwrap(),
+            cache.scope("acme", "m", "fp32", &spec(), &options).unwrap(),
+            cache
+                .scope(
+                    "acme",
+                    "m",
+                    "",
+                    &spec(),
+                    &EncodeOptions { prompt: "query: ".into(), ..options.clone() },
+                )
+                .unwrap(),
+            cache
+                .scope("acme", "m", "", &spec(), &EncodeOptions { max_tokens: Some(8), ..options.clone() })
+                .unwrap(),
+            cache
+                .scope("acme", "m", "", &spec(), &EncodeOptions { truncate: false, ..options.clone() })
+                .unwrap(),
+        ];
+        for scope in &others {
+            assert!(cache.get(scope, &[scope.key("a cat")]).await[0].is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_cache_stays_within_its_bytes_and_off_means_nothing_kept() {
+        let cache = VectorCache::new(64 * 1024, None, Arc::new(Metrics::new()));
+        let scope = cache.scope("t", "m", "", &spec(), &EncodeOptions::truncating()).unwrap();
         let keys: Vec<Key> = (0..10_000).map(|i| scope.key(&format!("text {i}"))).collect();
         let vectors: Vec<Recalled> = (0..10_000).map(|i| recalled(i as f32)).collect();
-        cache.put(keys, &vectors);
+        cache.put(keys, &vectors).await;
         let kept = cache.vectors.as_ref().unwrap();
         kept.run_pending_tasks();
         assert!(kept.weighted_size() <= 64 * 1024, "{} bytes", kept.weighted_size());
-        let off = VectorCache::new(0, Arc::new(Metrics::new()));
-        assert!(off.scope("t", "m", &spec(), &EncodeOptions::truncating()).is_none());
+        let off = VectorCache::new(0, None, Arc::new(Metrics::new()));
+        assert!(off.scope("t", "m", "", &spec(), &EncodeOptions::truncating()).is_none());
     }
 }

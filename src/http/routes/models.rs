@@ -18,7 +18,7 @@ pub(crate) async fn list(State(state): State<Arc<ApiState>>, Authed(tenant): Aut
         .models_of(&tenant)
         .into_iter()
         .map(|model| {
-            json!({
+            let mut entry = json!({
                 "id": model.name,
                 "object": "model",
                 "created": 0,
@@ -27,7 +27,12 @@ pub(crate) async fn list(State(state): State<Arc<ApiState>>, Authed(tenant): Aut
                 // A hub model's are known once its files are fetched (null before).
                 "dimensions": model.dimensions,
                 "max_tokens": model.max_tokens,
-            })
+            });
+            if let Some((variant, reason)) = model.variant {
+                entry["variant"] = json!(variant);
+                entry["variant_reason"] = json!(reason);
+            }
+            entry
         })
         .collect();
     respond_plain(&tenant, Ok(Json(json!({ "object": "list", "data": data })).into_response()))

@@ -23,4 +23,10 @@ pub trait Backend: Send {
 /// Loads models: a tokenizer and a backend for a spec.
 pub trait ModelLoader: Send + Sync {
     fn load(&self, spec: &ModelSpec) -> anyhow::Result<(TextEncoder, Box<dyn Backend>)>;
+
+    /// Whether this CPU multiplies int8 exactly on the runtime's fast kernels (VNNI, AVX-VNNI,
+    /// AMX); `None` when the backend cannot tell.
+    fn fast_int8(&self) -> Option<bool> {
+        None
+    }
 }

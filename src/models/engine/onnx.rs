@@ -70,10 +70,17 @@ impl ModelLoader for OrtLoader {
         let ((encoder, tokenizer_ms), (engine, session_ms)) = std::thread::scope(|scope| {
             let tokenizer = scope.spawn(|| (TextEncoder::for_spec(spec), since(started)));
             let engine = (Engine::load(&self.env, spec, &self.options), since(started));
-            (tokenizer.join().expect("tokenizer thread panicked"), engine)
+            let tokenizer = tokenizer
+                .join()
+                .unwrap_or_else(|_| (Err(anyhow::anyhow!("the tokenizer thread panicked")), 0.0));
+            (tokenizer, engine)
         });
         tracing::info!(onnx = %spec.onnx.display(), tokenizer_ms, session_ms, "session built");
         Ok((encoder?, Box::new(engine?)))
+    }
+
+    fn fast_int8(&self) -> Option<bool> {
+        Some(int8::u8s8_is_exact(&self.env))
     }
 }
 

@@ -45,7 +45,7 @@ use crate::models::engine::ModelLoader;
 use crate::models::engine::tokenize::EncodeOptions;
 use crate::models::error::ModelError;
 use crate::models::spec::hub::{self, HubError};
-use crate::models::spec::{ModelSpec, Task, folder};
+use crate::models::spec::{AUTO_VARIANT, ModelSpec, Task, folder};
 
 /// How models are fed and budgeted; the same for every model.
 #[derive(Debug, Clone)]
@@ -74,6 +74,9 @@ pub(crate) struct ModelCache {
     sizes: DashMap<String, u64>,
     /// Times each model stopped serving in a row without answering a request in between.
     stops: DashMap<String, u32>,
+    /// The variant each model with variants serves (or last served), and why: kept across
+    /// evictions, so a model reloads as the same variant.
+    chosen: DashMap<String, Chosen>,
     options: CacheOptions,
     metrics: Arc<Metrics>,
     /// At most [`CONCURRENT_LOADS`] loads at once (downloads included).
@@ -85,6 +88,25 @@ pub(crate) struct ModelCache {
     /// recently used model is the one with the smallest, with no ties.
     uses: AtomicU64,
 }
+
+/// The variant a model with variants serves, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Chosen {
+    pub name: String,
+    pub reason: String,
+}
+
+/// Sentences a timed choice between variants runs (one batch of 32, three times each).
+const TIMING_TEXTS: [&str; 8] = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Quarterly revenue grew by twelve percent, driven by subscriptions in Europe.",
+    "Restart the service after changing the configuration file, then check the logs.",
+    "A warm bowl of soup and fresh bread make a fine dinner on a cold evening.",
+    "The committee postponed its decision until the next meeting in March.",
+    "Install the package, run the tests, and open a pull request with the fix.",
+    "Heavy rain is expected over the weekend, with strong winds along the coast.",
+    "She read the letter twice before folding it carefully into her pocket.",
+];
 
 /// A load in its own task, which any number of requests await.
 type Load = Shared<BoxFuture<'static, Result<Arc<LoadedModel>, ModelError>>>;
@@ -134,6 +156,7 @@ impl ModelCache {
             slots: DashMap::new(),
             sizes: DashMap::new(),
             stops: DashMap::new(),
+            chosen: DashMap::new(),
             options,
             metrics,
             loads: Semaphore::new(CONCURRENT_LOADS),
@@ -215,6 +238,7 @@ impl ModelCache {
         drop(current);
         for id in changed {
             self.sizes.remove(&id);
+            self.chosen.remove(&id);
             self.resolved.remove(&id);
             if self.remove(&id).is_some() {
                 tracing::info!(model = id, "model unloaded: its configuration changed or was removed");
@@ -248,6 +272,10 @@ impl ModelCache {
             Err(e) => return Err(self.failed(id, slot, e)),
         };
         let _one_build_at_a_time = self.build_lock.lock().await;
+        let (spec, chosen) = match self.choose_variant(id, spec).await {
+            Ok(chosen) => chosen,
+            Err(e) => return Err(self.failed(id, slot, e)),
+        };
         let estimate = spec
             .resident_bytes
             .or_else(|| self.sizes.get(id).map(|s| *s))
@@ -276,13 +304,71 @@ impl ModelCache {
                 m.model_loads.with_label_values(&[id, "ok"]).inc();
                 m.model_load_seconds.with_label_values(&[id]).observe(seconds);
                 m.model_resident_bytes.with_label_values(&[id]).set(resident as i64);
-                tracing::info!(model = id, seconds, resident_mib = resident >> 20, "model loaded");
+                let resident_mib = resident >> 20;
+                match &chosen {
+                    Some(Chosen { name, reason }) => {
+                        m.model_variant.with_label_values(&[id, name]).set(1);
+                        tracing::info!(
+                            model = id,
+                            variant = name,
+                            reason,
+                            seconds,
+                            resident_mib,
+                            "model loaded"
+                        );
+                    }
+                    None => tracing::info!(model = id, seconds, resident_mib, "model loaded"),
+                }
                 free(self.make_room(resident, id)).await;
                 m.cache_resident_bytes.set((self.resident_bytes() + resident) as i64);
                 Ok(Arc::new(model))
             }
             Err(e) => Err(self.failed(id, slot, e)),
         }
+    }
+
+    /// The variant model `id` serves (or last served) and why; `None` for a model without
+    /// variants or one not loaded yet.
+    pub(crate) fn variant(&self, id: &str) -> Option<Chosen> {
+        self.chosen.get(id).map(|c| c.clone())
+    }
+
+    /// Which variant of `spec` serves (see `ModelSpec::variant`), as a spec of its own; a spec
+    /// without variants as it is. The choice is kept for the model's next loads.
+    async fn choose_variant(
+        &self,
+        id: &str,
+        spec: Arc<ModelSpec>,
+    ) -> anyhow::Result<(Arc<ModelSpec>, Option<Chosen>)> {
+        let Some(policy) = spec.variant_policy() else { return Ok((spec, None)) };
+        let chosen = if policy != AUTO_VARIANT {
+            Chosen { name: policy.to_owned(), reason: "pinned in the configuration".to_owned() }
+        } else if let Some(kept) = self.variant(id) {
+            kept
+        } else if self.runtime.fast_int8() == Some(true) && spec.variants.contains_key("int8") {
+            Chosen {
+                name: "int8".to_owned(),
+                reason: "this CPU multiplies int8 exactly on its fast kernels (VNNI, AVX-VNNI or AMX)"
+                    .to_owned(),
+            }
+        } else if spec.variants.len() == 1 {
+            let name = spec.variants.keys().next().cloned().unwrap_or_default();
+            Chosen { name, reason: "the only variant".to_owned() }
+        } else {
+            let (runtime, timed) = (Arc::clone(&self.runtime), Arc::clone(&spec));
+            tokio::task::spawn_blocking(move || time_variants(runtime.as_ref(), &timed))
+                .await
+                .context("timing the variants failed")??
+        };
+        let concrete = spec
+            .with_variant(&chosen.name)
+            .with_context(|| format!("variant {:?} is not one of the model's variants", chosen.name))?;
+        if let Some(previous) = self.chosen.insert(id.to_owned(), chosen.clone())
+            && previous.name != chosen.name
+        {
+            self.metrics.model_variant.with_label_values(&[id, &previous.name]).set(0);
+        }
+        Ok((Arc::new(concrete), Some(chosen)))
     }
 
     /// Takes a model whose thread stopped out of the cache: a fresh slot replaces its own (once,
@@ -462,6 +548,32 @@ impl ModelCache {
         self.metrics.cache_resident_bytes.set(self.resident_bytes() as i64);
         model
     }
+}
+
+/// Loads each variant of `spec` in turn and times one batch of 32 sentences on it (the best of
+/// three runs after a warm-up): the fastest serves. Blocking.
+fn time_variants(runtime: &dyn ModelLoader, spec: &ModelSpec) -> anyhow::Result<Chosen> {
+    let texts: Vec<String> = TIMING_TEXTS.iter().cycle().take(32).map(|t| (*t).to_owned()).collect();
+    let mut timings = Vec::new();
+    for name in spec.variants.keys() {
+        let variant = spec.with_variant(name).context("a listed variant")?;
+        let (encoder, mut backend) = runtime.load(&variant).with_context(|| format!("variant {name}"))?;
+        let encoded = encoder.encode(&texts, &EncodeOptions::truncating())?;
+        let batch: Vec<_> = encoded.iter().collect();
+        backend.run(&batch).with_context(|| format!("variant {name}: warm-up run failed"))?;
+        let mut best = Duration::MAX;
+        for _ in 0..3 {
+            let started = Instant::now();
+            backend.run(&batch).with_context(|| format!("variant {name}: timed run failed"))?;
+            best = best.min(started.elapsed());
+        }
+        timings.push((best, name.clone()));
+    }
+    timings.sort();
+    let listed: Vec<String> =
+        timings.iter().map(|(t, name)| format!("{name} {:.1} ms", t.as_secs_f64() * 1e3)).collect();
+    let (_, name) = timings.into_iter().next().context("no variants")?;
+    Ok(Chosen { name, reason: format!("timed on this CPU, per run of 32 sentences: {}", listed.join(", ")) })
 }
 
 /// Shuts down evicted models nobody else holds, waits for their sessions to drop and hands the

@@ -47,8 +47,17 @@ pub fn file_problems(spec: &ModelSpec) -> Vec<String> {
     if let Err(e) = TextEncoder::for_spec(spec) {
         out.push(format!("tokenizer: {e:#}"));
     }
-    if let Err(problem) = check_onnx(spec) {
+    if spec.variants.is_empty()
+        && let Err(problem) = check_onnx(spec)
+    {
         out.push(format!("onnx: {}: {problem}", spec.onnx.display()));
+    }
+    for name in spec.variants.keys() {
+        if let Some(variant) = spec.with_variant(name)
+            && let Err(problem) = check_onnx(&variant)
+        {
+            out.push(format!("variants.{name}.onnx: {}: {problem}", variant.onnx.display()));
+        }
     }
     out
 }

@@ -106,10 +106,36 @@ pub struct ModelSpec {
     /// tokenized by the model's own tokenizer): `cl100k_base` unless set; `none` refuses them.
     #[serde(default)]
     pub token_ids_encoding: TokenIdsEncoding,
+    /// Interchangeable graphs of the same model (e.g. `fp32`, exact, and `int8`, faster where
+    /// the CPU has fast int8), each with its own `onnx`; the model's other settings are shared.
+    /// With variants, `onnx` is not set on the model.
+    #[serde(default)]
+    pub variants: BTreeMap<String, VariantSpec>,
+    /// Which variant serves: one of `variants`, or `auto` (the default with variants): `int8`
+    /// where this CPU multiplies int8 exactly on its fast kernels (VNNI, AVX-VNNI, AMX), else
+    /// the fastest in a short timed run. On a loaded model's own spec, the variant it is.
+    #[serde(default)]
+    pub variant: Option<String>,
     /// What was taken from `path`, and from which file, for `check-config` to show.
     #[serde(skip)]
     pub derived: Vec<Derived>,
 }
+
+/// One graph of a model with variants.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantSpec {
+    pub onnx: PathBuf,
+    /// The model's `graph_optimization` unless set.
+    #[serde(default)]
+    pub graph_optimization: Option<GraphOptimization>,
+    /// The model's `resident_bytes` unless set.
+    #[serde(default)]
+    pub resident_bytes: Option<u64>,
+}
+
+/// `variant = "auto"`: chosen at load for this CPU.
+pub const AUTO_VARIANT: &str = "auto";
 
 /// One setting taken from an export folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +257,28 @@ pub enum Pooling {
 }
 
 impl ModelSpec {
+    /// The spec of variant `name` as a model of its own: its graph, the rest shared, and
+    /// `variant` naming it. `None` if there is no such variant.
+    pub fn with_variant(&self, name: &str) -> Option<ModelSpec> {
+        let v = self.variants.get(name)?;
+        Some(ModelSpec {
+            onnx: v.onnx.clone(),
+            graph_optimization: v.graph_optimization.unwrap_or(self.graph_optimization),
+            resident_bytes: v.resident_bytes.or(self.resident_bytes),
+            variants: BTreeMap::new(),
+            variant: Some(name.to_owned()),
+            ..self.clone()
+        })
+    }
+
+    /// The variant the configuration asks for: a name, `auto`, or `None` without variants.
+    pub fn variant_policy(&self) -> Option<&str> {
+        if self.variants.is_empty() {
+            return None;
+        }
+        Some(self.variant.as_deref().unwrap_or(AUTO_VARIANT))
+    }
+
     /// Whether every setting is known: a hub model's come from its files, fetched at load.
     pub fn is_complete(&self) -> bool {
         self.hf.is_none()
@@ -357,6 +405,9 @@ impl ModelSpec {
         } else if self.revision.is_some() {
             out.push("revision: pins an `hf` model, which is not set".to_owned());
         }
+        if self.hf.is_some() && !self.variants.is_empty() {
+            out.push("variants: give each variant's `onnx`; a Hub model serves its own graph".to_owned());
+        }
         for (file, hash) in &self.sha256 {
             if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
                 out.push(format!("sha256.{file}: not a sha256 (64 hex digits)"));
@@ -368,7 +419,33 @@ impl ModelSpec {
         }
         let given =
             if self.path.is_some() { "not given and not found in `path`" } else { "required (or `path`)" };
-        if self.onnx.as_os_str().is_empty() {
+        if !self.variants.is_empty() {
+            if self.path.is_some() {
+                out.push("variants: give each variant's `onnx`, not an export folder's `path`".to_owned());
+            } else if !self.onnx.as_os_str().is_empty() {
+                out.push("onnx: set each variant's `onnx` instead (`variants.<name>.onnx`)".to_owned());
+            }
+            for (name, v) in &self.variants {
+                if name == AUTO_VARIANT
+                    || name.is_empty()
+                    || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+                {
+                    out.push(format!(
+                        "variants.{name}: a variant name is letters, digits, '-' and '_' (not \"auto\")"
+                    ));
+                }
+                if v.onnx.as_os_str().is_empty() {
+                    out.push(format!("variants.{name}.onnx: required"));
+                }
+            }
+            if let Some(v) =
+                self.variant.as_deref().filter(|v| *v != AUTO_VARIANT && !self.variants.contains_key(*v))
+            {
+                out.push(format!("variant: {v:?} is neither \"auto\" nor one of `variants`"));
+            }
+        } else if self.variant.is_some() {
+            out.push("variant: chooses among `variants`, which are not set".to_owned());
+        } else if self.onnx.as_os_str().is_empty() {
             out.push(format!("onnx: {given}"));
         }
         if self.tokenizer.as_os_str().is_empty() {
