@@ -94,6 +94,11 @@ impl Metrics {
             registry.register(Box::new(g.clone())).expect("metric registered once");
             g
         };
+        let single = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("metric registered once");
+            c
+        };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
                 .expect("valid metric");
@@ -217,15 +222,10 @@ impl Metrics {
                 "Calls to the embedding cache's shared (Redis) tier that failed or timed out, by operation.",
                 &["operation"],
             ),
-            embedding_cache_evictions: {
-                let c = IntCounter::new(
-                    "embedserve_embedding_cache_evictions_total",
-                    "Vectors dropped from the embedding cache to stay within its bytes.",
-                )
-                .expect("valid metric");
-                registry.register(Box::new(c.clone())).expect("metric registered once");
-                c
-            },
+            embedding_cache_evictions: single(
+                "embedserve_embedding_cache_evictions_total",
+                "Vectors dropped from the embedding cache to stay within its bytes.",
+            ),
             config_reloads: counter(
                 "embedserve_config_reloads_total",
                 "Configuration reloads by outcome: ok, restart_required (applied, but sections that change on restart only differ) or rejected.",
@@ -271,15 +271,10 @@ impl Metrics {
                 "embedserve_usage_held",
                 "Usage counters held in memory, not yet written to the shared store.",
             ),
-            usage_dropped: {
-                let c = IntCounter::new(
-                    "embedserve_usage_dropped_total",
-                    "Requests whose usage was dropped because the held counters were at their bound.",
-                )
-                .expect("valid metric");
-                registry.register(Box::new(c.clone())).expect("metric registered once");
-                c
-            },
+            usage_dropped: single(
+                "embedserve_usage_dropped_total",
+                "Requests whose usage was dropped because the held counters were at their bound.",
+            ),
             registry,
         }
     }

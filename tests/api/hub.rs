@@ -154,14 +154,7 @@ async fn a_hub_model_downloads_once_into_the_hf_cache_verified_and_a_second_proc
     let sha = format!("sha256 = {{ \"onnx/model.onnx\" = \"{ONNX_SHA256}\" }}");
     let server = SpawnedServer::start_with_env("hub-first", &config(&sha), &env).await;
     // Not fetched until first used: its dimension is not known yet.
-    let models: serde_json::Value = client_with_key(Some(ACME_KEY))
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = server.get_json_as(ACME_KEY, "/v1/models").await;
     let listed = models["data"].as_array().unwrap().iter().find(|m| m["id"] == "hub-minilm").unwrap().clone();
     assert_eq!(listed["dimensions"], json!(null), "{models}");
     assert!(hub.take_requests().is_empty(), "nothing fetched before the model is used");
@@ -179,14 +172,7 @@ async fn a_hub_model_downloads_once_into_the_hf_cache_verified_and_a_second_proc
     assert!(std::fs::symlink_metadata(&onnx).unwrap().file_type().is_symlink());
     let blob = hf_home.0.join("hub/models--embedserve-test--minilm-l6-int8/blobs").join(ONNX_SHA256);
     assert_eq!(std::fs::canonicalize(&onnx).unwrap(), std::fs::canonicalize(&blob).unwrap());
-    let models: serde_json::Value = client_with_key(Some(ACME_KEY))
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = server.get_json_as(ACME_KEY, "/v1/models").await;
     let listed = models["data"].as_array().unwrap().iter().find(|m| m["id"] == "hub-minilm").unwrap().clone();
     assert_eq!((listed["dimensions"].clone(), listed["max_tokens"].clone()), (json!(384), json!(256)));
     drop(server);

@@ -168,6 +168,11 @@ impl SpawnedServer {
         log
     }
 
+    /// `GET path` with `key`, its JSON body.
+    pub async fn get_json_as(&self, key: &str, path: &str) -> serde_json::Value {
+        client_with_key(Some(key)).get(self.url(path)).send().await.unwrap().json().await.unwrap()
+    }
+
     pub async fn post_as(&self, key: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         let r = client_with_key(Some(key)).post(self.url(path)).json(&body).send().await.unwrap();
         (r.status().as_u16(), r.json().await.unwrap())

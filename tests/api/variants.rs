@@ -13,14 +13,7 @@ use crate::spawned::{SpawnedServer, TempDir, default_config_text};
 
 /// `minilm-l6`'s entry in acme's `/v1/models`.
 async fn listed(server: &SpawnedServer) -> Value {
-    let models: Value = client_with_key(Some(ACME_KEY))
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = server.get_json_as(ACME_KEY, "/v1/models").await;
     models["data"].as_array().unwrap().iter().find(|m| m["id"] == "minilm-l6").unwrap().clone()
 }
 
