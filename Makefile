@@ -53,11 +53,12 @@ check:
 build:
 	$(CARGO) build --release
 
-## servers: Debian's redis-server and haproxy, which the scale-out tests start on loopback ports
+## servers: Debian's redis-server and haproxy, which the scale-out tests start on loopback ports, and
+## qemu-user, which runs the server as an AVX2-only CPU where the host cannot mask CPUID (tests/api/cpu_kinds.rs)
 servers:
-	@command -v redis-server >/dev/null && command -v haproxy >/dev/null || { \
-		echo "installing redis-server and haproxy (apt-get, as root)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server haproxy >/dev/null; }
+	@command -v redis-server >/dev/null && command -v haproxy >/dev/null && command -v qemu-x86_64 >/dev/null || { \
+		echo "installing redis-server, haproxy and qemu-user (apt-get, as root)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server haproxy qemu-user >/dev/null; }
 
 ## cluster: Redis, three replicas sharing it and HAProxy on loopback (http://127.0.0.1:8090)
 cluster: assets build servers
@@ -99,9 +100,13 @@ lambda-zip: assets venv
 	$(PYTHON) scripts/package_lambda.py target/lambda/embedserve/bootstrap $(LAMBDA_ZIP) $(LAMBDA_CONFIG)
 
 ## bench-lambda: the package under the Lambda emulator at 512/1024/1769/3008 MB with their CPU share and memory
-## limit (cgroups: needs root): the power-tuning table of INIT, warm duration, peak memory and cost per million
+## limit (cgroups: needs root): the power-tuning table of INIT, warm duration, peak memory and cost per million;
+## (CPU=avx2: as an AVX2-only CPU would run it, tests/support/cpumask.c; MB="1024 3008": only these sizes)
+CPU ?=
+MB ?=
 bench-lambda: lambda-zip
-	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) $(CARGO) bench --bench lambda
+	EMBEDSERVE_TEST_PYTHON=$(abspath $(VENV_PY)) EMBEDSERVE_BENCH_CPU=$(CPU) EMBEDSERVE_BENCH_SIZES="$(MB)" \
+	  $(CARGO) bench --bench lambda
 
 ## bench-lambda-rerank: the same for the function that also reranks (config/lambda-rerank.toml), one query
 ## with 20 passages per invocation (SIZES="1024 3008" picks the memory sizes)

@@ -17,7 +17,10 @@ const LANGCHAIN_CHUNK_TOKENS: usize = 8191;
 /// file (tiktoken checks its sha256 when it reads it).
 fn tiktoken_cache() -> tempfile_dir::Dir {
     let metadata = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["metadata", "--format-version", "1", "--offline"])
+        // Only this platform's packages: a fresh machine has not downloaded the others (Windows'
+        // anstyle-wincon, say), and --offline cannot.
+        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform"])
+        .arg(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
         .current_dir(repo())
         .output()
         .unwrap();

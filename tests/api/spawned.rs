@@ -59,10 +59,29 @@ impl SpawnedServer {
 
     /// [`Self::start`] with these environment variables (and none of the runner's `HF_*`).
     pub async fn start_with_env(name: &str, config: &str, env: &[(&str, &str)]) -> SpawnedServer {
+        Self::start_under(name, config, env, &[]).await
+    }
+
+    /// [`Self::start_with_env`], the binary run by `wrapper` (a program and its arguments, the
+    /// binary's path appended: an emulator, say) unless it is empty.
+    pub async fn start_under(
+        name: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> SpawnedServer {
         let dir = TempDir::new(name);
         let path = dir.0.join("config.toml");
         std::fs::write(&path, config).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_embedserve"));
+        let binary = env!("CARGO_BIN_EXE_embedserve");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         for var in ["HF_HOME", "HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE"] {
             command.env_remove(var);
         }
