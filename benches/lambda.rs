@@ -12,6 +12,11 @@
 //! (EMBEDSERVE_BENCH_ZIP and EMBEDSERVE_BENCH_ROUTE=rerank; EMBEDSERVE_BENCH_SIZES="1024" picks
 //! the memory sizes).
 //!
+//! `make bench-lambda CPU=avx2` runs the function as that kind of CPU would
+//! (EMBEDSERVE_BENCH_CPU: tests/support/cpumask.c hides the newer vector features from CPUID, so
+//! ONNX Runtime picks the kernels such a CPU runs; `avx2` is the AVX2-only EPYC many Lambda hosts
+//! are). INIT is printed with its parts: ONNX Runtime's library, the tokenizer, the session.
+//!
 //! Emulator timings on this machine estimate Lambda; they do not measure it: other CPUs, no
 //! Firecracker, and the cgroup quota slices CPU time differently from Lambda's scheduler.
 
@@ -74,13 +79,23 @@ fn main() {
     let zip = std::env::var_os("EMBEDSERVE_BENCH_ZIP")
         .map_or_else(|| repo.join("target/lambda/embedserve.zip"), PathBuf::from);
     let reranking = std::env::var("EMBEDSERVE_BENCH_ROUTE").is_ok_and(|r| r == "rerank");
-    let sizes_mb: Vec<u64> = std::env::var("EMBEDSERVE_BENCH_SIZES").map_or_else(
-        |_| SIZES_MB.to_vec(),
-        |s| s.split([',', ' ']).filter(|v| !v.is_empty()).map(|v| v.parse().expect("sizes in MB")).collect(),
-    );
+    let sizes_mb: Vec<u64> =
+        std::env::var("EMBEDSERVE_BENCH_SIZES").ok().filter(|s| !s.trim().is_empty()).map_or_else(
+            || SIZES_MB.to_vec(),
+            |s| {
+                s.split([',', ' '])
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.parse().expect("sizes in MB"))
+                    .collect()
+            },
+        );
     let (warm_invocations, p99_target) =
         if reranking { (30, RERANK_P99_TARGET_MS) } else { (300, P99_TARGET_MS) };
     let package = unpack(repo, &zip);
+    let cpu = std::env::var("EMBEDSERVE_BENCH_CPU")
+        .ok()
+        .filter(|k| !k.is_empty())
+        .map(|kind| Cpu { library: build_cpumask(repo), kind });
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let python = std::env::var_os("EMBEDSERVE_TEST_PYTHON")
         .map(PathBuf::from)
@@ -121,6 +136,7 @@ fn main() {
     };
 
     println!("embedserve on the Lambda emulator: the package from {}", zip.display());
+    println!("{}", cpu_line(cpu.as_ref()));
     let what = if reranking {
         "rerank invocations (one query, 20 passages of about 60 tokens)"
     } else {
@@ -134,17 +150,22 @@ fn main() {
     for mb in sizes_mb {
         let cgroup = Cgroup::new(mb);
         let (mut inits, mut firsts, mut colds) = (Vec::new(), Vec::new(), Vec::new());
+        let mut parts: [Vec<f64>; 3] = Default::default();
         let mut function: Option<Function> = None;
         for _ in 0..COLD_RUNS {
             if let Some(f) = function.take() {
                 f.stop();
             }
             let started = Instant::now();
-            let f = Function::spawn(&package, port, mb, &cgroup);
+            let f = Function::spawn(&package, port, mb, &cgroup, cpu.as_ref());
             // The request waits in the emulator until the function asks for its first event.
             rt.block_on(invoke(0));
             colds.push(started.elapsed().as_secs_f64() * 1e3);
-            inits.push(f.init_ms.recv_timeout(Duration::from_secs(5)).unwrap_or(f64::NAN));
+            let init = f.init.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+            inits.push(init.total_ms);
+            for (all, ms) in parts.iter_mut().zip([init.runtime_ms, init.tokenizer_ms, init.session_ms]) {
+                all.push(ms);
+            }
             firsts.push(f.durations.recv_timeout(Duration::from_secs(5)).unwrap_or(f64::NAN));
             function = Some(f);
         }
@@ -156,6 +177,9 @@ fn main() {
         let peak_mib = cgroup.peak_bytes() as f64 / 1048576.0;
         f.stop();
         for v in [&mut inits, &mut firsts, &mut colds, &mut warm, &mut round_trips] {
+            v.sort_by(f64::total_cmp);
+        }
+        for v in &mut parts {
             v.sort_by(f64::total_cmp);
         }
         let size = Size {
@@ -179,6 +203,13 @@ fn main() {
             size.warm_p99_ms,
             size.round_trip_p50_ms,
             size.peak_mib
+        );
+        println!(
+            "    INIT's parts (medians): ONNX Runtime library {:.0} ms; then, in parallel, tokenizer {:.0} ms \
+             and session {:.0} ms",
+            median(&parts[0]),
+            median(&parts[1]),
+            median(&parts[2])
         );
         sizes.push(size);
     }
@@ -312,17 +343,21 @@ impl Drop for Cgroup {
 /// `bootstrap` started as Lambda starts it, inside `cgroup`.
 struct Function {
     child: Child,
-    /// INIT's duration, from its log line.
-    init_ms: Receiver<f64>,
+    /// INIT's duration and parts, from its log lines.
+    init: Receiver<Init>,
     /// Each invocation's duration inside the handler, from its EMF line.
     durations: Receiver<f64>,
 }
 
 impl Function {
-    fn spawn(package: &Path, port: u16, mb: u64, cgroup: &Cgroup) -> Function {
+    fn spawn(package: &Path, port: u16, mb: u64, cgroup: &Cgroup, cpu: Option<&Cpu>) -> Function {
         // The shell joins the cgroup, then becomes the function: its whole life is limited.
         let join: String = cgroup.procs.iter().map(|p| format!("echo $$ > {} && ", p.display())).collect();
-        let mut child = Command::new("sh")
+        let mut command = Command::new("sh");
+        if let Some(cpu) = cpu {
+            command.env("LD_PRELOAD", &cpu.library).env("CPUMASK", &cpu.kind);
+        }
+        let mut child = command
             .args(["-c", &format!("{join}exec ./bootstrap")])
             .current_dir(package)
             .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt"))
@@ -336,14 +371,91 @@ impl Function {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let init_ms = read_lines(child.stderr.take().unwrap(), "init_ms");
+        let init = read_init(child.stderr.take().unwrap());
         let durations = read_lines(child.stdout.take().unwrap(), "Latency");
-        Function { child, init_ms, durations }
+        Function { child, init, durations }
     }
 
     fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// INIT's figures, from the function's log lines.
+#[derive(Default)]
+struct Init {
+    total_ms: f64,
+    /// Loading ONNX Runtime's library and creating its environment.
+    runtime_ms: f64,
+    /// Parsing the tokenizer and building the session: the two run in parallel.
+    tokenizer_ms: f64,
+    session_ms: f64,
+}
+
+/// INIT's figures from the JSON log lines `from` prints, sent when INIT's own line comes.
+fn read_init(from: impl std::io::Read + Send + 'static) -> Receiver<Init> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut init = Init::default();
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            let fields = &v["fields"];
+            let ms = |key: &str| fields[key].as_f64();
+            match fields["message"].as_str() {
+                Some("ONNX Runtime loaded") => init.runtime_ms = ms("ms").unwrap_or(f64::NAN),
+                Some("session built") => {
+                    init.tokenizer_ms = ms("tokenizer_ms").unwrap_or(f64::NAN);
+                    init.session_ms = ms("session_ms").unwrap_or(f64::NAN);
+                }
+                _ => {}
+            }
+            if let Some(total) = ms("init_ms") {
+                init.total_ms = total;
+                let _ = tx.send(std::mem::take(&mut init));
+            }
+        }
+    });
+    rx
+}
+
+/// The kind of CPU the function runs as (tests/support/cpumask.c).
+struct Cpu {
+    library: PathBuf,
+    kind: String,
+}
+
+/// tests/support/cpumask.c, built into target/lambda.
+fn build_cpumask(repo: &Path) -> PathBuf {
+    let out = repo.join("target/lambda/libcpumask.so");
+    let status = Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC"])
+        .arg(repo.join("tests/support/cpumask.c"))
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("a C compiler (cc) builds tests/support/cpumask.c");
+    assert!(status.success(), "cc failed on tests/support/cpumask.c");
+    out
+}
+
+/// The CPU the figures are from: its model and int8-relevant flags, and the kind it passes for.
+fn cpu_line(cpu: Option<&Cpu>) -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map_or(String::new(), |(_, v)| v.trim().to_owned())
+    };
+    let wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"];
+    let flags: Vec<&str> = field("flags").leak().split_whitespace().filter(|f| wanted.contains(f)).collect();
+    let host = format!("CPU: {} ({})", field("model name"), flags.join(" "));
+    match cpu {
+        Some(cpu) => {
+            format!("{host}, the function running as CPUMASK={} (tests/support/cpumask.c)", cpu.kind)
+        }
+        None => host,
     }
 }
 
