@@ -92,10 +92,16 @@ fn main() {
     let (warm_invocations, p99_target) =
         if reranking { (30, RERANK_P99_TARGET_MS) } else { (300, P99_TARGET_MS) };
     let package = unpack(repo, &zip);
-    let cpu = std::env::var("EMBEDSERVE_BENCH_CPU")
-        .ok()
-        .filter(|k| !k.is_empty())
-        .map(|kind| Cpu { library: build_cpumask(repo), kind });
+    let cpu = std::env::var("EMBEDSERVE_BENCH_CPU").ok().filter(|k| !k.is_empty()).map(|kind| {
+        let library = build_cpumask(repo);
+        let status = Command::new("true").env("LD_PRELOAD", &library).env("CPUMASK", &kind).status().unwrap();
+        assert!(
+            status.success(),
+            "CPU={kind}: this host cannot hide CPU features (no CPUID faulting: AMD hosts, some VMs); \
+                 timings under an emulator would mean nothing, run it on an Intel host"
+        );
+        Cpu { library, kind }
+    });
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let python = std::env::var_os("EMBEDSERVE_TEST_PYTHON")
         .map(PathBuf::from)
