@@ -15,7 +15,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::quality::{QualitySet, Report, embed_in_chunks, quality_set};
+use crate::quality::{Pace, QualitySet, Report, embed_in_chunks, quality_set};
 use crate::spawned::{SpawnedServer, TempDir, default_config_text};
 
 /// int8 vectors of one text on two kinds of CPU: the reference tolerance, and why (helpers.rs).
@@ -61,6 +61,9 @@ pub enum PassFor {
     Emulated,
 }
 
+/// A request to a server under QEMU: about 100 times slower than natively.
+const EMULATED_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(400);
+
 /// QEMU's CPU model for the `avx2` kind: AVX2 and FMA, no AVX-512, no VNNI (AMD EPYC Rome, the
 /// kind of host many cloud functions run on).
 const QEMU_AVX2: [&str; 3] = ["qemu-x86_64", "-cpu", "EPYC-Rome"];
@@ -72,7 +75,7 @@ impl PassFor {
                 vec![("LD_PRELOAD", library.to_str().unwrap()), ("CPUMASK", kind)]
             }
             // A slow emulator: the server's own deadline must not cut a load or a request short.
-            PassFor::Emulated => vec![("EMBEDSERVE__SERVER__REQUEST_TIMEOUT_MS", "400000")],
+            PassFor::Emulated => vec![("EMBEDSERVE__SERVER__REQUEST_TIMEOUT_MS", "390000")],
         }
     }
 
@@ -158,18 +161,18 @@ struct Run {
 
 /// The reranker's logits (TEI's `raw_scores`) for every pair of tests/data/rerank-reference.json,
 /// in order.
-async fn rerank_logits(base: &str) -> Vec<f64> {
+async fn rerank_logits(base: &str, queries: usize, pace: Pace) -> Vec<f64> {
     let reference: Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("tests/data/rerank-reference.json")).unwrap(),
     )
     .unwrap();
     let client = client_with_key(Some(ACME_KEY));
     let mut out = Vec::new();
-    for q in reference["queries"].as_array().unwrap() {
+    for q in reference["queries"].as_array().unwrap().iter().take(queries) {
         let texts: Vec<&Value> = q["documents"].as_array().unwrap().iter().map(|d| &d["document"]).collect();
         let body = serde_json::json!({ "model": "ms-marco-minilm-l12", "query": q["query"], "texts": texts, "raw_scores": true });
-        let reply: Value =
-            client.post(format!("{base}/rerank")).json(&body).send().await.unwrap().json().await.unwrap();
+        let request = client.post(format!("{base}/rerank")).json(&body).timeout(pace.timeout);
+        let reply: Value = request.send().await.unwrap().json().await.unwrap();
         let mut by_index: Vec<(u64, f64)> = reply
             .as_array()
             .unwrap_or_else(|| panic!("{reply}"))
@@ -185,18 +188,19 @@ async fn rerank_logits(base: &str) -> Vec<f64> {
 /// The host's own run, on the whole quality set.
 async fn run_host(qs: &QualitySet) -> Run {
     let server = SpawnedServer::start("cpu-kind-host", &config()).await;
-    run(&server, qs, 64).await
+    run(&server, qs, usize::MAX, Pace { chunk: 64, timeout: REQUEST_TIMEOUT }).await
 }
 
-/// `qs` embedded by each model on `server` in requests of `chunk` texts, the reranker's logits,
+/// `qs` embedded by each model on `server` at `pace`, the reranker's logits for the pairs of the
+/// first `rerank_queries` queries,
 /// and the int8 kernels the server logged.
-async fn run(server: &SpawnedServer, qs: &QualitySet, chunk: usize) -> Run {
+async fn run(server: &SpawnedServer, qs: &QualitySet, rerank_queries: usize, pace: Pace) -> Run {
     let base = server.url("");
     let run = Run {
-        minilm: embed_in_chunks(&base, "minilm-l6-int8", qs, chunk).await,
-        paraphrase: embed_in_chunks(&base, "paraphrase-l3", qs, chunk).await,
-        paraphrase_fp32: embed_in_chunks(&base, "paraphrase-l3-fp32", qs, chunk).await,
-        rerank_logits: rerank_logits(&base).await,
+        minilm: embed_in_chunks(&base, "minilm-l6-int8", qs, pace).await,
+        paraphrase: embed_in_chunks(&base, "paraphrase-l3", qs, pace).await,
+        paraphrase_fp32: embed_in_chunks(&base, "paraphrase-l3-fp32", qs, pace).await,
+        rerank_logits: rerank_logits(&base, rerank_queries, pace).await,
         kernels: server
             .log_text()
             .lines()
@@ -251,18 +255,23 @@ async fn int8_models_agree_and_pass_the_gate_on_every_kind_of_cpu_this_host_can_
     assert!(kinds.iter().any(|(k, _)| !k.u8s8_exact), "every AVX2 host passes for a CPU without VNNI");
     for (kind, how) in kinds {
         let cpu = format!("{} as {}, {}", host_cpu(), kind.name, how.describe());
-        // Under the emulator: every fixed text and 3 long texts of each length, 4 to a request.
-        let (sample, kept, chunk) = match how {
-            PassFor::Masked { .. } => (None, (0..qs.all().len()).collect::<Vec<_>>(), 64),
+        // Under the emulator: every fixed text and 3 long texts of each length, 4 to a request,
+        // and one query's 8 pairs for the reranker, each request allowed minutes (a first
+        // request loads its model there, and other tests share the CPUs).
+        let (sample, kept, rerank_queries, pace) = match how {
+            PassFor::Masked { .. } => {
+                let all = (0..qs.all().len()).collect::<Vec<_>>();
+                (None, all, usize::MAX, Pace { chunk: 64, timeout: REQUEST_TIMEOUT })
+            }
             PassFor::Emulated => {
                 let (sample, kept) = qs.sample(3);
-                (Some(sample), kept, 4)
+                (Some(sample), kept, 1, Pace { chunk: 4, timeout: EMULATED_REQUEST_TIMEOUT })
             }
         };
         let texts = sample.as_ref().unwrap_or(&qs);
         let name = format!("cpu-kind-{}", kind.name);
         let server = SpawnedServer::start_under(&name, &config(), &how.env(), how.wrapper()).await;
-        let got = run(&server, texts, chunk).await;
+        let got = run(&server, texts, rerank_queries, pace).await;
         drop(server);
         let expected = if kind.u8s8_exact { "u8s8" } else { "u8u8" };
         assert!(got.kernels.iter().all(|k| k == expected), "{cpu}: int8 kernels {:?}", got.kernels);
@@ -288,11 +297,12 @@ async fn int8_models_agree_and_pass_the_gate_on_every_kind_of_cpu_this_host_can_
             println!("  {model}: min cosine to the host's vectors {min:.7} over {} texts", kept.len());
             assert!(min >= floor, "{cpu}: {model}: min cosine to the host's vectors {min} < {floor}");
         }
+        assert!(!got.rerank_logits.is_empty(), "{cpu}: no reranker logits");
         let worst =
             got.rerank_logits.iter().zip(&host.rerank_logits).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         println!(
             "  ms-marco-minilm-l12: largest logit difference to the host's {worst:.5} over {} pairs",
-            host.rerank_logits.len()
+            got.rerank_logits.len()
         );
         assert!(worst <= RERANK_CROSS_CPU_LOGIT, "{cpu}: reranker logits {worst} from the host's");
     }

@@ -219,16 +219,24 @@ impl Report {
 /// Every text of the set embedded by `model` on the server at `base`, in batches of 64 of mixed
 /// lengths as clients send them (so the gate covers batched runs).
 pub async fn embed_all(base: &str, model: &str, qs: &QualitySet) -> Vec<Vec<f64>> {
-    embed_in_chunks(base, model, qs, 64).await
+    embed_in_chunks(base, model, qs, Pace { chunk: 64, timeout: REQUEST_TIMEOUT }).await
 }
 
-/// [`embed_all`] in requests of `chunk` texts.
-pub async fn embed_in_chunks(base: &str, model: &str, qs: &QualitySet, chunk: usize) -> Vec<Vec<f64>> {
+/// How to send a set: `chunk` texts to a request, each allowed `timeout`.
+#[derive(Clone, Copy)]
+pub struct Pace {
+    pub chunk: usize,
+    pub timeout: std::time::Duration,
+}
+
+/// [`embed_all`] at `pace`.
+pub async fn embed_in_chunks(base: &str, model: &str, qs: &QualitySet, pace: Pace) -> Vec<Vec<f64>> {
     let client = client_with_key(Some(ACME_KEY));
     let mut served = Vec::new();
-    for chunk in qs.all().chunks(chunk) {
+    for chunk in qs.all().chunks(pace.chunk) {
         let body = json!({ "model": model, "input": chunk });
-        let r = client.post(format!("{base}/v1/embed")).json(&body).send().await.unwrap();
+        let r =
+            client.post(format!("{base}/v1/embed")).json(&body).timeout(pace.timeout).send().await.unwrap();
         let (status, body): (u16, Value) = (r.status().as_u16(), r.json().await.unwrap());
         assert_eq!(status, 200, "{body}");
         served.extend(vectors(&body["embeddings"]));
