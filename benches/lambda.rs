@@ -406,7 +406,8 @@ fn read_init(from: impl std::io::Read + Send + 'static) -> Receiver<Init> {
         let mut init = Init::default();
         for line in BufReader::new(from).lines().map_while(Result::ok) {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-            let fields = &v["fields"];
+            // The function logs flattened JSON (its fields beside the message).
+            let fields = v.get("fields").unwrap_or(&v);
             let ms = |key: &str| fields[key].as_f64();
             match fields["message"].as_str() {
                 Some("ONNX Runtime loaded") => init.runtime_ms = ms("ms").unwrap_or(f64::NAN),
