@@ -32,8 +32,11 @@ pub fn embeddings_per_second(
     each: Duration,
 ) -> anyhow::Result<Vec<f64>> {
     let spec = settings.models.get(model).ok_or_else(|| anyhow::anyhow!("no model `{model}` in config"))?;
-    let options =
-        SessionOptions { intra_threads: settings.intra_threads(), cpu_arena: settings.runtime.cpu_arena };
+    let options = SessionOptions {
+        intra_threads: settings.intra_threads(),
+        cpu_arena: settings.runtime.cpu_arena,
+        spinning: settings.runtime.intra_op_spinning,
+    };
     let runtime = OrtLoader::new(settings.onnxruntime_path().as_deref(), options)?;
     let (encoder, mut backend) = runtime.load(spec)?;
     let mut rate = |batch: usize| -> anyhow::Result<f64> {
@@ -59,8 +62,11 @@ pub fn pairs_per_second(
 ) -> anyhow::Result<f64> {
     use embedserve::models::engine::tokenize::PairOptions;
     let spec = settings.models.get(model).ok_or_else(|| anyhow::anyhow!("no model `{model}` in config"))?;
-    let options =
-        SessionOptions { intra_threads: settings.intra_threads(), cpu_arena: settings.runtime.cpu_arena };
+    let options = SessionOptions {
+        intra_threads: settings.intra_threads(),
+        cpu_arena: settings.runtime.cpu_arena,
+        spinning: settings.runtime.intra_op_spinning,
+    };
     let runtime = OrtLoader::new(settings.onnxruntime_path().as_deref(), options)?;
     let (encoder, mut backend) = runtime.load(spec)?;
     let pairs: Vec<(&str, &str)> =

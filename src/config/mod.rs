@@ -148,6 +148,12 @@ pub struct RuntimeSettings {
     /// its load size, which is what the cache budget counts.
     #[serde(default)]
     pub cpu_arena: bool,
+    /// Whether ONNX Runtime's intra-op threads spin between a run's parallel sections instead of
+    /// sleeping (ONNX Runtime's own default, and ours). Spinning answers a lone request sooner,
+    /// but burns CPU the server's HTTP, tokenizing and other models need under concurrency
+    /// (docs/configuration.md has the figures).
+    #[serde(default = "spinning_by_default")]
+    pub intra_op_spinning: bool,
 }
 
 /// The session cache: memory budget, models loaded at start, models never evicted.
@@ -468,9 +474,22 @@ fn rename_limits_section(raw: &mut Dict) -> bool {
     true
 }
 
+fn spinning_by_default() -> bool {
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn onnx_runtime_threads_spin_unless_told_not_to() {
+        let unset: RuntimeSettings = serde_json::from_str(r#"{ "onnxruntime": null }"#).unwrap();
+        assert!(unset.intra_op_spinning);
+        let off: RuntimeSettings = serde_json::from_str(r#"{ "intra_op_spinning": false }"#).unwrap();
+        assert!(!off.intra_op_spinning);
+        assert!(load_with("spin", "").unwrap().runtime.intra_op_spinning);
+    }
 
     /// config/default.toml's text with `extra` appended, loaded from a file of its own.
     fn load_with(name: &str, extra: &str) -> anyhow::Result<Settings> {

@@ -59,8 +59,11 @@ impl AppState {
 /// Loads ONNX Runtime and builds the router. Models load later: on first use, or in
 /// [`App::warm_up`].
 pub fn build_app(settings: Settings) -> anyhow::Result<App> {
-    let options =
-        SessionOptions { intra_threads: settings.intra_threads(), cpu_arena: settings.runtime.cpu_arena };
+    let options = SessionOptions {
+        intra_threads: settings.intra_threads(),
+        cpu_arena: settings.runtime.cpu_arena,
+        spinning: settings.runtime.intra_op_spinning,
+    };
     let loader = OrtLoader::new(settings.onnxruntime_path().as_deref(), options)?;
     build_app_with(settings, Arc::new(loader))
 }

@@ -90,6 +90,8 @@ pub struct SessionOptions {
     pub intra_threads: usize,
     /// ONNX Runtime's CPU memory arena (see `runtime.cpu_arena`).
     pub cpu_arena: bool,
+    /// Intra-op threads spin between parallel sections (see `runtime.intra_op_spinning`).
+    pub spinning: bool,
 }
 
 /// One model's session and what it needs to turn token ids into vectors.
@@ -197,7 +199,8 @@ fn build_session(
     let mut builder = Session::builder(env)?
         .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(options.cpu_arena).build()])?
         .with_intra_threads(options.intra_threads)?
-        .with_optimization_level(level)?;
+        .with_optimization_level(level)?
+        .with_intra_op_spinning(options.spinning)?;
     match model {
         Model::File(path) => builder.commit_from_file(path),
         Model::Bytes(bytes) => builder.commit_from_memory(bytes),
