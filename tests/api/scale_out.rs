@@ -288,11 +288,17 @@ async fn a_redis_outage_fails_no_request_loses_no_usage_and_shared_limits_resume
     // Every accepted request is counted, those of the outage included.
     let usage = usage_once_written(&a.base, "steady-test-key", statuses[&200]).await;
     assert_eq!(usage["total"]["requests"], statuses[&200], "{usage}");
-    // The logs said it once each way.
+    // The logs said it each way, once per change: at least one outage, each followed by its
+    // recovery (on a loaded machine a slow answer after the restart can count as one more).
     for server in [&a, &b] {
         let log = server.log_text();
-        assert_eq!(log.matches("Redis store unreachable").count(), 1, "{log}");
-        assert_eq!(log.matches("Redis store reachable again").count(), 1, "{log}");
+        let (down, up) = (
+            log.matches("Redis store unreachable").count(),
+            log.matches("Redis store reachable again").count(),
+        );
+        assert!(down >= 1 && down == up, "{down} outages, {up} recoveries logged:\n{log}");
+        let last_down = log.rfind("Redis store unreachable").unwrap();
+        assert!(log.rfind("Redis store reachable again").unwrap() > last_down, "it ends reachable:\n{log}");
     }
 }
 

@@ -11,6 +11,10 @@ fn settings(redis: &Redis) -> embedserve::Settings {
     let mut settings = default_settings();
     settings.cache.embeddings_max_bytes = 8 << 20;
     settings.cache.embeddings_redis_url = Some(redis.url());
+    // The shared tier's calls get the store's timeout, 50 ms by default: on two cores busy with
+    // the rest of the suite a write can take longer, and a timed-out one is (rightly) skipped.
+    // This file tests sharing, not timeouts.
+    settings.store.timeout_ms = 2_000;
     settings
 }
 
