@@ -30,6 +30,7 @@ use serde_json::json;
 
 #[allow(dead_code)] // the rerank workload is shared with benches/rerank.rs and the load tests
 mod support {
+    pub mod cpu;
     pub mod rerank;
 }
 
@@ -411,7 +412,7 @@ fn read_init(from: impl std::io::Read + Send + 'static) -> Receiver<Init> {
             let ms = |key: &str| fields[key].as_f64();
             match fields["message"].as_str() {
                 Some("ONNX Runtime loaded") => init.runtime_ms = ms("ms").unwrap_or(f64::NAN),
-                Some("session built") => {
+                Some("sessions built") => {
                     init.tokenizer_ms = ms("tokenizer_ms").unwrap_or(f64::NAN);
                     init.session_ms = ms("session_ms").unwrap_or(f64::NAN);
                 }
@@ -448,19 +449,10 @@ fn build_cpumask(repo: &Path) -> PathBuf {
 
 /// The CPU the figures are from: its model and int8-relevant flags, and the kind it passes for.
 fn cpu_line(cpu: Option<&Cpu>) -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_once(':'))
-            .map_or(String::new(), |(_, v)| v.trim().to_owned())
-    };
-    let wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"];
-    let flags: Vec<&str> = field("flags").leak().split_whitespace().filter(|f| wanted.contains(f)).collect();
-    let host = format!("CPU: {} ({})", field("model name"), flags.join(" "));
+    let host = format!("CPU: {}", support::cpu::describe());
     match cpu {
         Some(cpu) => {
-            format!("{host}, the function running as CPUMASK={} (tests/support/cpumask.c)", cpu.kind)
+            format!("{host}; the function running as CPUMASK={} (tests/support/cpumask.c)", cpu.kind)
         }
         None => host,
     }

@@ -44,6 +44,7 @@ use support::http::{
 #[allow(dead_code)] // each bench uses its own part of the shared support
 mod support {
     pub mod ceiling;
+    pub mod cpu;
     pub mod http;
 }
 
@@ -61,8 +62,6 @@ const ST_FILES: [&str; 8] = [
     "tokenizer_config.json",
     "1_Pooling/config.json",
 ];
-/// The flags that decide which int8 kernels ONNX Runtime can use.
-const INT8_FLAGS: [&str; 5] = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"];
 
 enum Server {
     Embedserve {
@@ -196,22 +195,6 @@ fn lay_out(folder: &Path, export: &Path, onnx: &Path) {
     std::os::unix::fs::symlink(onnx, folder.join("model.onnx")).unwrap();
 }
 
-/// The CPU's model name and which of INT8_FLAGS it has.
-fn cpu() -> (String, Vec<String>) {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_once(':'))
-            .map_or(String::new(), |(_, v)| v.trim().to_string())
-    };
-    let flags = field("flags");
-    let have: Vec<&str> = flags.split_whitespace().collect();
-    let marks =
-        INT8_FLAGS.iter().map(|f| format!("{f} {}", if have.contains(f) { "yes" } else { "no" })).collect();
-    (field("model name"), marks)
-}
-
 /// A package's version in the venv, from its metadata (no import).
 fn version(venv: &Path, package: &str) -> String {
     let out = Command::new(venv.join("bin/python"))
@@ -306,17 +289,12 @@ fn main() {
     );
     std::fs::write(&fp32_config, swapped).unwrap();
 
-    let (cpu_name, flags) = cpu();
     let mut versions = BTreeMap::new();
     for package in ["infinity-emb", "optimum", "optimum-onnx", "onnxruntime", "torch"] {
         versions.insert(package, version(&venv, package));
     }
     println!("embedserve beside Infinity, same ONNX file, same machine, one run");
-    println!(
-        "  CPU: {cpu_name}, {} CPUs; {}",
-        std::thread::available_parallelism().unwrap(),
-        flags.join(", ")
-    );
+    println!("  CPU: {}", support::cpu::describe());
     println!(
         "  Infinity {} (optimum {}, optimum-onnx {}, onnxruntime {}, torch {}) from {}",
         versions["infinity-emb"],

@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::http::{KEY, THROUGHPUT_SECONDS, cold_start, cpu_seconds};
+use support::http::{KEY, MODEL, THROUGHPUT_SECONDS, cold_start, cpu_seconds};
 
 #[allow(dead_code)] // each bench uses its own part of the shared support
 mod support {
     pub mod ceiling;
+    pub mod cpu;
     pub mod http;
 }
 
@@ -66,7 +67,7 @@ fn workload(n: usize, repeat: f64, first_new: usize) -> Vec<String> {
 
 /// (inputs/s, server CPU ms per input, cache hit ratio).
 fn run(rt: &tokio::runtime::Runtime, config: &Path, warm: bool, inputs: Arc<Vec<String>>) -> (f64, f64, f64) {
-    let (_, mut server, port, metrics_port) = rt.block_on(cold_start(config));
+    let (_, mut server, port, metrics_port) = rt.block_on(cold_start(config, MODEL));
     let base = format!("http://127.0.0.1:{port}/v1/embed");
     let figures = rt.block_on(async {
         let client = reqwest::Client::new();
@@ -154,10 +155,8 @@ fn main() {
         .unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    println!(
-        "embedding cache, minilm-l6-int8, {CLIENTS} clients x {INPUTS_PER_REQUEST} inputs per request, {} CPUs",
-        std::thread::available_parallelism().unwrap()
-    );
+    println!("embedding cache, minilm-l6-int8, {CLIENTS} clients x {INPUTS_PER_REQUEST} inputs per request");
+    println!("CPU: {}", support::cpu::describe());
     let n = 400_000;
     for (name, repeat, warm) in
         [("distinct", 0.0, false), ("37% repeated", 0.37, false), ("all repeated", 1.0, true)]

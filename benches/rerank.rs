@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 
 use embedserve::Settings;
 use support::ceiling::{SENTENCES, pairs_per_second};
-use support::http::{KEY, THROUGHPUT_SECONDS, cold_start, cpu_seconds, percentile};
+use support::http::{KEY, MODEL, THROUGHPUT_SECONDS, cold_start, cpu_seconds, percentile};
 use support::rerank::{PASSAGES, Request, workload};
 
 #[allow(dead_code)] // each bench uses its own part of the shared support
 mod support {
     pub mod ceiling;
+    pub mod cpu;
     pub mod http;
     pub mod rerank;
 }
@@ -35,14 +36,12 @@ fn main() {
     let config = repo.join("config/default.toml");
     let requests = std::sync::Arc::new(workload(repo, 16));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (_, mut server, port, _) = rt.block_on(cold_start(&config));
+    let (_, mut server, port, _) = rt.block_on(cold_start(&config, MODEL));
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
 
-    println!(
-        "embedserve rerank and sparse benchmark, {} CPUs",
-        std::thread::available_parallelism().unwrap()
-    );
+    println!("embedserve rerank and sparse benchmark");
+    println!("CPU: {}", support::cpu::describe());
     let tokens = rt.block_on(async {
         let r = rerank(&client, &base, &requests[0]).await;
         r["usage"]["total_tokens"].as_f64().unwrap()

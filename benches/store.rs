@@ -10,11 +10,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::http::{Endpoint, THROUGHPUT_SECONDS, cold_start, cpu_seconds, free_port, latency, throughput};
+use support::http::{
+    Endpoint, MODEL, THROUGHPUT_SECONDS, cold_start, cpu_seconds, free_port, latency, throughput,
+};
 
 #[allow(dead_code)] // the ceiling's loop is `serve`'s; the sentences are shared
 mod support {
     pub mod ceiling;
+    pub mod cpu;
     pub mod http;
 }
 
@@ -28,6 +31,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
 
+    println!("CPU: {}", support::cpu::describe());
     let redis_port = free_port();
     let mut redis = Command::new("redis-server")
         .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -48,8 +52,8 @@ fn main() {
     )
     .unwrap();
 
-    let (_, mut local, local_port, _) = rt.block_on(cold_start(&local_config));
-    let (_, mut shared, shared_port, _) = rt.block_on(cold_start(&redis_config));
+    let (_, mut local, local_port, _) = rt.block_on(cold_start(&local_config, MODEL));
+    let (_, mut shared, shared_port, _) = rt.block_on(cold_start(&redis_config, MODEL));
     let servers = [("local", local.id(), local_port), ("redis", shared.id(), shared_port)];
     println!(
         "limit store: local vs Redis on loopback, {ROUNDS} alternating rounds, {} CPUs",

@@ -60,11 +60,11 @@ pub fn embedserve_command(config: &Path, port: u16, metrics_port: u16) -> Comman
     command
 }
 
-/// Spawns the server and waits for its first 200: (ms, process, port, metrics port).
-pub async fn cold_start(config: &Path) -> (f64, Child, u16, u16) {
+/// Spawns the server and waits for its first 200 from `model`: (ms, process, port, metrics port).
+pub async fn cold_start(config: &Path, model: &'static str) -> (f64, Child, u16, u16) {
     let (port, metrics_port) = (free_port(), free_port());
     let endpoint =
-        Endpoint { model: Some(MODEL), ..Endpoint::embedserve(&format!("http://127.0.0.1:{port}")) };
+        Endpoint { model: Some(model), ..Endpoint::embedserve(&format!("http://127.0.0.1:{port}")) };
     let command = embedserve_command(config, port, metrics_port);
     let (ms, child) = first_200(command, &endpoint, Duration::from_secs(60)).await;
     (ms, child, port, metrics_port)
