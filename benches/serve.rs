@@ -1,14 +1,17 @@
 //! `make bench`: figures, not assertions, measured in one run on this machine.
 //!
+//! For each variant of `minilm-l6` (`fp32`, sentence-transformers' exact vectors, and `int8`,
+//! the default's graph), pinned, one after the other in the same run:
 //! - cold start: process spawn to the first 200 on `/v1/embed`, median of 5;
 //! - one short sentence over HTTP: p50 and p99;
 //! - embeddings/s at 1, 8, 32 and 64 concurrent one-sentence clients, beside an in-process loop
-//!   over the same ONNX Runtime session at batch 1 and 32 (the ceiling), and their ratio;
-//! - the server's peak resident memory with both default models loaded;
+//!   over the model's sessions set up as the server sets them up (`runtime.sessions_per_model`)
+//!   and over one session using every CPU, at batch 32: the faster is the ceiling;
+//! - the server's peak resident memory with the model and acme's private paraphrase-l3 loaded;
 //! - 20 tenants with a private copy of the model each under the 1 GiB cache.
 //!
-//! All of it for the previous default model (int8 weights stored, fp32 compute) and the
-//! int8-compute default, one after the other in the same run, with their ratios.
+//! Then which variant `variant = "auto"` serves on this CPU, and why. The CPU is named first:
+//! int8's speed depends on it.
 //!
 //! The scenarios under load (many tenants, a noisy neighbour, a spike, mixed lengths) are
 //! the load tests' (`make load-test`).
@@ -20,16 +23,25 @@ use std::path::Path;
 use std::time::Duration;
 
 use embedserve::Settings;
-use support::ceiling::{SENTENCES, embeddings_per_second};
+use support::ceiling::{SENTENCES, embeddings_per_second, one_session_per_second};
 use support::http::{
-    Endpoint, KEY, MODEL, THROUGHPUT_SECONDS, cold_start, cpu_seconds, latency, peak_rss_mib, throughput,
+    Endpoint, KEY, THROUGHPUT_SECONDS, cold_start, cpu_seconds, latency, peak_rss_mib, throughput,
 };
 
 #[allow(dead_code)] // each bench uses its own part of the shared support
 mod support {
     pub mod ceiling;
+    pub mod cpu;
     pub mod http;
 }
+
+/// The model with variants, as config/default.toml lists it.
+const MODEL: &str = "minilm-l6";
+/// Its variants: (name, ONNX file, graph optimisation), as config/default.toml lists them.
+const VARIANTS: [(&str, &str, &str); 2] = [
+    ("fp32", "assets/models/minilm-l6-fp32/model.onnx", "all"),
+    ("int8", "assets/models/minilm-l6-int8/model.onnx", "none"),
+];
 
 /// One model's figures, measured with the same steps.
 struct Figures {
@@ -38,16 +50,25 @@ struct Figures {
     p99_ms: f64,
     /// (clients, embeddings/s, server CPU ms per embedding, inputs per run)
     server: Vec<(usize, f64, f64, f64)>,
-    ceiling_b1: f64,
-    ceiling_b32: f64,
-    ceiling_cpu_ms: f64,
+    /// In-process at batch 32: (embeddings/s, CPU ms per embedding) with the server's sessions,
+    /// then with one session using every CPU.
+    served_b32: (f64, f64),
+    one_b32: (f64, f64),
     peak_rss_mib: f64,
+    sessions: usize,
+}
+
+impl Figures {
+    /// The faster of the two in-process setups: (embeddings/s, CPU ms per embedding).
+    fn ceiling(&self) -> (f64, f64) {
+        if self.served_b32.0 >= self.one_b32.0 { self.served_b32 } else { self.one_b32 }
+    }
 }
 
 fn measure(rt: &tokio::runtime::Runtime, config: &Path) -> Figures {
     let mut colds: Vec<f64> = (0..5)
         .map(|_| {
-            let (ms, mut child, ..) = rt.block_on(cold_start(config));
+            let (ms, mut child, ..) = rt.block_on(cold_start(config, MODEL));
             child.kill().ok();
             child.wait().ok();
             ms
@@ -55,7 +76,7 @@ fn measure(rt: &tokio::runtime::Runtime, config: &Path) -> Figures {
         .collect();
     colds.sort_by(f64::total_cmp);
 
-    let (_, mut server, port, metrics_port) = rt.block_on(cold_start(config));
+    let (_, mut server, port, metrics_port) = rt.block_on(cold_start(config, MODEL));
     let base = format!("http://127.0.0.1:{port}");
     let metrics = format!("http://127.0.0.1:{metrics_port}");
     // Both default models resident, as `make run` serves them: acme's private paraphrase-l3 too.
@@ -85,20 +106,22 @@ fn measure(rt: &tokio::runtime::Runtime, config: &Path) -> Figures {
 
     let settings = Settings::load(config).unwrap();
     let each = Duration::from_secs(THROUGHPUT_SECONDS);
-    let ceiling = embeddings_per_second(&settings, MODEL, &SENTENCES, &[1], each).unwrap();
-    let (cpu, started) = (cpu_seconds(std::process::id()), std::time::Instant::now());
-    let b32 = embeddings_per_second(&settings, MODEL, &SENTENCES, &[32], each).unwrap()[0];
-    // The loop runs one session at batch 32; its CPU per embedding is the floor to compare with.
-    let ceiling_cpu_ms =
-        (cpu_seconds(std::process::id()) - cpu) / (b32 * started.elapsed().as_secs_f64()) * 1e3;
+    // Each loop's CPU per embedding is the floor to compare the server's with.
+    let timed = |rate: &dyn Fn() -> f64| {
+        let (cpu, started) = (cpu_seconds(std::process::id()), std::time::Instant::now());
+        let rate = rate();
+        (rate, (cpu_seconds(std::process::id()) - cpu) / (rate * started.elapsed().as_secs_f64()) * 1e3)
+    };
+    let served_b32 = timed(&|| embeddings_per_second(&settings, MODEL, &SENTENCES, &[32], each).unwrap()[0]);
+    let one_b32 = timed(&|| one_session_per_second(&settings, MODEL, &SENTENCES, &[32], each).unwrap()[0]);
     Figures {
         cold_ms: [colds[2], colds[0], colds[4]],
         p50_ms,
         p99_ms,
         server: rates,
-        ceiling_b1: ceiling[0],
-        ceiling_b32: b32,
-        ceiling_cpu_ms,
+        served_b32,
+        one_b32,
+        sessions: settings.sessions_per_model(),
         peak_rss_mib,
     }
 }
@@ -120,16 +143,20 @@ fn print(name: &str, f: &Figures) {
              ({per_run:.1} inputs per run on average)"
         );
     }
-    println!("    in-process session, batch  1: {:>7.1} embeddings/s", f.ceiling_b1);
     println!(
-        "    in-process session, batch 32: {:>7.1} embeddings/s, CPU {:.2} ms per embedding (the ceiling)",
-        f.ceiling_b32, f.ceiling_cpu_ms
+        "    in-process, {} session(s) as the server runs them, batch 32: {:>7.1} embeddings/s, CPU {:.2} ms per embedding",
+        f.sessions, f.served_b32.0, f.served_b32.1
     );
+    println!(
+        "    in-process, one session on every CPU, batch 32: {:>7.1} embeddings/s, CPU {:.2} ms per embedding",
+        f.one_b32.0, f.one_b32.1
+    );
+    let (ceiling, ceiling_cpu) = f.ceiling();
     for (clients, rate, cpu_ms, _) in &f.server {
         println!(
-            "    server/ceiling at {clients:>2} clients: {:.0}% of the throughput, {:.0}% of the CPU per embedding",
-            100.0 * rate / f.ceiling_b32,
-            100.0 * cpu_ms / f.ceiling_cpu_ms
+            "    server/ceiling ({ceiling:.0}/s) at {clients:>2} clients: {:.0}% of the throughput, {:.0}% of the CPU per embedding",
+            100.0 * rate / ceiling,
+            100.0 * cpu_ms / ceiling_cpu
         );
     }
     println!("  server peak resident memory (VmHWM): {:.0} MiB", f.peak_rss_mib);
@@ -157,7 +184,7 @@ fn capacity(rt: &tokio::runtime::Runtime, repo: &Path, onnx: &str, level: &str) 
     }
     let config = repo.join("target/bench-capacity.toml");
     std::fs::write(&config, text).unwrap();
-    let (_, mut server, port, metrics_port) = rt.block_on(cold_start(&config));
+    let (_, mut server, port, metrics_port) = rt.block_on(cold_start(&config, "minilm-l6-int8"));
     let metrics = rt.block_on(async {
         let client = reqwest::Client::new();
         for i in 0..20 {
@@ -191,59 +218,95 @@ fn capacity(rt: &tokio::runtime::Runtime, repo: &Path, onnx: &str, level: &str) 
 
 fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config = repo.join("config/default.toml");
-    // The same configuration with the models the defaults used to be: MiniLM with int8 weights
-    // stored and fp32 computed (assets/models/minilm-l6-int8-storage), paraphrase-L3 in fp32,
-    // under the same names.
-    let old = repo.join("target/bench-storage-int8.toml");
-    let text = std::fs::read_to_string(&config)
+    let text = std::fs::read_to_string(repo.join("config/default.toml"))
         .unwrap()
         .replace("\"../assets/", &format!("\"{}/assets/", repo.display()));
-    // That graph needs ONNX Runtime's optimisations (they fold its Cast/Mul into fp32 weights).
-    let swapped = text
-        .replace(
-            "/assets/models/minilm-l6-int8/model.onnx",
-            "/assets/models/minilm-l6-int8-storage/model.onnx",
-        )
-        .replace("graph_optimization = \"none\"", "graph_optimization = \"all\"");
-    assert_ne!(text, swapped, "config/default.toml no longer serves assets/models/minilm-l6-int8");
-    std::fs::write(&old, swapped).unwrap();
-
     let rt = tokio::runtime::Runtime::new().unwrap();
-    println!("embedserve benchmark, model {MODEL}, {} CPUs", std::thread::available_parallelism().unwrap());
+    println!("embedserve benchmark, model {MODEL} per variant, one run");
+    println!("CPU: {}", support::cpu::describe());
     println!();
-    let before = measure(&rt, &old);
-    let after = measure(&rt, &config);
-    print("int8 storage, fp32 compute (the previous default: assets/models/minilm-l6-int8-storage)", &before);
-    println!();
-    print("int8 compute (the default: assets/models/minilm-l6-int8)", &after);
-    println!();
-    println!("int8 compute / int8 storage, same run:");
-    for ((clients, old_rate, old_cpu, _), (_, new_rate, new_cpu, _)) in
-        before.server.iter().zip(&after.server)
+
+    let mut measured = Vec::new();
+    for (variant, ..) in VARIANTS {
+        let config = repo.join(format!("target/bench-{MODEL}-{variant}.toml"));
+        std::fs::write(&config, pinned(&text, variant)).unwrap();
+        let figures = measure(&rt, &config);
+        print(&format!("variant {variant} (pinned)"), &figures);
+        println!();
+        measured.push((variant, figures));
+    }
+    let [(_, fp32), (_, int8)] = &measured[..] else { unreachable!("two variants") };
+    println!("int8 / fp32, same run:");
+    for ((clients, fp32_rate, fp32_cpu, _), (_, int8_rate, int8_cpu, _)) in
+        fp32.server.iter().zip(&int8.server)
     {
         println!(
             "  {clients:>2} clients: {:.2}x the throughput, {:.2}x the server CPU per embedding",
-            new_rate / old_rate,
-            new_cpu / old_cpu
+            int8_rate / fp32_rate,
+            int8_cpu / fp32_cpu
         );
     }
-    println!("  ceiling at batch 32: {:.2}x", after.ceiling_b32 / before.ceiling_b32);
-    println!("  one sentence p50: {:.2} -> {:.2} ms", before.p50_ms, after.p50_ms);
-    println!("  cold start median: {:.0} -> {:.0} ms", before.cold_ms[0], after.cold_ms[0]);
-    println!("  peak resident memory: {:.0} -> {:.0} MiB", before.peak_rss_mib, after.peak_rss_mib);
+    println!("  ceiling at batch 32: {:.2}x", int8.ceiling().0 / fp32.ceiling().0);
+    println!("  one sentence p50: {:.2} -> {:.2} ms", fp32.p50_ms, int8.p50_ms);
+    println!("  cold start median: {:.0} -> {:.0} ms", fp32.cold_ms[0], int8.cold_ms[0]);
+    println!("  peak resident memory: {:.0} -> {:.0} MiB", fp32.peak_rss_mib, int8.peak_rss_mib);
     println!();
+
+    let config = repo.join(format!("target/bench-{MODEL}-auto.toml"));
+    std::fs::write(&config, pinned(&text, "auto")).unwrap();
+    let (ms, chosen, reason) = auto(&rt, &config);
+    println!("variant = \"auto\" on this CPU: serves {chosen} ({reason}); spawn -> first 200 {ms:.0} ms");
+    println!();
+
     println!("20 tenants with a private copy each, one request per tenant, 1 GiB model cache:");
-    for (name, onnx, level) in [
-        ("int8 storage", "assets/models/minilm-l6-int8-storage/model.onnx", "all"),
-        ("int8 compute", "assets/models/minilm-l6-int8/model.onnx", "none"),
-    ] {
+    for (variant, onnx, level) in VARIANTS {
         let (resident, evictions, mib, rss) = capacity(&rt, repo, onnx, level);
         println!(
-            "  {name}: {resident} of 20 resident at the end, {evictions:.0} evictions, {mib:.0} MiB measured per model, \
+            "  {variant}: {resident} of 20 resident at the end, {evictions:.0} evictions, {mib:.0} MiB measured per model, \
              server peak RSS {rss:.0} MiB"
         );
     }
+}
+
+/// config/default.toml (`text`) with MODEL's variant set to `variant`, MODEL preloaded and the
+/// demo tenant's default.
+fn pinned(text: &str, variant: &str) -> String {
+    let swap = |text: &str, from: &str, to: &str| {
+        assert!(text.contains(from), "config/default.toml no longer has {from}");
+        text.replacen(from, to, 1)
+    };
+    let out = swap(text, "variant = \"auto\"", &format!("variant = \"{variant}\""));
+    let out = swap(&out, "preload = [\"minilm-l6-int8\"]", &format!("preload = [\"{MODEL}\"]"));
+    let acme = out.find("[tenants.acme]").expect("config/default.toml has the demo tenant acme");
+    let (before, after) = out.split_at(acme);
+    format!(
+        "{before}{}",
+        swap(after, "default_model = \"minilm-l6-int8\"", &format!("default_model = \"{MODEL}\""))
+    )
+}
+
+/// What `variant = "auto"` serves here: (ms from spawn to the first 200, variant, reason).
+fn auto(rt: &tokio::runtime::Runtime, config: &Path) -> (f64, String, String) {
+    let (ms, mut server, port, _) = rt.block_on(cold_start(config, MODEL));
+    let models: serde_json::Value = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/v1/models"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    });
+    server.kill().ok();
+    server.wait().ok();
+    let entry = models["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|m| m["id"] == MODEL))
+        .unwrap_or_else(|| panic!("/v1/models lists no {MODEL}: {models}"));
+    let field =
+        |k: &str| entry[k].as_str().unwrap_or_else(|| panic!("{MODEL} has no {k}: {entry}")).to_owned();
+    (ms, field("variant"), field("variant_reason"))
 }
 
 /// The server's `embedserve_batch_size` histogram: (sum, count).

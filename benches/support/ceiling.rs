@@ -22,8 +22,10 @@ pub const SENTENCES: [&str; 8] = [
     "Rust makes the fast path safe to change.",
 ];
 
-/// Embeddings/s of `model` for each batch size in `batches`, tokenizing and running `texts`
-/// (cycled to fill the batch) for `each` per batch size, after one warm-up run.
+/// Embeddings/s of `model` for each batch size in `batches`, set up as the server runs it
+/// (`runtime.sessions_per_model` sessions, each with its intra-op threads, each driven by a
+/// thread of its own), tokenizing and running `texts` (cycled to fill the batch) for `each` per
+/// batch size, after one warm-up run per session.
 pub fn embeddings_per_second(
     settings: &Settings,
     model: &str,
@@ -31,24 +33,74 @@ pub fn embeddings_per_second(
     batches: &[usize],
     each: Duration,
 ) -> anyhow::Result<Vec<f64>> {
+    rates(settings, model, texts, batches, each, settings.sessions_per_model(), settings.intra_threads())
+}
+
+/// [`embeddings_per_second`] with one session using every CPU available (each run's work split
+/// across all of them): the setup of `runtime.sessions_per_model = 1`.
+pub fn one_session_per_second(
+    settings: &Settings,
+    model: &str,
+    texts: &[&str],
+    batches: &[usize],
+    each: Duration,
+) -> anyhow::Result<Vec<f64>> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if settings.runtime.intra_threads == 0 { cpus } else { settings.runtime.intra_threads };
+    rates(settings, model, texts, batches, each, 1, threads)
+}
+
+fn rates(
+    settings: &Settings,
+    model: &str,
+    texts: &[&str],
+    batches: &[usize],
+    each: Duration,
+    sessions: usize,
+    intra_threads: usize,
+) -> anyhow::Result<Vec<f64>> {
     let spec = settings.models.get(model).ok_or_else(|| anyhow::anyhow!("no model `{model}` in config"))?;
+    // A model with variants runs the one it pins; `auto` is the server's choice, not a graph.
+    let spec = match spec.variant_policy() {
+        Some(name) => spec.with_variant(name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "model `{model}` has variant {name:?}: pin one of its variants to drive it in-process"
+            )
+        })?,
+        None => spec.clone(),
+    };
     let options = SessionOptions {
-        intra_threads: settings.intra_threads(),
+        intra_threads,
         cpu_arena: settings.runtime.cpu_arena,
         spinning: settings.runtime.intra_op_spinning,
     };
     let runtime = OrtLoader::new(settings.onnxruntime_path().as_deref(), options)?;
-    let (encoder, mut backend) = runtime.load(spec)?;
-    let mut rate = |batch: usize| -> anyhow::Result<f64> {
-        let inputs: Vec<String> = texts.iter().cycle().take(batch).map(|s| s.to_string()).collect();
-        let run = || -> anyhow::Result<()> {
-            let encoded = encoder.encode(&inputs, &EncodeOptions::truncating())?;
-            backend.run(&encoded.iter().collect::<Vec<_>>())?;
-            Ok(())
-        };
-        per_second(run, batch, each)
-    };
-    batches.iter().map(|&b| rate(b)).collect()
+    let (encoder, mut backends) = runtime.load_sessions(&spec, sessions)?;
+    let encoder = &encoder;
+    batches
+        .iter()
+        .map(|&batch| {
+            let inputs: Vec<String> = texts.iter().cycle().take(batch).map(|s| s.to_string()).collect();
+            let inputs = &inputs;
+            let per_session: Vec<anyhow::Result<f64>> = std::thread::scope(|scope| {
+                let threads: Vec<_> = backends
+                    .iter_mut()
+                    .map(|backend| {
+                        scope.spawn(move || {
+                            let run = || -> anyhow::Result<()> {
+                                let encoded = encoder.encode(inputs, &EncodeOptions::truncating())?;
+                                backend.run(&encoded.iter().collect::<Vec<_>>())?;
+                                Ok(())
+                            };
+                            per_second(run, batch, each)
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().expect("a ceiling thread panicked")).collect()
+            });
+            per_session.into_iter().sum()
+        })
+        .collect()
 }
 
 /// Pairs/s of the rerank `model` at `batch` pairs per run, tokenizing (pair template, longest
@@ -62,8 +114,13 @@ pub fn pairs_per_second(
 ) -> anyhow::Result<f64> {
     use embedserve::models::engine::tokenize::PairOptions;
     let spec = settings.models.get(model).ok_or_else(|| anyhow::anyhow!("no model `{model}` in config"))?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let options = SessionOptions {
-        intra_threads: settings.intra_threads(),
+        intra_threads: if settings.runtime.intra_threads == 0 {
+            cpus
+        } else {
+            settings.runtime.intra_threads
+        },
         cpu_arena: settings.runtime.cpu_arena,
         spinning: settings.runtime.intra_op_spinning,
     };

@@ -11,6 +11,7 @@
 //! as an error. The load generator shares the machine's two cores with the server.
 
 /// The in-process ceiling and the sample sentences, shared with `make bench`.
+#[allow(dead_code)] // each user takes its own part of the shared support
 #[path = "../../benches/support/ceiling.rs"]
 mod ceiling;
 /// The rerank workload (one query, 20 passages), shared with `make bench`.

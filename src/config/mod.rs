@@ -135,14 +135,30 @@ impl ServerSettings {
     }
 }
 
+/// At most this many sessions per model when `sessions_per_model` is 0 (more CPUs go to each
+/// session's threads): each session holds its own copy of the weights.
+pub const AUTO_SESSIONS_MAX: usize = 4;
+
+fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSettings {
     /// Path to `libonnxruntime.so`; `ORT_DYLIB_PATH` overrides it.
     pub onnxruntime: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads per session; 0 means the CPUs available to the process.
+    /// ONNX Runtime intra-op threads per session; 0 means the CPUs available to the process
+    /// divided among a model's sessions.
     #[serde(default)]
     pub intra_threads: usize,
+    /// ONNX Runtime sessions per loaded model, each on its own inference thread taking the next
+    /// batch while the others run theirs; 0 means one per CPU available, at most
+    /// [`AUTO_SESSIONS_MAX`]. One session uses every thread on each run: a lone request is
+    /// answered sooner, but under load its threads wait on each other at every parallel step.
+    /// Each session holds its own copy of the weights ONNX Runtime does not share.
+    #[serde(default)]
+    pub sessions_per_model: usize,
     /// ONNX Runtime's CPU memory arena keeps the peak of every run's memory for the life of the
     /// session (hundreds of MiB after one large batch); off, each model's footprint stays near
     /// its load size, which is what the cache budget counts.
@@ -321,9 +337,20 @@ impl Settings {
             .or_else(|| self.runtime.onnxruntime.clone())
     }
 
+    /// Intra-op threads per session: the configured number, else the CPUs available shared
+    /// among a model's sessions.
     pub fn intra_threads(&self) -> usize {
         match self.runtime.intra_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => (available_cpus() / self.sessions_per_model()).max(1),
+            n => n,
+        }
+    }
+
+    /// Sessions per loaded model: the configured number, else one per CPU available, at most
+    /// [`AUTO_SESSIONS_MAX`].
+    pub fn sessions_per_model(&self) -> usize {
+        match self.runtime.sessions_per_model {
+            0 => available_cpus().min(AUTO_SESSIONS_MAX),
             n => n,
         }
     }

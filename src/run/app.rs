@@ -87,6 +87,7 @@ pub fn build_app_with(settings: Settings, loader: Arc<dyn ModelLoader>) -> anyho
         max_bytes: settings.cache.max_bytes,
         pinned: settings.cache.pinned.iter().cloned().collect(),
         tokenizers: TokenizePool::per_cpu(),
+        sessions: settings.sessions_per_model(),
     };
     let models = Arc::new(ModelCache::new(loader, settings.all_models(), options, Arc::clone(&metrics)));
     let shared: Option<Arc<dyn SharedStore>> = match settings.store.backend {

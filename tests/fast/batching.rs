@@ -104,3 +104,43 @@ async fn a_flooding_tenant_is_held_to_its_share_of_the_queue_and_the_other_is_ne
         quiet.iter().map(|r| r.status).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn a_model_with_two_sessions_runs_concurrent_requests_on_both_and_fails_only_bad_inputs() {
+    let fake = FakeLoader::with_run_delay(Duration::from_millis(30));
+    let mut settings = default_settings();
+    settings.runtime.sessions_per_model = 2;
+    let app = &FastApp::start(settings, fake.clone()).await;
+    assert_eq!(fake.loads(), 1, "two sessions are one load of the model");
+    let texts: Vec<String> = (0..24).map(|i| format!("sentence-{i}")).collect();
+    let mut alone = Vec::new();
+    for text in &texts {
+        alone.push(app.embed(json!({ "input": text })).await.remove(0));
+    }
+    let together = join_all(texts.iter().map(|t| app.embed(json!({ "input": t })))).await;
+    for (i, got) in together.iter().enumerate() {
+        assert_eq!(got[0], alone[i], "request {i} got another request's vector");
+    }
+    let threads = fake.threads();
+    assert!(
+        threads.contains(&"infer-minilm-l6-int8".to_owned())
+            && threads.contains(&"infer-minilm-l6-int8-1".to_owned()),
+        "concurrent requests did not run on both sessions' threads: {threads:?}"
+    );
+
+    // A failing input fails alone, whichever session it meets; the others get their vectors.
+    let bad = format!("bad {}", crate::fake::FAILING_CHAR);
+    let replies = join_all((0..8).map(|i| {
+        let input = if i == 3 { json!([texts[i], bad]) } else { json!([texts[i]]) };
+        app.post("/v1/embed", Some(ACME_KEY), json!({ "input": input }))
+    }))
+    .await;
+    for (i, r) in replies.iter().enumerate() {
+        if i == 3 {
+            assert_eq!(r.status, 500, "the request with the failing input: {:?}", r.body);
+        } else {
+            assert_eq!(r.status, 200, "request {i}: {:?}", r.body);
+            assert_eq!(vectors(&r.body["embeddings"])[0], alone[i], "request {i}'s vector");
+        }
+    }
+}

@@ -48,6 +48,8 @@ struct Shared {
     run_delay: Duration,
     loads: AtomicUsize,
     runs: Mutex<Vec<Vec<String>>>,
+    /// The names of the threads that ran requests' inputs (warm-up runs are the loader's).
+    threads: Mutex<std::collections::BTreeSet<String>>,
     panic_always: AtomicBool,
 }
 
@@ -75,6 +77,11 @@ impl FakeLoader {
     pub fn runs(&self) -> Vec<Vec<String>> {
         self.shared.runs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// The names of the threads that have run inputs.
+    pub fn threads(&self) -> Vec<String> {
+        self.shared.threads.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
 }
 
 impl ModelLoader for FakeLoader {
@@ -86,6 +93,23 @@ impl ModelLoader for FakeLoader {
         self.shared.loads.fetch_add(1, Ordering::SeqCst);
         let backend = FakeBackend { dimensions: spec.dimensions, shared: Arc::clone(&self.shared) };
         Ok((encoder, Box::new(backend)))
+    }
+
+    /// One load, as ONNX Runtime's builds its sessions together.
+    fn load_sessions(
+        &self,
+        spec: &ModelSpec,
+        sessions: usize,
+    ) -> anyhow::Result<(TextEncoder, Vec<Box<dyn Backend>>)> {
+        let (encoder, first) = self.load(spec)?;
+        let mut backends = vec![first];
+        for _ in 1..sessions {
+            backends.push(Box::new(FakeBackend {
+                dimensions: spec.dimensions,
+                shared: Arc::clone(&self.shared),
+            }));
+        }
+        Ok((encoder, backends))
     }
 }
 
@@ -99,6 +123,9 @@ impl Backend for FakeBackend {
         std::thread::sleep(self.shared.run_delay);
         let texts: Vec<String> = batch.iter().map(|e| decode(&e.ids)).collect();
         self.shared.runs.lock().unwrap_or_else(|e| e.into_inner()).push(texts.clone());
+        if let Some(name) = std::thread::current().name() {
+            self.shared.threads.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned());
+        }
         if self.shared.panic_always.load(Ordering::SeqCst) {
             panic!("fake backend panic on every run");
         }

@@ -28,7 +28,12 @@ pub struct FastApp {
 
 impl FastApp {
     /// Builds the app and loads its preloaded models, as the server does before `/ready`.
-    pub async fn start(settings: Settings, fake: FakeLoader) -> FastApp {
+    /// Unless the settings say how many, each model has one session: the batching tests
+    /// assert the runs one thread forms (tests/fast/batching.rs has those of several).
+    pub async fn start(mut settings: Settings, fake: FakeLoader) -> FastApp {
+        if settings.runtime.sessions_per_model == 0 {
+            settings.runtime.sessions_per_model = 1;
+        }
         let app = embedserve::build_app_with(settings, Arc::new(fake.clone())).expect("the app builds");
         app.warm_up().await.expect("preloading on the fake backend");
         let App { router, state } = app;

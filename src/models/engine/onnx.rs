@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use anyhow::{Context, bail};
 use ndarray::{Array2, Ix2, Ix3};
 use ort::environment::Environment;
+use ort::session::builder::PrepackedWeights;
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 
@@ -63,20 +64,32 @@ impl OrtLoader {
 
 impl ModelLoader for OrtLoader {
     fn load(&self, spec: &ModelSpec) -> anyhow::Result<(TextEncoder, Box<dyn Backend>)> {
-        // The tokenizer parses while ONNX Runtime builds the session: a load pays for the
-        // slower of the two, not both.
+        let (encoder, mut backends) = self.load_sessions(spec, 1)?;
+        let backend = backends.pop().context("no session was built")?;
+        Ok((encoder, backend))
+    }
+
+    /// The tokenizer parses while ONNX Runtime builds the sessions, each on a thread of its own
+    /// from one read of the file, sharing their pre-packed weights: a load pays for the slowest
+    /// of them, not all.
+    fn load_sessions(
+        &self,
+        spec: &ModelSpec,
+        sessions: usize,
+    ) -> anyhow::Result<(TextEncoder, Vec<Box<dyn Backend>>)> {
         let started = std::time::Instant::now();
         let since = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
-        let ((encoder, tokenizer_ms), (engine, session_ms)) = std::thread::scope(|scope| {
+        let ((encoder, tokenizer_ms), (engines, session_ms)) = std::thread::scope(|scope| {
             let tokenizer = scope.spawn(|| (TextEncoder::for_spec(spec), since(started)));
-            let engine = (Engine::load(&self.env, spec, &self.options), since(started));
+            let engines = (Engine::load(&self.env, spec, &self.options, sessions.max(1)), since(started));
             let tokenizer = tokenizer
                 .join()
                 .unwrap_or_else(|_| (Err(anyhow::anyhow!("the tokenizer thread panicked")), 0.0));
-            (tokenizer, engine)
+            (tokenizer, engines)
         });
-        tracing::info!(onnx = %spec.onnx.display(), tokenizer_ms, session_ms, "session built");
-        Ok((encoder?, Box::new(engine?)))
+        tracing::info!(onnx = %spec.onnx.display(), tokenizer_ms, session_ms, sessions, "sessions built");
+        let backends = engines?.into_iter().map(|e| Box::new(e) as Box<dyn Backend>).collect();
+        Ok((encoder?, backends))
     }
 
     fn fast_int8(&self) -> Option<bool> {
@@ -104,9 +117,14 @@ struct Engine {
 }
 
 impl Engine {
-    /// Creates the session and checks the graph against the spec, so a wrong config fails
-    /// at load with a message rather than at the first request.
-    fn load(env: &Environment, spec: &ModelSpec, options: &SessionOptions) -> anyhow::Result<Self> {
+    /// Creates `sessions` sessions of the model, in parallel, and checks the graph against the
+    /// spec, so a wrong config fails at load with a message rather than at the first request.
+    fn load(
+        env: &Environment,
+        spec: &ModelSpec,
+        options: &SessionOptions,
+        sessions: usize,
+    ) -> anyhow::Result<Vec<Self>> {
         let cannot = |e: &dyn std::fmt::Display| {
             anyhow::anyhow!("cannot load ONNX model {}: {e}", spec.onnx.display())
         };
@@ -122,21 +140,41 @@ impl Engine {
             Some(encoded) if encoded.rewritten => Model::Bytes(&bytes),
             _ => Model::File(&spec.onnx),
         };
-        let session = build_session(env, spec, options, model).map_err(|e| cannot(&e))?;
+        // Weights ONNX Runtime re-lays out for its kernels are kept once for all the sessions.
+        let prepacked = (sessions > 1).then(PrepackedWeights::new);
+        let built: Vec<anyhow::Result<Session>> = std::thread::scope(|scope| {
+            let build =
+                || build_session(env, spec, options, prepacked.as_ref(), &model).map_err(|e| cannot(&e));
+            let others: Vec<_> = (1..sessions).map(|_| scope.spawn(build)).collect();
+            let mut built = vec![build()];
+            built.extend(others.into_iter().map(|t| {
+                t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a session-building thread panicked")))
+            }));
+            built
+        });
         drop(bytes);
-        let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-        let outputs: Vec<(&str, Option<usize>)> =
-            session.outputs().iter().map(|o| (o.name(), o.dtype().tensor_shape().map(|s| s.len()))).collect();
-        let plan = spec
-            .plan(&inputs, &outputs)
-            .map_err(|problem| anyhow::anyhow!("{}: {problem}", spec.onnx.display()))?;
-        Ok(Self {
-            feeds: plan.feeds,
-            output: plan.output,
-            pooling: plan.pooling,
-            dimensions: spec.dimensions,
-            session,
-        })
+        built
+            .into_iter()
+            .map(|session| {
+                let session = session?;
+                let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+                let outputs: Vec<(&str, Option<usize>)> = session
+                    .outputs()
+                    .iter()
+                    .map(|o| (o.name(), o.dtype().tensor_shape().map(|s| s.len())))
+                    .collect();
+                let plan = spec
+                    .plan(&inputs, &outputs)
+                    .map_err(|problem| anyhow::anyhow!("{}: {problem}", spec.onnx.display()))?;
+                Ok(Self {
+                    feeds: plan.feeds,
+                    output: plan.output,
+                    pooling: plan.pooling,
+                    dimensions: spec.dimensions,
+                    session,
+                })
+            })
+            .collect()
     }
 }
 
@@ -187,7 +225,8 @@ fn build_session(
     env: &Environment,
     spec: &ModelSpec,
     options: &SessionOptions,
-    model: Model<'_>,
+    prepacked: Option<&PrepackedWeights>,
+    model: &Model<'_>,
 ) -> ort::Result<Session> {
     use ort::session::builder::GraphOptimizationLevel as Level;
     let level = match spec.graph_optimization {
@@ -201,7 +240,10 @@ fn build_session(
         .with_intra_threads(options.intra_threads)?
         .with_optimization_level(level)?
         .with_intra_op_spinning(options.spinning)?;
-    match model {
+    if let Some(prepacked) = prepacked {
+        builder = builder.with_prepacked_weights(prepacked)?;
+    }
+    match *model {
         Model::File(path) => builder.commit_from_file(path),
         Model::Bytes(bytes) => builder.commit_from_memory(bytes),
     }

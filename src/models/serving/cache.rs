@@ -38,8 +38,9 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use super::memory::{self, file_size, resident_set_bytes};
 use super::queue::QueuedTokens;
+use super::worker::Health;
 use super::worker::{self, BatchSizes};
-use super::{LoadedModel, TokenizePool};
+use super::{LoadedModel, Session, TokenizePool};
 use crate::metrics::Metrics;
 use crate::models::engine::ModelLoader;
 use crate::models::engine::tokenize::EncodeOptions;
@@ -62,6 +63,8 @@ pub(crate) struct CacheOptions {
     pub pinned: BTreeSet<String>,
     /// Where every model's tokenizing runs.
     pub tokenizers: TokenizePool,
+    /// ONNX Runtime sessions per model, each with an inference thread of its own.
+    pub sessions: usize,
 }
 
 pub(crate) struct ModelCache {
@@ -472,31 +475,43 @@ impl ModelCache {
         let (runtime, options, metrics, id) =
             (Arc::clone(&self.runtime), self.options.clone(), Arc::clone(&self.metrics), id.to_owned());
         tokio::task::spawn_blocking(move || {
-            let (encoder, mut backend) = runtime.load(&spec)?;
+            let (encoder, mut backends) = runtime.load_sessions(&spec, options.sessions)?;
             // The first run allocates what every later one reuses; pay it here, not on a request.
-            // The thread keeps the input to tell a broken model from bad inputs later.
+            // The threads keep the input to tell a broken model from bad inputs later.
             let warm = encoder.encode(&["warm up".to_owned()], &EncodeOptions::truncating())?;
-            backend.run(&warm.iter().collect::<Vec<_>>()).context("warm-up run failed")?;
+            for backend in &mut backends {
+                backend.run(&warm.iter().collect::<Vec<_>>()).context("warm-up run failed")?;
+            }
             let probe = warm.into_iter().next().context("the warm-up input did not tokenize")?;
             let queued =
                 Arc::new(QueuedTokens::new(options.max_queue_tokens, options.max_tenant_queue_percent));
-            let spawned = worker::spawn(
-                id.clone(),
-                backend,
-                probe,
-                batching_for(&spec, options.batching),
-                options.queue_capacity,
-                Arc::clone(&queued),
-                metrics,
-            )
-            .context("cannot start the inference thread")?;
+            let health = Arc::new(Health::default());
+            let mut sessions = Vec::with_capacity(backends.len());
+            for (n, backend) in backends.into_iter().enumerate() {
+                let spawned = worker::spawn(
+                    id.clone(),
+                    n,
+                    backend,
+                    probe.clone(),
+                    batching_for(&spec, options.batching),
+                    options.queue_capacity,
+                    Arc::clone(&queued),
+                    Arc::clone(&health),
+                    Arc::clone(&metrics),
+                )
+                .context("cannot start the inference thread")?;
+                sessions.push(Session {
+                    queue: spawned.queue,
+                    worker: spawned.handle,
+                    outstanding: 0.into(),
+                });
+            }
             Ok(LoadedModel {
                 id,
                 encoder: Arc::new(encoder),
-                queue: spawned.queue,
+                sessions,
                 queued,
-                worker: spawned.handle,
-                health: spawned.health,
+                health,
                 tokenizers: options.tokenizers,
             })
         })

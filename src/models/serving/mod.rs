@@ -10,6 +10,7 @@ pub(crate) mod queue;
 pub(crate) mod worker;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Instant;
 
@@ -27,14 +28,18 @@ use crate::models::engine::tokenize::{
 pub(crate) struct LoadedModel {
     pub id: String,
     pub(crate) encoder: Arc<TextEncoder>,
-    pub(crate) queue: SyncSender<Job>,
+    /// One per session, each served by its own inference thread.
+    pub(crate) sessions: Vec<Session>,
     pub(crate) queued: Arc<QueuedTokens>,
-    pub(crate) worker: std::thread::JoinHandle<()>,
-    /// Whether the inference thread still serves (see `worker::Health`).
+    /// Whether the inference threads still serve (see `worker::Health`).
     pub(crate) health: Arc<Health>,
     /// The process's tokenizing pool (see [`TokenizePool`]).
     pub(crate) tokenizers: TokenizePool,
 }
+
+/// Texts this short in all (a sentence or two, tens of microseconds to tokenize) are tokenized on
+/// the request's own thread: handing them to the pool and back costs more than the work.
+pub(crate) const INLINE_TOKENIZE_BYTES: usize = 512;
 
 /// Tokenizing runs on the blocking pool, at most one text batch per CPU at a time for all
 /// models together: a burst of requests waits for a slot (holding its queue reservation) rather
@@ -69,20 +74,45 @@ impl TokenizePool {
     }
 }
 
+/// One of a model's sessions as requests see it: the queue of the thread that owns it, and how
+/// many requests it holds.
+pub(crate) struct Session {
+    pub(crate) queue: SyncSender<Job>,
+    pub(crate) worker: std::thread::JoinHandle<()>,
+    /// Requests sent to this session and not yet answered (or given up).
+    pub(crate) outstanding: AtomicUsize,
+}
+
+/// Counts a request against its session until it is answered or dropped.
+struct Outstanding<'a>(&'a AtomicUsize);
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl LoadedModel {
-    /// Closes the queue and waits for the inference thread to drop the backend. Blocking.
+    /// Closes the queues and waits for the inference threads to drop their backends. Blocking.
     pub(crate) fn shut_down(self) {
-        let LoadedModel { queue, worker, .. } = self;
-        drop(queue);
-        let _ = worker.join();
+        let (queues, workers): (Vec<_>, Vec<_>) =
+            self.sessions.into_iter().map(|s| (s.queue, s.worker)).unzip();
+        drop(queues);
+        for worker in workers {
+            let _ = worker.join();
+        }
     }
 
-    /// Tokenizes on the tokenizing pool, prompt and truncation as `options` say, not padded.
+    /// Tokenizes, prompt and truncation as `options` say, not padded: texts of at most
+    /// [`INLINE_TOKENIZE_BYTES`] in all on the calling thread, larger ones on the tokenizing pool.
     pub(crate) async fn tokenize(
         &self,
         texts: Vec<String>,
         options: EncodeOptions,
     ) -> Result<Vec<Encoded>, ModelError> {
+        if texts.iter().map(String::len).sum::<usize>() <= INLINE_TOKENIZE_BYTES {
+            return Ok(self.encoder.encode(&texts, &options)?);
+        }
         let encoder = Arc::clone(&self.encoder);
         Ok(self.tokenizers.run(move || encoder.encode(&texts, &options)).await??)
     }
@@ -143,8 +173,17 @@ impl LoadedModel {
         let tenant = Arc::clone(reservation.tenant());
         let (reply, done) = oneshot::channel();
         let job = Job { tenant, inputs, enqueued: Instant::now(), reservation, reply };
+        // The session holding the fewest requests takes it (the first of equals: a lone client
+        // keeps one session warm).
+        let session = self
+            .sessions
+            .iter()
+            .min_by_key(|s| s.outstanding.load(Ordering::Relaxed))
+            .ok_or_else(|| self.stopped(None))?;
+        session.outstanding.fetch_add(1, Ordering::Relaxed);
+        let _counted = Outstanding(&session.outstanding);
         // A job that is not sent, or that the thread drops, gives its tokens back as it drops.
-        if let Err(e) = self.queue.try_send(job) {
+        if let Err(e) = session.queue.try_send(job) {
             return Err(match e {
                 TrySendError::Full(_) => ModelError::QueueFull,
                 TrySendError::Disconnected(_) => self.stopped(None),

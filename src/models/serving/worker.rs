@@ -86,8 +86,9 @@ impl Health {
         self.served.load(Ordering::Relaxed)
     }
 
-    fn stop(&self, cause: String) {
-        let _ = self.stopped.set(cause);
+    /// Records why the model stopped; `true` for the first of its threads to stop.
+    fn stop(&self, cause: String) -> bool {
+        self.stopped.set(cause).is_ok()
     }
 }
 
@@ -108,25 +109,28 @@ pub(crate) struct BatchSizes {
 pub(crate) struct Spawned {
     pub queue: SyncSender<Job>,
     pub handle: JoinHandle<()>,
-    pub health: Arc<Health>,
 }
 
-/// Starts the model's thread. It finishes the queued jobs and stops when every sender is
-/// dropped, releasing the session; join the handle to know the memory is free. `probe` is an
-/// input the model ran at load (its warm-up): see [`Health`].
+/// Starts one of the model's threads (`session` numbers them; each owns a session). It finishes
+/// the queued jobs and stops when every sender is dropped, releasing the session; join the
+/// handle to know the memory is free. `probe` is an input the model ran at load (its warm-up):
+/// see [`Health`], which the model's threads share.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn(
     model: String,
+    session: usize,
     engine: Box<dyn Backend>,
     probe: Encoded,
     sizes: BatchSizes,
     queue_capacity: usize,
     queued: Arc<QueuedTokens>,
+    health: Arc<Health>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<Spawned> {
     let (tx, rx) = sync_channel(queue_capacity);
-    let health = Arc::new(Health::default());
     let status = Arc::clone(&health);
-    let handle = std::thread::Builder::new().name(format!("infer-{model}")).spawn(move || {
+    let thread = if session == 0 { format!("infer-{model}") } else { format!("infer-{model}-{session}") };
+    let handle = std::thread::Builder::new().name(thread).spawn(move || {
         let queue = FairQueue::new(sizes.fair_quantum_tokens);
         let name = model.clone();
         let worker = Worker {
@@ -148,10 +152,10 @@ pub(crate) fn spawn(
         if let Err(panic) = catch_unwind(AssertUnwindSafe(move || worker.serve(rx))) {
             let cause = format!("the inference thread panicked: {}", panic_message(panic.as_ref()));
             tracing::error!(model = name, error = cause, "inference thread stopped");
-            health.stop(cause);
+            let _ = health.stop(cause);
         }
     })?;
-    Ok(Spawned { queue: tx, handle, health })
+    Ok(Spawned { queue: tx, handle })
 }
 
 /// A tenant that sent work this recently counts as active when batches are sized.
@@ -284,8 +288,9 @@ impl Worker {
             error = cause,
             "the model failed its warm-up input after an input failed alone: it stops and will be reloaded"
         );
-        self.metrics.model_stops.with_label_values(&[&self.model]).inc();
-        self.health.stop(cause.clone());
+        if self.health.stop(cause.clone()) {
+            self.metrics.model_stops.with_label_values(&[&self.model]).inc();
+        }
         while let Ok(job) = rx.try_recv() {
             self.push(job);
         }
