@@ -25,7 +25,7 @@ use std::time::Duration;
 use embedserve::Settings;
 use support::ceiling::{SENTENCES, embeddings_per_second, one_session_per_second};
 use support::http::{
-    Endpoint, KEY, THROUGHPUT_SECONDS, cold_start, cpu_seconds, latency, peak_rss_mib, throughput,
+    Endpoint, KEY, THROUGHPUT_SECONDS, cold_start, cpu_seconds, latency, peak_rss_mib, throughput_and_p99,
 };
 
 #[allow(dead_code)] // each bench uses its own part of the shared support
@@ -48,8 +48,8 @@ struct Figures {
     cold_ms: [f64; 3],
     p50_ms: f64,
     p99_ms: f64,
-    /// (clients, embeddings/s, server CPU ms per embedding, inputs per run)
-    server: Vec<(usize, f64, f64, f64)>,
+    /// (clients, embeddings/s, server CPU ms per embedding, inputs per run, p99 ms)
+    server: Vec<(usize, f64, f64, f64, f64)>,
     /// In-process at batch 32: (embeddings/s, CPU ms per embedding) with the server's sessions,
     /// then with one session using every CPU.
     served_b32: (f64, f64),
@@ -95,10 +95,10 @@ fn measure(rt: &tokio::runtime::Runtime, config: &Path) -> Figures {
     for clients in [1, 8, 32, 64] {
         let before = rt.block_on(batch_sizes(&metrics));
         let (cpu, started) = (cpu_seconds(server.id()), std::time::Instant::now());
-        let rate = rt.block_on(throughput(&Endpoint::embedserve(&base), clients));
+        let (rate, p99) = rt.block_on(throughput_and_p99(&Endpoint::embedserve(&base), clients));
         let cpu_ms = (cpu_seconds(server.id()) - cpu) / (rate * started.elapsed().as_secs_f64()) * 1e3;
         let after = rt.block_on(batch_sizes(&metrics));
-        rates.push((clients, rate, cpu_ms, (after.0 - before.0) / (after.1 - before.1)));
+        rates.push((clients, rate, cpu_ms, (after.0 - before.0) / (after.1 - before.1), p99));
     }
     let peak_rss_mib = peak_rss_mib(server.id());
     server.kill().ok();
@@ -137,10 +137,10 @@ fn print(name: &str, f: &Figures) {
         f.p50_ms, f.p99_ms
     );
     println!("  throughput, one sentence per request, {THROUGHPUT_SECONDS} s each:");
-    for (clients, rate, cpu_ms, per_run) in &f.server {
+    for (clients, rate, cpu_ms, per_run, p99) in &f.server {
         println!(
-            "    server, {clients:>2} concurrent clients: {rate:>7.1} embeddings/s, server CPU {cpu_ms:.2} ms per embedding \
-             ({per_run:.1} inputs per run on average)"
+            "    server, {clients:>2} concurrent clients: {rate:>7.1} embeddings/s, p99 {p99:.1} ms, server CPU {cpu_ms:.2} ms \
+             per embedding ({per_run:.1} inputs per run on average)"
         );
     }
     println!(
@@ -152,7 +152,7 @@ fn print(name: &str, f: &Figures) {
         f.one_b32.0, f.one_b32.1
     );
     let (ceiling, ceiling_cpu) = f.ceiling();
-    for (clients, rate, cpu_ms, _) in &f.server {
+    for (clients, rate, cpu_ms, ..) in &f.server {
         println!(
             "    server/ceiling ({ceiling:.0}/s) at {clients:>2} clients: {:.0}% of the throughput, {:.0}% of the CPU per embedding",
             100.0 * rate / ceiling,
@@ -237,7 +237,7 @@ fn main() {
     }
     let [(_, fp32), (_, int8)] = &measured[..] else { unreachable!("two variants") };
     println!("int8 / fp32, same run:");
-    for ((clients, fp32_rate, fp32_cpu, _), (_, int8_rate, int8_cpu, _)) in
+    for ((clients, fp32_rate, fp32_cpu, ..), (_, int8_rate, int8_cpu, ..)) in
         fp32.server.iter().zip(&int8.server)
     {
         println!(

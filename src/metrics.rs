@@ -35,6 +35,8 @@ pub struct Metrics {
     pub cache_lookups: IntCounterVec,
     pub model_evictions: IntCounterVec,
     pub model_resident_bytes: IntGaugeVec,
+    /// ONNX Runtime sessions (each with an inference thread) of each loaded model.
+    pub model_sessions: IntGaugeVec,
     /// 1 for the variant each model with variants serves (see `ModelSpec::variants`).
     pub model_variant: IntGaugeVec,
     pub cache_resident_bytes: IntGauge,
@@ -193,6 +195,11 @@ impl Metrics {
             model_resident_bytes: gauge(
                 "embedserve_model_resident_bytes",
                 "Measured resident size of each loaded model (0 when not loaded).",
+                &["model"],
+            ),
+            model_sessions: gauge(
+                "embedserve_model_sessions",
+                "ONNX Runtime sessions of each loaded model, each with its inference thread (0 when not loaded).",
                 &["model"],
             ),
             model_variant: gauge(

@@ -115,6 +115,11 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// Embeddings/s with `clients` concurrent clients sending one sentence per request, for
 /// THROUGHPUT_SECONDS.
 pub async fn throughput(endpoint: &Endpoint, clients: usize) -> f64 {
+    throughput_and_p99(endpoint, clients).await.0
+}
+
+/// [`throughput`] and the p99 of its requests' latencies, in ms.
+pub async fn throughput_and_p99(endpoint: &Endpoint, clients: usize) -> (f64, f64) {
     let deadline = Instant::now() + Duration::from_secs(THROUGHPUT_SECONDS);
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
@@ -122,23 +127,26 @@ pub async fn throughput(endpoint: &Endpoint, clients: usize) -> f64 {
             let endpoint = endpoint.clone();
             tokio::spawn(async move {
                 let client = reqwest::Client::new();
-                let mut done = 0u64;
+                let mut ms = Vec::new();
                 while Instant::now() < deadline {
-                    let text = SENTENCES[(c + done as usize) % SENTENCES.len()];
+                    let text = SENTENCES[(c + ms.len()) % SENTENCES.len()];
+                    let sent = Instant::now();
                     let r = endpoint.post(&client, json!(text)).send().await.unwrap();
                     assert_eq!(r.status(), 200);
                     r.bytes().await.unwrap();
-                    done += 1;
+                    ms.push(sent.elapsed().as_secs_f64() * 1e3);
                 }
-                done
+                ms
             })
         })
         .collect();
-    let mut total = 0;
+    let mut all = Vec::new();
     for t in tasks {
-        total += t.await.unwrap();
+        all.extend(t.await.unwrap());
     }
-    total as f64 / started.elapsed().as_secs_f64()
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    (rate, percentile(&all, 0.99))
 }
 
 /// The fields of /proc/PID/stat after the command name (which may hold spaces): state is [0],

@@ -48,7 +48,7 @@ struct Shared {
     run_delay: Duration,
     loads: AtomicUsize,
     runs: Mutex<Vec<Vec<String>>>,
-    /// The names of the threads that ran requests' inputs (warm-up runs are the loader's).
+    /// The names of the inference threads that have run inputs (warm-up runs are the loader's).
     threads: Mutex<std::collections::BTreeSet<String>>,
     panic_always: AtomicBool,
 }
@@ -95,21 +95,9 @@ impl ModelLoader for FakeLoader {
         Ok((encoder, Box::new(backend)))
     }
 
-    /// One load, as ONNX Runtime's builds its sessions together.
-    fn load_sessions(
-        &self,
-        spec: &ModelSpec,
-        sessions: usize,
-    ) -> anyhow::Result<(TextEncoder, Vec<Box<dyn Backend>>)> {
-        let (encoder, first) = self.load(spec)?;
-        let mut backends = vec![first];
-        for _ in 1..sessions {
-            backends.push(Box::new(FakeBackend {
-                dimensions: spec.dimensions,
-                shared: Arc::clone(&self.shared),
-            }));
-        }
-        Ok((encoder, backends))
+    /// Another session of a loaded model: not a load.
+    fn load_session(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Backend>> {
+        Ok(Box::new(FakeBackend { dimensions: spec.dimensions, shared: Arc::clone(&self.shared) }))
     }
 }
 
@@ -123,7 +111,7 @@ impl Backend for FakeBackend {
         std::thread::sleep(self.shared.run_delay);
         let texts: Vec<String> = batch.iter().map(|e| decode(&e.ids)).collect();
         self.shared.runs.lock().unwrap_or_else(|e| e.into_inner()).push(texts.clone());
-        if let Some(name) = std::thread::current().name() {
+        if let Some(name) = std::thread::current().name().filter(|n| n.starts_with("infer-")) {
             self.shared.threads.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned());
         }
         if self.shared.panic_always.load(Ordering::SeqCst) {

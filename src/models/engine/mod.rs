@@ -24,6 +24,11 @@ pub trait Backend: Send {
 pub trait ModelLoader: Send + Sync {
     fn load(&self, spec: &ModelSpec) -> anyhow::Result<(TextEncoder, Box<dyn Backend>)>;
 
+    /// One more backend of a model already loaded (its tokenizer is not needed again).
+    fn load_session(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Backend>> {
+        Ok(self.load(spec)?.1)
+    }
+
     /// The tokenizer and `sessions` backends of one model, each to run on a thread of its own.
     /// By default, that many loads of the spec.
     fn load_sessions(

@@ -69,6 +69,15 @@ impl ModelLoader for OrtLoader {
         Ok((encoder, backend))
     }
 
+    fn load_session(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Backend>> {
+        let started = std::time::Instant::now();
+        let engine =
+            Engine::load(&self.env, spec, &self.options, 1)?.pop().context("no session was built")?;
+        let session_ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(onnx = %spec.onnx.display(), session_ms, "session built");
+        Ok(Box::new(engine))
+    }
+
     /// The tokenizer parses while ONNX Runtime builds the sessions, each on a thread of its own
     /// from one read of the file, sharing their pre-packed weights: a load pays for the slowest
     /// of them, not all.

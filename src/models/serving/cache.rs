@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -63,7 +63,8 @@ pub(crate) struct CacheOptions {
     pub pinned: BTreeSet<String>,
     /// Where every model's tokenizing runs.
     pub tokenizers: TokenizePool,
-    /// ONNX Runtime sessions per model, each with an inference thread of its own.
+    /// At most this many ONNX Runtime sessions per model, each with an inference thread of its
+    /// own: a model starts with one and gains one while all are busy.
     pub sessions: usize,
 }
 
@@ -190,6 +191,7 @@ impl ModelCache {
                 return Err(self.unload_stopped(id, &slot, model, cause));
             }
             self.metrics.cache_lookups.with_label_values(&[id, "hit"]).inc();
+            self.grow_if_busy(id, &slot, model);
             return Ok(Arc::clone(model));
         }
         self.metrics.cache_lookups.with_label_values(&[id, "miss"]).inc();
@@ -203,6 +205,68 @@ impl ModelCache {
             loading.get_or_insert_with(|| self.start_load(id, spec, &slot)).clone()
         };
         load.await
+    }
+
+    /// Adds a session to `model` in the background when every one it has holds a backlog, it has
+    /// fewer than `runtime.sessions_per_model`, and the budget has room for one more copy of its
+    /// weights (its measured size), which the model's resident size then counts. A model used by one client at a time never grows, so a cache of many rarely
+    /// used models holds one session of each.
+    fn grow_if_busy(self: &Arc<Self>, id: &str, slot: &Arc<Slot>, model: &Arc<LoadedModel>) {
+        if !model.wants_session(self.options.sessions) {
+            return;
+        }
+        let size = self.sizes.get(id).map_or(0, |s| *s);
+        let budget = self.options.max_bytes;
+        if budget != 0 && self.resident_bytes() + size > budget {
+            return;
+        }
+        if model.growing.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (cache, slot, model, id) = (Arc::clone(self), Arc::clone(slot), Arc::clone(model), id.to_owned());
+        tokio::task::spawn_blocking(move || {
+            match cache.add_session(&id, &model) {
+                Ok(sessions) => {
+                    // Counted at the model's measured size: the process's growth while requests
+                    // run beside the build is theirs as much as the session's.
+                    let resident = slot.resident.fetch_add(size, Ordering::Relaxed) + size;
+                    cache.metrics.model_resident_bytes.with_label_values(&[&id]).set(resident as i64);
+                    cache.metrics.model_sessions.with_label_values(&[&id]).set(sessions as i64);
+                    cache.metrics.cache_resident_bytes.set(cache.resident_bytes() as i64);
+                    tracing::info!(
+                        model = id,
+                        sessions,
+                        resident_mib = resident >> 20,
+                        "session added: every session was busy"
+                    );
+                    model.growing.store(false, Ordering::Relaxed);
+                }
+                // `growing` stays set: no more sessions for this load of the model.
+                Err(e) => tracing::warn!(model = id, error = format!("{e:#}"), "could not add a session"),
+            }
+        });
+    }
+
+    /// Builds, warms up and starts one more session of `model`: the number it then has.
+    /// Blocking.
+    fn add_session(&self, id: &str, model: &LoadedModel) -> anyhow::Result<usize> {
+        let mut backend = self.runtime.load_session(&model.spec)?;
+        backend.run(&[&model.probe]).context("warm-up run failed")?;
+        let mut sessions = model.sessions.write();
+        let spawned = worker::spawn(
+            id.to_owned(),
+            sessions.len(),
+            backend,
+            model.probe.clone(),
+            model.batching,
+            self.options.queue_capacity,
+            Arc::clone(&model.queued),
+            Arc::clone(&model.health),
+            Arc::clone(&self.metrics),
+        )
+        .context("cannot start the inference thread")?;
+        sessions.push(Session { queue: spawned.queue, worker: spawned.handle, outstanding: Arc::default() });
+        Ok(sessions.len())
     }
 
     /// Starts loading `id` in a task of its own: it finishes (and records its outcome) whether
@@ -307,6 +371,7 @@ impl ModelCache {
                 m.model_loads.with_label_values(&[id, "ok"]).inc();
                 m.model_load_seconds.with_label_values(&[id]).observe(seconds);
                 m.model_resident_bytes.with_label_values(&[id]).set(resident as i64);
+                m.model_sessions.with_label_values(&[id]).set(model.sessions.read().len() as i64);
                 let resident_mib = resident >> 20;
                 match &chosen {
                     Some(Chosen { name, reason }) => {
@@ -392,6 +457,8 @@ impl ModelCache {
         if replaced {
             self.stops.insert(id.to_owned(), attempts);
             self.metrics.model_resident_bytes.with_label_values(&[id]).set(0);
+            self.metrics.model_sessions.with_label_values(&[id]).set(0);
+            self.metrics.model_sessions.with_label_values(&[id]).set(0);
             self.metrics.cache_resident_bytes.set(self.resident_bytes() as i64);
             tracing::error!(
                 model = id,
@@ -475,7 +542,8 @@ impl ModelCache {
         let (runtime, options, metrics, id) =
             (Arc::clone(&self.runtime), self.options.clone(), Arc::clone(&self.metrics), id.to_owned());
         tokio::task::spawn_blocking(move || {
-            let (encoder, mut backends) = runtime.load_sessions(&spec, options.sessions)?;
+            // One session to start with; the cache adds more while every one is busy.
+            let (encoder, mut backends) = runtime.load_sessions(&spec, 1)?;
             // The first run allocates what every later one reuses; pay it here, not on a request.
             // The threads keep the input to tell a broken model from bad inputs later.
             let warm = encoder.encode(&["warm up".to_owned()], &EncodeOptions::truncating())?;
@@ -486,6 +554,7 @@ impl ModelCache {
             let queued =
                 Arc::new(QueuedTokens::new(options.max_queue_tokens, options.max_tenant_queue_percent));
             let health = Arc::new(Health::default());
+            let batching = batching_for(&spec, options.batching);
             let mut sessions = Vec::with_capacity(backends.len());
             for (n, backend) in backends.into_iter().enumerate() {
                 let spawned = worker::spawn(
@@ -493,7 +562,7 @@ impl ModelCache {
                     n,
                     backend,
                     probe.clone(),
-                    batching_for(&spec, options.batching),
+                    batching,
                     options.queue_capacity,
                     Arc::clone(&queued),
                     Arc::clone(&health),
@@ -503,13 +572,17 @@ impl ModelCache {
                 sessions.push(Session {
                     queue: spawned.queue,
                     worker: spawned.handle,
-                    outstanding: 0.into(),
+                    outstanding: Arc::default(),
                 });
             }
             Ok(LoadedModel {
                 id,
                 encoder: Arc::new(encoder),
-                sessions,
+                sessions: RwLock::new(sessions),
+                spec,
+                probe,
+                batching,
+                growing: AtomicBool::new(false),
                 queued,
                 health,
                 tokenizers: options.tokenizers,
@@ -560,6 +633,7 @@ impl ModelCache {
     fn remove(&self, id: &str) -> Option<Arc<LoadedModel>> {
         let model = self.slots.remove(id).and_then(|(_, slot)| slot.model.get().cloned());
         self.metrics.model_resident_bytes.with_label_values(&[id]).set(0);
+        self.metrics.model_sessions.with_label_values(&[id]).set(0);
         self.metrics.cache_resident_bytes.set(self.resident_bytes() as i64);
         model
     }

@@ -10,26 +10,37 @@ pub(crate) mod queue;
 pub(crate) mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Instant;
+
+use parking_lot::RwLock;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use queue::{QueuedTokens, Reservation};
-use worker::{Health, Job, JobError};
+use worker::{BatchSizes, Health, Job, JobError};
 
 use crate::models::ModelError;
 use crate::models::engine::tokenize::{
     DecodeError, EncodeOptions, Encoded, PairOptions, TextEncoder, Tokens,
 };
+use crate::models::spec::ModelSpec;
 
 /// A model ready to serve: its tokenizer and the queue of its inference thread.
 pub(crate) struct LoadedModel {
     pub id: String,
     pub(crate) encoder: Arc<TextEncoder>,
-    /// One per session, each served by its own inference thread.
-    pub(crate) sessions: Vec<Session>,
+    /// One per session, each served by its own inference thread; the cache adds sessions while
+    /// every one holds a backlog (see `ModelCache::grow_if_busy`).
+    pub(crate) sessions: RwLock<Vec<Session>>,
+    /// What another session is built from: the spec as loaded (its variant chosen), the warm-up
+    /// input and the batch sizes.
+    pub(crate) spec: Arc<ModelSpec>,
+    pub(crate) probe: Encoded,
+    pub(crate) batching: BatchSizes,
+    /// A session is being added (or adding one failed: no more are tried until a reload).
+    pub(crate) growing: AtomicBool,
     pub(crate) queued: Arc<QueuedTokens>,
     /// Whether the inference threads still serve (see `worker::Health`).
     pub(crate) health: Arc<Health>,
@@ -80,13 +91,13 @@ pub(crate) struct Session {
     pub(crate) queue: SyncSender<Job>,
     pub(crate) worker: std::thread::JoinHandle<()>,
     /// Requests sent to this session and not yet answered (or given up).
-    pub(crate) outstanding: AtomicUsize,
+    pub(crate) outstanding: Arc<AtomicUsize>,
 }
 
 /// Counts a request against its session until it is answered or dropped.
-struct Outstanding<'a>(&'a AtomicUsize);
+struct Outstanding(Arc<AtomicUsize>);
 
-impl Drop for Outstanding<'_> {
+impl Drop for Outstanding {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -96,7 +107,7 @@ impl LoadedModel {
     /// Closes the queues and waits for the inference threads to drop their backends. Blocking.
     pub(crate) fn shut_down(self) {
         let (queues, workers): (Vec<_>, Vec<_>) =
-            self.sessions.into_iter().map(|s| (s.queue, s.worker)).unzip();
+            self.sessions.into_inner().into_iter().map(|s| (s.queue, s.worker)).unzip();
         drop(queues);
         for worker in workers {
             let _ = worker.join();
@@ -175,15 +186,18 @@ impl LoadedModel {
         let job = Job { tenant, inputs, enqueued: Instant::now(), reservation, reply };
         // The session holding the fewest requests takes it (the first of equals: a lone client
         // keeps one session warm).
-        let session = self
-            .sessions
-            .iter()
-            .min_by_key(|s| s.outstanding.load(Ordering::Relaxed))
-            .ok_or_else(|| self.stopped(None))?;
-        session.outstanding.fetch_add(1, Ordering::Relaxed);
-        let _counted = Outstanding(&session.outstanding);
+        let (queue, outstanding) = {
+            let sessions = self.sessions.read();
+            let session = sessions
+                .iter()
+                .min_by_key(|s| s.outstanding.load(Ordering::Relaxed))
+                .ok_or_else(|| self.stopped(None))?;
+            (session.queue.clone(), Arc::clone(&session.outstanding))
+        };
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        let _counted = Outstanding(outstanding);
         // A job that is not sent, or that the thread drops, gives its tokens back as it drops.
-        if let Err(e) = session.queue.try_send(job) {
+        if let Err(e) = queue.try_send(job) {
             return Err(match e {
                 TrySendError::Full(_) => ModelError::QueueFull,
                 TrySendError::Disconnected(_) => self.stopped(None),
@@ -199,6 +213,15 @@ impl LoadedModel {
             Ok(Err(JobError::Stopped(cause))) => Err(self.stopped(Some(cause))),
             Err(_) => Err(self.stopped(None)),
         }
+    }
+
+    /// Whether another session would serve sooner: fewer than `max`, none being added, and
+    /// every one holding a backlog (a request running and another waiting).
+    pub(crate) fn wants_session(&self, max: usize) -> bool {
+        let sessions = self.sessions.read();
+        !self.growing.load(Ordering::Relaxed)
+            && sessions.len() < max
+            && sessions.iter().all(|s| s.outstanding.load(Ordering::Relaxed) >= 2)
     }
 
     /// The error for a request the model's thread will not answer: it stopped, and the cache
