@@ -55,9 +55,23 @@ pub struct Encoded {
 /// other nodes, data outside the file): it then runs exactly as stored, with a warning where
 /// that may clip.
 pub fn for_this_cpu(env: &Environment, model: &mut Vec<u8>) -> anyhow::Result<Option<Encoded>> {
+    let (encoded, rewritten) = encoded_for_this_cpu(env, model)?;
+    if let Some(bytes) = rewritten {
+        *model = bytes;
+    }
+    Ok(encoded)
+}
+
+/// [`for_this_cpu`] on bytes that stay as they are (a mapped file): the re-encoded model when
+/// its weights had to change for this CPU, else `None`, and the file serves as it is (the
+/// models scripts/quantize.py builds, on a CPU without VNNI: nothing is copied).
+pub fn encoded_for_this_cpu(
+    env: &Environment,
+    model: &[u8],
+) -> anyhow::Result<(Option<Encoded>, Option<Vec<u8>>)> {
     let kernels = |exact: bool| if exact { Int8Kernels::Signed } else { Int8Kernels::Unsigned };
     match plan(model)? {
-        Plan::None => Ok(None),
+        Plan::None => Ok((None, None)),
         Plan::Unsafe(why) => {
             if !u8s8_is_exact(env) {
                 tracing::warn!(
@@ -65,12 +79,17 @@ pub fn for_this_cpu(env: &Environment, model: &mut Vec<u8>) -> anyhow::Result<Op
                     "int8 weights left as stored: on this CPU (no VNNI) their results may differ from a VNNI CPU's"
                 );
             }
-            Ok(None)
+            Ok((None, None))
         }
         Plan::Tensors { graph_length, graph, patches } => {
             let target = if u8s8_is_exact(env) { INT8 } else { UINT8 };
-            let rewritten = apply(model, graph_length, graph, &patches, target);
-            Ok(Some(Encoded { kernels: kernels(target == INT8), rewritten }))
+            let kernels = kernels(target == INT8);
+            if patches.iter().all(|p| p.data_type == target) {
+                return Ok((Some(Encoded { kernels, rewritten: false }), None));
+            }
+            let mut bytes = model.to_vec();
+            let rewritten = apply(&mut bytes, graph_length, graph, &patches, target);
+            Ok((Some(Encoded { kernels, rewritten }), rewritten.then_some(bytes)))
         }
     }
 }

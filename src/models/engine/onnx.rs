@@ -137,17 +137,26 @@ impl Engine {
         let cannot = |e: &dyn std::fmt::Display| {
             anyhow::anyhow!("cannot load ONNX model {}: {e}", spec.onnx.display())
         };
-        let mut bytes = std::fs::read(&spec.onnx).map_err(|e| cannot(&e))?;
-        let int8 = int8::for_this_cpu(env, &mut bytes).map_err(|e| cannot(&e))?;
+        let started = std::time::Instant::now();
+        let file = std::fs::File::open(&spec.onnx).map_err(|e| cannot(&e))?;
+        // Mapped, not read: the int8 plan reads the graph's structure, not its weights, and
+        // where nothing is re-encoded ONNX Runtime reads the file itself; a copy is made only
+        // for re-encoding. SAFETY: model files are assets nothing writes while a model loads
+        // (a reload replaces a file by renaming, which leaves this mapping's file as it was);
+        // the mapping is dropped before this load ends.
+        let mapped = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| cannot(&e))?;
+        let read_ms = started.elapsed().as_secs_f64() * 1e3;
+        let (int8, rewritten) = int8::encoded_for_this_cpu(env, &mapped).map_err(|e| cannot(&e))?;
+        let int8_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms;
         if let Some(encoded) = int8 {
             let kernels = encoded.kernels.as_str();
             tracing::info!(onnx = %spec.onnx.display(), int8_kernels = kernels, "int8 weights encoded for this CPU");
         }
         // The file itself where nothing was re-encoded: ONNX Runtime resolves external data
         // (model.onnx_data) next to it.
-        let model = match int8 {
-            Some(encoded) if encoded.rewritten => Model::Bytes(&bytes),
-            _ => Model::File(&spec.onnx),
+        let model = match &rewritten {
+            Some(bytes) => Model::Bytes(bytes),
+            None => Model::File(&spec.onnx),
         };
         // Weights ONNX Runtime re-lays out for its kernels are kept once for all the sessions.
         let prepacked = (sessions > 1).then(PrepackedWeights::new);
@@ -161,7 +170,10 @@ impl Engine {
             }));
             built
         });
-        drop(bytes);
+        drop(rewritten);
+        drop(mapped);
+        let build_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms - int8_ms;
+        tracing::debug!(onnx = %spec.onnx.display(), read_ms, int8_ms, build_ms, "session parts");
         built
             .into_iter()
             .map(|session| {
