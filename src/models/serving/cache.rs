@@ -230,9 +230,13 @@ impl ModelCache {
                     // Counted at the model's measured size: the process's growth while requests
                     // run beside the build is theirs as much as the session's.
                     let resident = slot.resident.fetch_add(size, Ordering::Relaxed) + size;
-                    cache.metrics.model_resident_bytes.with_label_values(&[&id]).set(resident as i64);
-                    cache.metrics.model_sessions.with_label_values(&[&id]).set(sessions as i64);
-                    cache.metrics.cache_resident_bytes.set(cache.resident_bytes() as i64);
+                    // A model evicted meanwhile is no longer reported; its sessions end with it.
+                    let cached = cache.slots.get(&id).is_some_and(|s| Arc::ptr_eq(s.value(), &slot));
+                    if cached {
+                        cache.metrics.model_resident_bytes.with_label_values(&[&id]).set(resident as i64);
+                        cache.metrics.model_sessions.with_label_values(&[&id]).set(sessions as i64);
+                        cache.metrics.cache_resident_bytes.set(cache.resident_bytes() as i64);
+                    }
                     tracing::info!(
                         model = id,
                         sessions,
