@@ -22,42 +22,18 @@ pub const SENTENCES: [&str; 8] = [
     "Rust makes the fast path safe to change.",
 ];
 
-/// Embeddings/s of `model` for each batch size in `batches`, set up as the server runs it
-/// (`runtime.sessions_per_model` sessions, each with its intra-op threads, each driven by a
-/// thread of its own), tokenizing and running `texts` (cycled to fill the batch) for `each` per
-/// batch size, after one warm-up run per session.
+/// Embeddings/s of `model` for each batch size in `batches` with `sessions` sessions, each with
+/// the intra-op threads the server would give it and driven by a thread of its own
+/// (`settings.sessions_per_model()`: as the server runs a busy model; 1: one session on every
+/// CPU), tokenizing and running `texts` (cycled to fill the batch) for `each` per batch size,
+/// after one warm-up run per session.
 pub fn embeddings_per_second(
     settings: &Settings,
     model: &str,
     texts: &[&str],
     batches: &[usize],
     each: Duration,
-) -> anyhow::Result<Vec<f64>> {
-    rates(settings, model, texts, batches, each, settings.sessions_per_model(), settings.intra_threads())
-}
-
-/// [`embeddings_per_second`] with one session using every CPU available (each run's work split
-/// across all of them): the setup of `runtime.sessions_per_model = 1`.
-pub fn one_session_per_second(
-    settings: &Settings,
-    model: &str,
-    texts: &[&str],
-    batches: &[usize],
-    each: Duration,
-) -> anyhow::Result<Vec<f64>> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = if settings.runtime.intra_threads == 0 { cpus } else { settings.runtime.intra_threads };
-    rates(settings, model, texts, batches, each, 1, threads)
-}
-
-fn rates(
-    settings: &Settings,
-    model: &str,
-    texts: &[&str],
-    batches: &[usize],
-    each: Duration,
     sessions: usize,
-    intra_threads: usize,
 ) -> anyhow::Result<Vec<f64>> {
     let spec = settings.models.get(model).ok_or_else(|| anyhow::anyhow!("no model `{model}` in config"))?;
     // A model with variants runs the one it pins; `auto` is the server's choice, not a graph.
@@ -70,12 +46,16 @@ fn rates(
         None => spec.clone(),
     };
     let options = SessionOptions {
-        intra_threads,
+        intra_threads: settings.intra_threads_for(sessions),
         cpu_arena: settings.runtime.cpu_arena,
         spinning: settings.runtime.intra_op_spinning,
     };
     let runtime = OrtLoader::new(settings.onnxruntime_path().as_deref(), options)?;
-    let (encoder, mut backends) = runtime.load_sessions(&spec, sessions)?;
+    let (encoder, first) = runtime.load(&spec)?;
+    let mut backends = vec![first];
+    for _ in 1..sessions {
+        backends.push(runtime.load_session(&spec)?);
+    }
     let encoder = &encoder;
     batches
         .iter()
@@ -114,13 +94,8 @@ pub fn pairs_per_second(
 ) -> anyhow::Result<f64> {
     use embedserve::models::engine::tokenize::PairOptions;
     let spec = settings.models.get(model).ok_or_else(|| anyhow::anyhow!("no model `{model}` in config"))?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let options = SessionOptions {
-        intra_threads: if settings.runtime.intra_threads == 0 {
-            cpus
-        } else {
-            settings.runtime.intra_threads
-        },
+        intra_threads: settings.intra_threads_for(1),
         cpu_arena: settings.runtime.cpu_arena,
         spinning: settings.runtime.intra_op_spinning,
     };

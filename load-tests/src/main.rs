@@ -174,8 +174,17 @@ async fn ramp(run: &Run) -> anyhow::Result<String> {
     // server's run; the higher figure counts, since this machine's speed drifts.
     let settings = embedserve::Settings::load(&run.repo.0.join("config/default.toml"))?;
     let batches = [1, 8, 32, 64];
-    let measure =
-        || ceiling::embeddings_per_second(&settings, MODEL, &SENTENCES, &batches, Duration::from_secs(4));
+    let sessions = settings.sessions_per_model();
+    let measure = || {
+        ceiling::embeddings_per_second(
+            &settings,
+            MODEL,
+            &SENTENCES,
+            &batches,
+            Duration::from_secs(4),
+            sessions,
+        )
+    };
     let before = measure()?;
 
     let config = run.repo.default_config(&[])?;

@@ -340,8 +340,13 @@ impl Settings {
     /// Intra-op threads per session: the configured number, else the CPUs available shared
     /// among a model's sessions.
     pub fn intra_threads(&self) -> usize {
+        self.intra_threads_for(self.sessions_per_model())
+    }
+
+    /// Intra-op threads per session were a model to have `sessions` sessions.
+    pub fn intra_threads_for(&self, sessions: usize) -> usize {
         match self.runtime.intra_threads {
-            0 => (available_cpus() / self.sessions_per_model()).max(1),
+            0 => (available_cpus() / sessions.max(1)).max(1),
             n => n,
         }
     }

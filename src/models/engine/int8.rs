@@ -43,35 +43,22 @@ impl Int8Kernels {
 }
 
 /// A model's int8 weights as this CPU needs them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
     pub kernels: Int8Kernels,
-    /// Whether the bytes changed (else the file can be loaded as it is).
-    pub rewritten: bool,
+    /// The model re-encoded, where its weights had to change; `None`: load the file as it is.
+    pub bytes: Option<Vec<u8>>,
 }
 
-/// Encodes `model`'s int8 weights for this CPU, in place. `None` for a model without int8
-/// MatMuls, or whose weights cannot be re-encoded safely (no zero point input, a weight read by
-/// other nodes, data outside the file): it then runs exactly as stored, with a warning where
-/// that may clip.
-pub fn for_this_cpu(env: &Environment, model: &mut Vec<u8>) -> anyhow::Result<Option<Encoded>> {
-    let (encoded, rewritten) = encoded_for_this_cpu(env, model)?;
-    if let Some(bytes) = rewritten {
-        *model = bytes;
-    }
-    Ok(encoded)
-}
-
-/// [`for_this_cpu`] on bytes that stay as they are (a mapped file): the re-encoded model when
-/// its weights had to change for this CPU, else `None`, and the file serves as it is (the
-/// models scripts/quantize.py builds, on a CPU without VNNI: nothing is copied).
-pub fn encoded_for_this_cpu(
-    env: &Environment,
-    model: &[u8],
-) -> anyhow::Result<(Option<Encoded>, Option<Vec<u8>>)> {
+/// Encodes `model`'s int8 weights for this CPU. `None` for a model without int8 MatMuls, or
+/// whose weights cannot be re-encoded safely (no zero point input, a weight read by other
+/// nodes, data outside the file): it then runs exactly as stored, with a warning where that may
+/// clip. `model` is only read (a mapped file): it is copied only if weights change, which the
+/// models scripts/quantize.py builds never need on a CPU without VNNI.
+pub fn for_this_cpu(env: &Environment, model: &[u8]) -> anyhow::Result<Option<Encoded>> {
     let kernels = |exact: bool| if exact { Int8Kernels::Signed } else { Int8Kernels::Unsigned };
     match plan(model)? {
-        Plan::None => Ok((None, None)),
+        Plan::None => Ok(None),
         Plan::Unsafe(why) => {
             if !u8s8_is_exact(env) {
                 tracing::warn!(
@@ -79,17 +66,17 @@ pub fn encoded_for_this_cpu(
                     "int8 weights left as stored: on this CPU (no VNNI) their results may differ from a VNNI CPU's"
                 );
             }
-            Ok((None, None))
+            Ok(None)
         }
         Plan::Tensors { graph_length, graph, patches } => {
             let target = if u8s8_is_exact(env) { INT8 } else { UINT8 };
             let kernels = kernels(target == INT8);
             if patches.iter().all(|p| p.data_type == target) {
-                return Ok((Some(Encoded { kernels, rewritten: false }), None));
+                return Ok(Some(Encoded { kernels, bytes: None }));
             }
             let mut bytes = model.to_vec();
-            let rewritten = apply(&mut bytes, graph_length, graph, &patches, target);
-            Ok((Some(Encoded { kernels, rewritten }), rewritten.then_some(bytes)))
+            let changed = apply(&mut bytes, graph_length, graph, &patches, target);
+            Ok(Some(Encoded { kernels, bytes: changed.then_some(bytes) }))
         }
     }
 }

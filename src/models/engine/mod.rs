@@ -29,21 +29,6 @@ pub trait ModelLoader: Send + Sync {
         Ok(self.load(spec)?.1)
     }
 
-    /// The tokenizer and `sessions` backends of one model, each to run on a thread of its own.
-    /// By default, that many loads of the spec.
-    fn load_sessions(
-        &self,
-        spec: &ModelSpec,
-        sessions: usize,
-    ) -> anyhow::Result<(TextEncoder, Vec<Box<dyn Backend>>)> {
-        let (encoder, first) = self.load(spec)?;
-        let mut backends = vec![first];
-        for _ in 1..sessions {
-            backends.push(self.load(spec)?.1);
-        }
-        Ok((encoder, backends))
-    }
-
     /// Whether this CPU multiplies int8 exactly on the runtime's fast kernels (VNNI, AVX-VNNI,
     /// AMX); `None` when the backend cannot tell.
     fn fast_int8(&self) -> Option<bool> {

@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use anyhow::{Context, bail};
 use ndarray::{Array2, Ix2, Ix3};
 use ort::environment::Environment;
-use ort::session::builder::PrepackedWeights;
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 
@@ -64,41 +63,28 @@ impl OrtLoader {
 
 impl ModelLoader for OrtLoader {
     fn load(&self, spec: &ModelSpec) -> anyhow::Result<(TextEncoder, Box<dyn Backend>)> {
-        let (encoder, mut backends) = self.load_sessions(spec, 1)?;
-        let backend = backends.pop().context("no session was built")?;
-        Ok((encoder, backend))
+        // The tokenizer parses while ONNX Runtime builds the session: a load pays for the
+        // slower of the two, not both.
+        let started = std::time::Instant::now();
+        let since = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
+        let ((encoder, tokenizer_ms), (engine, session_ms)) = std::thread::scope(|scope| {
+            let tokenizer = scope.spawn(|| (TextEncoder::for_spec(spec), since(started)));
+            let engine = (Engine::load(&self.env, spec, &self.options), since(started));
+            let tokenizer = tokenizer
+                .join()
+                .unwrap_or_else(|_| (Err(anyhow::anyhow!("the tokenizer thread panicked")), 0.0));
+            (tokenizer, engine)
+        });
+        tracing::info!(onnx = %spec.onnx.display(), tokenizer_ms, session_ms, "session built");
+        Ok((encoder?, Box::new(engine?)))
     }
 
     fn load_session(&self, spec: &ModelSpec) -> anyhow::Result<Box<dyn Backend>> {
         let started = std::time::Instant::now();
-        let engine =
-            Engine::load(&self.env, spec, &self.options, 1)?.pop().context("no session was built")?;
+        let engine = Engine::load(&self.env, spec, &self.options)?;
         let session_ms = started.elapsed().as_secs_f64() * 1e3;
         tracing::info!(onnx = %spec.onnx.display(), session_ms, "session built");
         Ok(Box::new(engine))
-    }
-
-    /// The tokenizer parses while ONNX Runtime builds the sessions, each on a thread of its own
-    /// from one read of the file, sharing their pre-packed weights: a load pays for the slowest
-    /// of them, not all.
-    fn load_sessions(
-        &self,
-        spec: &ModelSpec,
-        sessions: usize,
-    ) -> anyhow::Result<(TextEncoder, Vec<Box<dyn Backend>>)> {
-        let started = std::time::Instant::now();
-        let since = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
-        let ((encoder, tokenizer_ms), (engines, session_ms)) = std::thread::scope(|scope| {
-            let tokenizer = scope.spawn(|| (TextEncoder::for_spec(spec), since(started)));
-            let engines = (Engine::load(&self.env, spec, &self.options, sessions.max(1)), since(started));
-            let tokenizer = tokenizer
-                .join()
-                .unwrap_or_else(|_| (Err(anyhow::anyhow!("the tokenizer thread panicked")), 0.0));
-            (tokenizer, engines)
-        });
-        tracing::info!(onnx = %spec.onnx.display(), tokenizer_ms, session_ms, sessions, "sessions built");
-        let backends = engines?.into_iter().map(|e| Box::new(e) as Box<dyn Backend>).collect();
-        Ok((encoder?, backends))
     }
 
     fn fast_int8(&self) -> Option<bool> {
@@ -126,14 +112,9 @@ struct Engine {
 }
 
 impl Engine {
-    /// Creates `sessions` sessions of the model, in parallel, and checks the graph against the
-    /// spec, so a wrong config fails at load with a message rather than at the first request.
-    fn load(
-        env: &Environment,
-        spec: &ModelSpec,
-        options: &SessionOptions,
-        sessions: usize,
-    ) -> anyhow::Result<Vec<Self>> {
+    /// Creates the session and checks the graph against the spec, so a wrong config fails
+    /// at load with a message rather than at the first request.
+    fn load(env: &Environment, spec: &ModelSpec, options: &SessionOptions) -> anyhow::Result<Self> {
         let cannot = |e: &dyn std::fmt::Display| {
             anyhow::anyhow!("cannot load ONNX model {}: {e}", spec.onnx.display())
         };
@@ -145,57 +126,37 @@ impl Engine {
         // (a reload replaces a file by renaming, which leaves this mapping's file as it was);
         // the mapping is dropped before this load ends.
         let mapped = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| cannot(&e))?;
-        let read_ms = started.elapsed().as_secs_f64() * 1e3;
-        let (int8, rewritten) = int8::encoded_for_this_cpu(env, &mapped).map_err(|e| cannot(&e))?;
-        let int8_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms;
-        if let Some(encoded) = int8 {
+        let map_ms = started.elapsed().as_secs_f64() * 1e3;
+        let int8 = int8::for_this_cpu(env, &mapped).map_err(|e| cannot(&e))?;
+        let int8_ms = started.elapsed().as_secs_f64() * 1e3 - map_ms;
+        if let Some(encoded) = &int8 {
             let kernels = encoded.kernels.as_str();
             tracing::info!(onnx = %spec.onnx.display(), int8_kernels = kernels, "int8 weights encoded for this CPU");
         }
         // The file itself where nothing was re-encoded: ONNX Runtime resolves external data
         // (model.onnx_data) next to it.
-        let model = match &rewritten {
+        let model = match int8.as_ref().and_then(|e| e.bytes.as_deref()) {
             Some(bytes) => Model::Bytes(bytes),
             None => Model::File(&spec.onnx),
         };
-        // Weights ONNX Runtime re-lays out for its kernels are kept once for all the sessions.
-        let prepacked = (sessions > 1).then(PrepackedWeights::new);
-        let built: Vec<anyhow::Result<Session>> = std::thread::scope(|scope| {
-            let build =
-                || build_session(env, spec, options, prepacked.as_ref(), &model).map_err(|e| cannot(&e));
-            let others: Vec<_> = (1..sessions).map(|_| scope.spawn(build)).collect();
-            let mut built = vec![build()];
-            built.extend(others.into_iter().map(|t| {
-                t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a session-building thread panicked")))
-            }));
-            built
-        });
-        drop(rewritten);
+        let session = build_session(env, spec, options, model).map_err(|e| cannot(&e))?;
+        drop(int8);
         drop(mapped);
-        let build_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms - int8_ms;
-        tracing::debug!(onnx = %spec.onnx.display(), read_ms, int8_ms, build_ms, "session parts");
-        built
-            .into_iter()
-            .map(|session| {
-                let session = session?;
-                let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-                let outputs: Vec<(&str, Option<usize>)> = session
-                    .outputs()
-                    .iter()
-                    .map(|o| (o.name(), o.dtype().tensor_shape().map(|s| s.len())))
-                    .collect();
-                let plan = spec
-                    .plan(&inputs, &outputs)
-                    .map_err(|problem| anyhow::anyhow!("{}: {problem}", spec.onnx.display()))?;
-                Ok(Self {
-                    feeds: plan.feeds,
-                    output: plan.output,
-                    pooling: plan.pooling,
-                    dimensions: spec.dimensions,
-                    session,
-                })
-            })
-            .collect()
+        let build_ms = started.elapsed().as_secs_f64() * 1e3 - map_ms - int8_ms;
+        tracing::debug!(onnx = %spec.onnx.display(), map_ms, int8_ms, build_ms, "session parts");
+        let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        let outputs: Vec<(&str, Option<usize>)> =
+            session.outputs().iter().map(|o| (o.name(), o.dtype().tensor_shape().map(|s| s.len()))).collect();
+        let plan = spec
+            .plan(&inputs, &outputs)
+            .map_err(|problem| anyhow::anyhow!("{}: {problem}", spec.onnx.display()))?;
+        Ok(Self {
+            feeds: plan.feeds,
+            output: plan.output,
+            pooling: plan.pooling,
+            dimensions: spec.dimensions,
+            session,
+        })
     }
 }
 
@@ -246,8 +207,7 @@ fn build_session(
     env: &Environment,
     spec: &ModelSpec,
     options: &SessionOptions,
-    prepacked: Option<&PrepackedWeights>,
-    model: &Model<'_>,
+    model: Model<'_>,
 ) -> ort::Result<Session> {
     use ort::session::builder::GraphOptimizationLevel as Level;
     let level = match spec.graph_optimization {
@@ -261,10 +221,7 @@ fn build_session(
         .with_intra_threads(options.intra_threads)?
         .with_optimization_level(level)?
         .with_intra_op_spinning(options.spinning)?;
-    if let Some(prepacked) = prepacked {
-        builder = builder.with_prepacked_weights(prepacked)?;
-    }
-    match *model {
+    match model {
         Model::File(path) => builder.commit_from_file(path),
         Model::Bytes(bytes) => builder.commit_from_memory(bytes),
     }

@@ -42,8 +42,8 @@ use super::worker::Health;
 use super::worker::{self, BatchSizes};
 use super::{LoadedModel, Session, TokenizePool};
 use crate::metrics::Metrics;
-use crate::models::engine::ModelLoader;
 use crate::models::engine::tokenize::EncodeOptions;
+use crate::models::engine::{Backend, ModelLoader};
 use crate::models::error::ModelError;
 use crate::models::spec::hub::{self, HubError};
 use crate::models::spec::{AUTO_VARIANT, ModelSpec, Task, folder};
@@ -209,8 +209,9 @@ impl ModelCache {
 
     /// Adds a session to `model` in the background when every one it has holds a backlog, it has
     /// fewer than `runtime.sessions_per_model`, and the budget has room for one more copy of its
-    /// weights (its measured size), which the model's resident size then counts. A model used by one client at a time never grows, so a cache of many rarely
-    /// used models holds one session of each.
+    /// weights (its measured size), which the model's resident size then counts. A model used by
+    /// one client at a time never grows, so a cache of many rarely used models holds one session
+    /// of each.
     fn grow_if_busy(self: &Arc<Self>, id: &str, slot: &Arc<Slot>, model: &Arc<LoadedModel>) {
         if !model.wants_session(self.options.sessions) {
             return;
@@ -225,7 +226,7 @@ impl ModelCache {
         }
         let (cache, slot, model, id) = (Arc::clone(self), Arc::clone(slot), Arc::clone(model), id.to_owned());
         tokio::task::spawn_blocking(move || {
-            match cache.add_session(&id, &model) {
+            match cache.add_session(&model) {
                 Ok(sessions) => {
                     // Counted at the model's measured size: the process's growth while requests
                     // run beside the build is theirs as much as the session's.
@@ -253,24 +254,10 @@ impl ModelCache {
 
     /// Builds, warms up and starts one more session of `model`: the number it then has.
     /// Blocking.
-    fn add_session(&self, id: &str, model: &LoadedModel) -> anyhow::Result<usize> {
+    fn add_session(&self, model: &LoadedModel) -> anyhow::Result<usize> {
         let mut backend = self.runtime.load_session(&model.spec)?;
         backend.run(&[&model.probe]).context("warm-up run failed")?;
-        let mut sessions = model.sessions.write();
-        let spawned = worker::spawn(
-            id.to_owned(),
-            sessions.len(),
-            backend,
-            model.probe.clone(),
-            model.batching,
-            self.options.queue_capacity,
-            Arc::clone(&model.queued),
-            Arc::clone(&model.health),
-            Arc::clone(&self.metrics),
-        )
-        .context("cannot start the inference thread")?;
-        sessions.push(Session { queue: spawned.queue, worker: spawned.handle, outstanding: Arc::default() });
-        Ok(sessions.len())
+        start_session(model, backend, self.options.queue_capacity, Arc::clone(&self.metrics))
     }
 
     /// Starts loading `id` in a task of its own: it finishes (and records its outcome) whether
@@ -462,7 +449,6 @@ impl ModelCache {
             self.stops.insert(id.to_owned(), attempts);
             self.metrics.model_resident_bytes.with_label_values(&[id]).set(0);
             self.metrics.model_sessions.with_label_values(&[id]).set(0);
-            self.metrics.model_sessions.with_label_values(&[id]).set(0);
             self.metrics.cache_resident_bytes.set(self.resident_bytes() as i64);
             tracing::error!(
                 model = id,
@@ -547,50 +533,29 @@ impl ModelCache {
             (Arc::clone(&self.runtime), self.options.clone(), Arc::clone(&self.metrics), id.to_owned());
         tokio::task::spawn_blocking(move || {
             // One session to start with; the cache adds more while every one is busy.
-            let (encoder, mut backends) = runtime.load_sessions(&spec, 1)?;
+            let (encoder, mut backend) = runtime.load(&spec)?;
             // The first run allocates what every later one reuses; pay it here, not on a request.
             // The threads keep the input to tell a broken model from bad inputs later.
             let warm = encoder.encode(&["warm up".to_owned()], &EncodeOptions::truncating())?;
-            for backend in &mut backends {
-                backend.run(&warm.iter().collect::<Vec<_>>()).context("warm-up run failed")?;
-            }
+            backend.run(&warm.iter().collect::<Vec<_>>()).context("warm-up run failed")?;
             let probe = warm.into_iter().next().context("the warm-up input did not tokenize")?;
-            let queued =
-                Arc::new(QueuedTokens::new(options.max_queue_tokens, options.max_tenant_queue_percent));
-            let health = Arc::new(Health::default());
-            let batching = batching_for(&spec, options.batching);
-            let mut sessions = Vec::with_capacity(backends.len());
-            for (n, backend) in backends.into_iter().enumerate() {
-                let spawned = worker::spawn(
-                    id.clone(),
-                    n,
-                    backend,
-                    probe.clone(),
-                    batching,
-                    options.queue_capacity,
-                    Arc::clone(&queued),
-                    Arc::clone(&health),
-                    Arc::clone(&metrics),
-                )
-                .context("cannot start the inference thread")?;
-                sessions.push(Session {
-                    queue: spawned.queue,
-                    worker: spawned.handle,
-                    outstanding: Arc::default(),
-                });
-            }
-            Ok(LoadedModel {
+            let model = LoadedModel {
                 id,
                 encoder: Arc::new(encoder),
-                sessions: RwLock::new(sessions),
+                sessions: RwLock::new(Vec::new()),
+                batching: batching_for(&spec, options.batching),
                 spec,
                 probe,
-                batching,
                 growing: AtomicBool::new(false),
-                queued,
-                health,
+                queued: Arc::new(QueuedTokens::new(
+                    options.max_queue_tokens,
+                    options.max_tenant_queue_percent,
+                )),
+                health: Arc::new(Health::default()),
                 tokenizers: options.tokenizers,
-            })
+            };
+            start_session(&model, backend, options.queue_capacity, metrics)?;
+            Ok(model)
         })
         .await
         .context("model load task failed")?
@@ -667,6 +632,31 @@ fn time_variants(runtime: &dyn ModelLoader, spec: &ModelSpec) -> anyhow::Result<
         timings.iter().map(|(t, name)| format!("{name} {:.1} ms", t.as_secs_f64() * 1e3)).collect();
     let (_, name) = timings.into_iter().next().context("no variants")?;
     Ok(Chosen { name, reason: format!("timed on this CPU, per run of 32 sentences: {}", listed.join(", ")) })
+}
+
+/// Starts an inference thread for `backend` (warmed up) as `model`'s next session: the number
+/// of sessions it then has.
+fn start_session(
+    model: &LoadedModel,
+    backend: Box<dyn Backend>,
+    queue_capacity: usize,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<usize> {
+    let mut sessions = model.sessions.write();
+    let spawned = worker::spawn(
+        model.id.clone(),
+        sessions.len(),
+        backend,
+        model.probe.clone(),
+        model.batching,
+        queue_capacity,
+        Arc::clone(&model.queued),
+        Arc::clone(&model.health),
+        metrics,
+    )
+    .context("cannot start the inference thread")?;
+    sessions.push(Session { queue: spawned.queue, worker: spawned.handle, outstanding: Arc::default() });
+    Ok(sessions.len())
 }
 
 /// Shuts down evicted models nobody else holds, waits for their sessions to drop and hands the

@@ -1,7 +1,7 @@
 //! How a model is served: the cache that loads each model once within a memory budget
-//! (`cache`, measuring with `memory`), one inference thread per loaded model (`worker`) forming
-//! fair batches across tenants (`batcher`) from a queue bounded in tokens (`queue`), and the
-//! handle requests use ([`LoadedModel`]).
+//! (`cache`, measuring with `memory`), one inference thread per session of a model (`worker`)
+//! forming fair batches across tenants (`batcher`) from a queue bounded in tokens (`queue`), and
+//! the handle requests use ([`LoadedModel`]).
 
 pub(crate) mod batcher;
 pub(crate) mod cache;
@@ -27,7 +27,7 @@ use crate::models::engine::tokenize::{
 };
 use crate::models::spec::ModelSpec;
 
-/// A model ready to serve: its tokenizer and the queue of its inference thread.
+/// A model ready to serve: its tokenizer and the queues of its sessions' inference threads.
 pub(crate) struct LoadedModel {
     pub id: String,
     pub(crate) encoder: Arc<TextEncoder>,

@@ -1,5 +1,5 @@
-//! One OS thread per loaded model owns its ONNX Runtime session (`run` takes `&mut`) and
-//! serves jobs from a bounded channel, so inference never blocks the async runtime.
+//! One OS thread per session of a loaded model owns that ONNX Runtime session (`run` takes
+//! `&mut`) and serves jobs from a bounded channel, so inference never blocks the async runtime.
 //!
 //! A request is split into pieces of at most `shared_batch_size` inputs, which wait in a
 //! [`FairQueue`]: each round forms a batch by deficit round-robin over tenants, so concurrent
